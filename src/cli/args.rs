@@ -1,0 +1,114 @@
+//! Flags shared by every subcommand. Each has an environment fallback.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use esi_reconciler::esi::Catalog;
+use esi_reconciler::store::client::TlsFiles;
+use esi_reconciler::store::{EtcdOptions, connect};
+
+#[derive(Debug, Clone, Args)]
+pub struct EtcdArgs {
+    /// etcd endpoints, comma-separated.
+    #[arg(
+        long,
+        env = "ESI_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub etcd_endpoints: Vec<String>,
+    /// Timeout for connecting to etcd, in seconds.
+    #[arg(long, env = "ESI_ETCD_CONNECT_TIMEOUT", default_value_t = 5)]
+    pub etcd_connect_timeout: u64,
+    /// Timeout for one etcd request, in seconds.
+    #[arg(long, env = "ESI_ETCD_REQUEST_TIMEOUT", default_value_t = 10)]
+    pub etcd_request_timeout: u64,
+    /// etcd user name (enables authentication, with --etcd-password).
+    #[arg(long, env = "ESI_ETCD_USER")]
+    pub etcd_user: Option<String>,
+    /// etcd password.
+    #[arg(long, env = "ESI_ETCD_PASSWORD", hide_env_values = true)]
+    pub etcd_password: Option<String>,
+    /// CA certificate (PEM) that signed etcd's server certificate; enables TLS.
+    #[arg(long, env = "ESI_ETCD_CA")]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long, env = "ESI_ETCD_CERT", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS.
+    #[arg(long, env = "ESI_ETCD_KEY", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+}
+
+impl EtcdArgs {
+    pub fn options(&self) -> anyhow::Result<EtcdOptions> {
+        let user = match (&self.etcd_user, &self.etcd_password) {
+            (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+            (None, None) => None,
+            _ => anyhow::bail!("--etcd-user and --etcd-password go together"),
+        };
+        let tls = (self.etcd_ca.is_some() || self.etcd_cert.is_some()).then(|| TlsFiles {
+            ca: self.etcd_ca.clone(),
+            cert: self.etcd_cert.clone(),
+            key: self.etcd_key.clone(),
+        });
+        Ok(EtcdOptions {
+            endpoints: self.etcd_endpoints.clone(),
+            connect_timeout: Duration::from_secs(self.etcd_connect_timeout),
+            request_timeout: Duration::from_secs(self.etcd_request_timeout),
+            user,
+            tls,
+        })
+    }
+
+    pub async fn connect(&self) -> anyhow::Result<etcd_client::Client> {
+        Ok(connect(&self.options()?).await?)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CatalogArgs {
+    /// Gohan schema document (JSON, `{"schemas": [...]}`) naming the resource
+    /// types, their plurals and reference fields. Default: the built-in demo
+    /// schemas (network, subnet, port).
+    #[arg(long, env = "ESI_SCHEMAS")]
+    pub schemas: Option<PathBuf>,
+    /// Template mappings (JSON, `{"heat_worker": {"<type>": <mapping>}}`):
+    /// which heat template each resource uses. Default: the built-in demo mappings.
+    #[arg(long, env = "ESI_TEMPLATE_MAPPINGS")]
+    pub template_mappings: Option<PathBuf>,
+}
+
+impl CatalogArgs {
+    pub fn load(&self) -> anyhow::Result<Arc<Catalog>> {
+        Ok(Arc::new(
+            Catalog::load(self.schemas.as_deref(), self.template_mappings.as_deref())
+                .context("loading the catalog")?,
+        ))
+    }
+}
+
+/// `TYPE/ID`, where TYPE is a singular (`port`) or plural (`ports`).
+pub fn parse_resource(
+    catalog: &Catalog,
+    s: &str,
+) -> anyhow::Result<esi_reconciler::esi::ResourceRef> {
+    let (t, id) = s
+        .split_once('/')
+        .with_context(|| format!("{s:?} is not TYPE/ID"))?;
+    let plural = if catalog.schemas.singular_of(t).is_some() {
+        t.to_string()
+    } else {
+        catalog
+            .schemas
+            .plural_of(t)
+            .with_context(|| format!("unknown resource type {t:?}"))?
+            .to_string()
+    };
+    anyhow::ensure!(!id.is_empty() && !id.contains('/'), "{s:?}: bad id");
+    Ok(esi_reconciler::esi::ResourceRef::new(plural, id))
+}

@@ -1,0 +1,118 @@
+//! `esi-reconciler run`: the reconciler.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+
+use esi_reconciler::reconcile::backoff::BackoffPolicy;
+use esi_reconciler::reconcile::controller::{Controller, ControllerConfig};
+use esi_reconciler::telemetry::Metrics;
+use esi_reconciler::telemetry::server::{Health, serve};
+
+use super::args::{CatalogArgs, EtcdArgs};
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    #[command(flatten)]
+    pub catalog: CatalogArgs,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "ESI_METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TuningArgs {
+    /// Reconciles running at once.
+    #[arg(long, env = "ESI_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: usize,
+    /// Milliseconds to coalesce a burst of changes to one resource.
+    #[arg(long, env = "ESI_DEBOUNCE_MS", default_value_t = 5)]
+    pub debounce_ms: u64,
+    /// Seconds between full resyncs of every resource.
+    #[arg(long, env = "ESI_RESYNC_SECS", default_value_t = 300)]
+    pub resync_secs: u64,
+    /// First retry delay after a failed job, in milliseconds.
+    #[arg(long, env = "ESI_BACKOFF_BASE_MS", default_value_t = 1000)]
+    pub backoff_base_ms: u64,
+    /// Growth factor of the retry delay.
+    #[arg(long, env = "ESI_BACKOFF_FACTOR", default_value_t = 2.0)]
+    pub backoff_factor: f32,
+    /// Largest retry delay, in seconds.
+    #[arg(long, env = "ESI_BACKOFF_CAP_SECS", default_value_t = 300)]
+    pub backoff_cap_secs: u64,
+    /// Disable random jitter on retry delays.
+    #[arg(long, env = "ESI_BACKOFF_NO_JITTER")]
+    pub backoff_no_jitter: bool,
+    /// Keys per page when listing etcd.
+    #[arg(long, env = "ESI_PAGE_SIZE", default_value_t = 1000)]
+    pub page_size: i64,
+}
+
+impl TuningArgs {
+    pub fn config(&self) -> anyhow::Result<ControllerConfig> {
+        anyhow::ensure!(
+            self.backoff_factor >= 1.0,
+            "--backoff-factor must be at least 1"
+        );
+        anyhow::ensure!(self.page_size > 0, "--page-size must be positive");
+        Ok(ControllerConfig {
+            concurrency: self.concurrency.max(1),
+            debounce: Duration::from_millis(self.debounce_ms),
+            resync: Duration::from_secs(self.resync_secs.max(1)),
+            backoff: BackoffPolicy {
+                base: Duration::from_millis(self.backoff_base_ms),
+                factor: self.backoff_factor,
+                cap: Duration::from_secs(self.backoff_cap_secs),
+                jitter: !self.backoff_no_jitter,
+            },
+            page_size: self.page_size,
+        })
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    tracing::info!("signal received");
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let catalog = args.catalog.load()?;
+    let cfg = args.tuning.config()?;
+    let client = args.etcd.connect().await?;
+    let metrics = Arc::new(Metrics::new());
+    let controller = Controller::new(client, catalog, cfg, metrics.clone());
+    let health = Health {
+        metrics,
+        ready: controller.ready_flag(),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut rx = stop_rx.clone();
+    let (addr, server) = serve(args.metrics_addr, health, async move {
+        let _ = rx.wait_for(|s| *s).await;
+    })
+    .await?;
+    tracing::info!(%addr, endpoints = ?args.etcd.etcd_endpoints, "reconciler starting; serving /metrics /healthz /readyz");
+    controller.run(shutdown_signal()).await;
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    tracing::info!("stopped");
+    Ok(())
+}

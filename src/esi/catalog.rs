@@ -1,0 +1,49 @@
+//! What the reconciler knows about a deployment before it reads etcd: the
+//! Gohan schemas and the template mappings.
+
+use std::path::Path;
+
+use super::mapping::TemplateMappings;
+use super::mapping::select::TemplateMappingsError;
+use super::schema::{SchemaError, Schemas};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error(transparent)]
+    Schemas(#[from] SchemaError),
+    #[error(transparent)]
+    Mappings(#[from] TemplateMappingsError),
+    #[error("built-in {0} are broken: {1}")]
+    BuiltIn(&'static str, String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    pub schemas: Schemas,
+    pub mappings: TemplateMappings,
+}
+
+/// The schema document and template mappings the demo is written for:
+/// project-authored, modelled on ESI's networks, subnets and ports.
+pub const DEFAULT_SCHEMAS: &str = include_str!("../../src/demo/assets/schemas.json");
+pub const DEFAULT_TEMPLATE_MAPPINGS: &str =
+    include_str!("../../src/demo/assets/template_mappings.json");
+
+impl Catalog {
+    /// Loads the schemas and mappings files; without a mappings file every
+    /// type maps to the template of its own name.
+    pub fn load(schemas: Option<&Path>, mappings: Option<&Path>) -> Result<Self, CatalogError> {
+        let schemas = match schemas {
+            Some(p) => Schemas::load(p)?,
+            None => {
+                Schemas::parse(DEFAULT_SCHEMAS).map_err(|e| CatalogError::BuiltIn("schemas", e))?
+            }
+        };
+        let mappings = match mappings {
+            Some(p) => TemplateMappings::load(p)?,
+            None => TemplateMappings::parse(DEFAULT_TEMPLATE_MAPPINGS)
+                .map_err(|e| CatalogError::BuiltIn("template mappings", e))?,
+        };
+        Ok(Self { schemas, mappings })
+    }
+}

@@ -1,0 +1,178 @@
+//! Resource types, plurals and reference fields, read from a Gohan schema
+//! document (the format of `esi-reference/schemas.json`) rather than from a
+//! hand-written list, so a deployment's own schemas drive the reconciler.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("cannot read schema document {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("schema document {path} is not a Gohan schema document: {reason}")]
+    Parse { path: String, reason: String },
+}
+
+/// One resource type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TypeInfo {
+    pub singular: String,
+    pub plural: String,
+    /// Reference fields: field name → the singular type it points to.
+    /// Array fields whose items are references are included.
+    pub relations: HashMap<String, String>,
+}
+
+/// Every resource type of a deployment.
+#[derive(Debug, Clone, Default)]
+pub struct Schemas {
+    by_singular: HashMap<String, TypeInfo>,
+    plural_to_singular: HashMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct Document {
+    schemas: Vec<RawSchema>,
+}
+
+#[derive(Deserialize)]
+struct RawSchema {
+    id: String,
+    #[serde(default)]
+    singular: Option<String>,
+    #[serde(default)]
+    plural: Option<String>,
+    #[serde(default)]
+    schema: Value,
+}
+
+impl Schemas {
+    pub fn load(path: &Path) -> Result<Self, SchemaError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SchemaError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|reason| SchemaError::Parse {
+            path: path.display().to_string(),
+            reason,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let doc: Document = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let mut schemas = Schemas::default();
+        for raw in doc.schemas {
+            let singular = raw.singular.unwrap_or_else(|| raw.id.clone());
+            let plural = raw.plural.unwrap_or_else(|| format!("{singular}s"));
+            let mut relations = HashMap::new();
+            if let Some(props) = raw.schema.get("properties").and_then(Value::as_object) {
+                for (field, prop) in props {
+                    let target = prop
+                        .get("relation")
+                        .or_else(|| prop.get("items").and_then(|i| i.get("relation")))
+                        .and_then(Value::as_str);
+                    if let Some(target) = target {
+                        relations.insert(field.clone(), target.to_string());
+                    }
+                }
+            }
+            schemas
+                .plural_to_singular
+                .insert(plural.clone(), singular.clone());
+            schemas.by_singular.insert(
+                singular.clone(),
+                TypeInfo {
+                    singular,
+                    plural,
+                    relations,
+                },
+            );
+        }
+        if schemas.by_singular.is_empty() {
+            return Err("it defines no schemas".into());
+        }
+        Ok(schemas)
+    }
+
+    pub fn by_singular(&self, singular: &str) -> Option<&TypeInfo> {
+        self.by_singular.get(singular)
+    }
+
+    pub fn singular_of(&self, plural: &str) -> Option<&str> {
+        self.plural_to_singular.get(plural).map(String::as_str)
+    }
+
+    pub fn plural_of(&self, singular: &str) -> Option<&str> {
+        self.by_singular.get(singular).map(|t| t.plural.as_str())
+    }
+
+    /// The type a reference field of `singular` points to.
+    pub fn relation(&self, singular: &str, field: &str) -> Option<&str> {
+        self.by_singular
+            .get(singular)?
+            .relations
+            .get(field)
+            .map(String::as_str)
+    }
+
+    pub fn types(&self) -> impl Iterator<Item = &TypeInfo> {
+        self.by_singular.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_types_plurals_and_relations() {
+        let s = Schemas::parse(
+            r#"{"schemas": [
+                {"id": "port", "singular": "port", "plural": "ports", "schema": {"properties": {
+                    "network_id": {"type": "string", "relation": "network"},
+                    "port_ids": {"type": "array", "items": {"type": "string", "relation": "port"}},
+                    "name": {"type": "string"}}}},
+                {"id": "network", "plural": "networks"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(s.plural_of("port"), Some("ports"));
+        assert_eq!(s.singular_of("networks"), Some("network"));
+        assert_eq!(s.relation("port", "network_id"), Some("network"));
+        assert_eq!(s.relation("port", "port_ids"), Some("port"));
+        assert_eq!(s.relation("port", "name"), None);
+    }
+
+    #[test]
+    fn rejects_documents_that_are_not_schemas() {
+        assert!(Schemas::parse("{}").unwrap_err().contains("schemas"));
+        assert!(
+            Schemas::parse(r#"{"schemas": []}"#)
+                .unwrap_err()
+                .contains("no schemas")
+        );
+    }
+
+    #[test]
+    fn reads_the_reference_schemas() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/esi-reference/schemas.json");
+        let s = Schemas::load(&p).unwrap();
+        assert_eq!(
+            s.plural_of("load_balancer_interface"),
+            Some("load_balancer_interfaces")
+        );
+        assert_eq!(
+            s.relation("load_balancer_interface", "load_balancer_id"),
+            Some("load_balancer")
+        );
+        assert_eq!(
+            s.relation("vnf_instance", "vnf_template_id"),
+            Some("vnf_template")
+        );
+    }
+}

@@ -1,0 +1,155 @@
+//! What the reconciler can do to etcd. Each action carries the revisions it
+//! was planned from; the executor turns it into one fenced transaction.
+
+use std::fmt;
+
+use crate::esi::keys::{JobAction, JobId, JobSlot};
+
+use super::observed::DepState;
+
+/// Issue a new job for the resource.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Issue {
+    pub action: JobAction,
+    pub version: u64,
+    pub handler: String,
+    pub template: String,
+    /// Mod revision of the config the job is built from.
+    pub config_rev: i64,
+    /// Mod revision of `/state` (0: absent) the action was chosen from.
+    pub state_rev: i64,
+    /// This retries a failed job after its backoff.
+    pub retry: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    IssueJob(Issue),
+    /// Move a waiting job to ready: its dependencies are done.
+    ReleaseJob {
+        job: JobId,
+        all_rev: i64,
+        waiting_rev: i64,
+        deps: Vec<(String, DepState)>,
+    },
+    /// Remove an unclaimed job that no longer matches the config.
+    WithdrawJob {
+        job: JobId,
+        all_rev: i64,
+        queued: Vec<(JobSlot, i64)>,
+    },
+    /// The worker wrote `finished`: remove `all/` and `finished/`.
+    FinishJob {
+        job: JobId,
+        all_rev: i64,
+        finished_rev: i64,
+    },
+    /// The job left the queue without being claimed or finished: put it back.
+    RequeueJob {
+        job: JobId,
+        all_rev: i64,
+        to: JobSlot,
+    },
+    /// The `working/` claim has no lease, so nothing will ever end it.
+    ReclaimJob {
+        job: JobId,
+        all_rev: i64,
+        working_rev: i64,
+        to: JobSlot,
+    },
+    /// The worker finished the stack but died before writing `/state`.
+    CompleteState {
+        job: JobId,
+        all_rev: i64,
+        state_rev: i64,
+        stack_rev: i64,
+        job_state_rev: i64,
+    },
+    /// The job vanished from the queue but `/state` already has its result.
+    DropJob {
+        job: JobId,
+        all_rev: i64,
+        job_state_rev: Option<i64>,
+    },
+    /// Queue entries (`waiting/`, `ready/`, `finished/`) of a job whose `all/` is gone.
+    DropStrays {
+        job: JobId,
+        keys: Vec<(JobSlot, i64)>,
+    },
+    /// Count a failed attempt and schedule the retry.
+    RecordFailure {
+        version: u64,
+        attempts: u32,
+        failure_revision: i64,
+        error: String,
+    },
+    /// The resource converged: reset its backoff.
+    ClearBackoff,
+}
+
+impl Action {
+    /// A short name, for metrics labels and `last_action`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::IssueJob(i) if i.retry => "retry_job",
+            Action::IssueJob(_) => "issue_job",
+            Action::ReleaseJob { .. } => "release_job",
+            Action::WithdrawJob { .. } => "withdraw_job",
+            Action::FinishJob { .. } => "finish_job",
+            Action::RequeueJob { .. } => "requeue_job",
+            Action::ReclaimJob { .. } => "reclaim_job",
+            Action::CompleteState { .. } => "complete_state",
+            Action::DropJob { .. } => "drop_job",
+            Action::DropStrays { .. } => "drop_strays",
+            Action::RecordFailure { .. } => "record_failure",
+            Action::ClearBackoff => "clear_backoff",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::IssueJob(i) => write!(
+                f,
+                "{} {} job v{} (template {}, handler {})",
+                if i.retry { "retry" } else { "issue" },
+                i.action,
+                i.version,
+                i.template,
+                i.handler
+            ),
+            Action::ReleaseJob { job, .. } => write!(f, "release {job} to ready"),
+            Action::WithdrawJob { job, .. } => write!(f, "withdraw {job}"),
+            Action::FinishJob { job, .. } => write!(f, "finish {job}"),
+            Action::RequeueJob { job, to, .. } => write!(f, "requeue {job} to {}", slot_name(*to)),
+            Action::ReclaimJob { job, to, .. } => write!(
+                f,
+                "reclaim {job} (claim without lease) to {}",
+                slot_name(*to)
+            ),
+            Action::CompleteState { job, .. } => {
+                write!(f, "complete /state from the finished stack of {job}")
+            }
+            Action::DropJob { job, .. } => write!(f, "drop {job} (its result is in /state)"),
+            Action::DropStrays { job, keys } => {
+                let names: Vec<&str> = keys.iter().map(|(s, _)| slot_name(*s)).collect();
+                write!(f, "drop stray {} entries of {job}", names.join("/"))
+            }
+            Action::RecordFailure {
+                attempts, version, ..
+            } => write!(f, "record failed attempt {attempts} of v{version}"),
+            Action::ClearBackoff => write!(f, "clear backoff"),
+        }
+    }
+}
+
+pub fn slot_name(s: JobSlot) -> &'static str {
+    match s {
+        JobSlot::All => "all",
+        JobSlot::Waiting => "waiting",
+        JobSlot::Ready => "ready",
+        JobSlot::Working => "working",
+        JobSlot::Finished => "finished",
+    }
+}

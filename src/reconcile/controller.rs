@@ -1,0 +1,338 @@
+//! The reconciler's runtime: mirror etcd into the world, queue every
+//! resource a change touches, and run plan → execute for each, at most once
+//! per resource at a time and `concurrency` at once, with a periodic resync
+//! as a safety net.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use etcd_client::Client;
+use tokio::sync::{RwLock, Semaphore, mpsc, watch};
+
+use crate::esi::Catalog;
+use crate::esi::keys::ResourceRef;
+use crate::store::Change;
+use crate::store::mirror::{self, MirrorEvent};
+use crate::telemetry::Metrics;
+use crate::telemetry::metrics::PhaseLabel;
+
+use super::backoff::BackoffPolicy;
+use super::execute::{Executor, Outcome};
+use super::observed::Observed;
+use super::plan::{Phase, plan};
+use super::queue::Queue;
+use super::snapshot::mirror_options;
+use super::world::{Touched, World};
+
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// Reconciles running at once.
+    pub concurrency: usize,
+    /// Delay that coalesces bursts of changes to one resource.
+    pub debounce: Duration,
+    /// Every resource is reconciled at least this often.
+    pub resync: Duration,
+    /// Retry policy for failed jobs (persisted) and for errors (in memory).
+    pub backoff: BackoffPolicy,
+    /// Keys per page when listing etcd.
+    pub page_size: i64,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            debounce: Duration::from_millis(5),
+            resync: Duration::from_secs(300),
+            backoff: BackoffPolicy::default(),
+            page_size: 1000,
+        }
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub struct Controller {
+    client: Client,
+    world: Arc<RwLock<World>>,
+    queue: Queue<ResourceRef>,
+    executor: Executor,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    revision: watch::Sender<i64>,
+    cfg: ControllerConfig,
+    /// Consecutive errors per resource, for in-memory retry delays.
+    errors: Mutex<HashMap<ResourceRef, u32>>,
+}
+
+impl Controller {
+    pub fn new(
+        client: Client,
+        catalog: Arc<Catalog>,
+        cfg: ControllerConfig,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        let world = Arc::new(RwLock::new(World::new(catalog.clone())));
+        let executor = Executor::new(client.clone(), world.clone(), catalog, cfg.backoff);
+        Arc::new(Self {
+            client,
+            world,
+            queue: Queue::new(cfg.debounce),
+            executor,
+            metrics,
+            ready: Arc::new(AtomicBool::new(false)),
+            revision: watch::channel(0).0,
+            cfg,
+            errors: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn world(&self) -> Arc<RwLock<World>> {
+        self.world.clone()
+    }
+
+    /// True once the first list of etcd is loaded.
+    pub fn ready_flag(&self) -> Arc<AtomicBool> {
+        self.ready.clone()
+    }
+
+    /// Runs until `shutdown` resolves, then lets reconciles in flight finish.
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        let (tx, rx) = mpsc::channel(64);
+        let mirror = tokio::spawn(mirror::run(
+            self.client.clone(),
+            mirror_options(self.cfg.page_size),
+            tx,
+        ));
+        let ingest = tokio::spawn(self.clone().ingest(rx));
+        let resync = tokio::spawn(self.clone().resync());
+        let stats = tokio::spawn(self.clone().stats());
+        let slots = Arc::new(Semaphore::new(self.cfg.concurrency.max(1)));
+        tokio::pin!(shutdown);
+        loop {
+            let r = tokio::select! {
+                r = self.queue.next() => r,
+                _ = &mut shutdown => break,
+            };
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                break;
+            };
+            let me = self.clone();
+            tokio::spawn(async move {
+                me.reconcile(&r).await;
+                me.queue.done(&r);
+                drop(permit);
+            });
+        }
+        tracing::info!("shutting down: waiting for reconciles in flight");
+        let all = self.cfg.concurrency.max(1) as u32;
+        let _ = tokio::time::timeout(Duration::from_secs(30), slots.acquire_many(all)).await;
+        for t in [mirror, ingest, resync, stats] {
+            t.abort();
+        }
+    }
+
+    fn schedule(&self, touched: Touched, world: &World) {
+        for r in touched.resources {
+            self.queue.schedule(r);
+        }
+        if touched.waiting_may_release {
+            for r in world.resources_with_waiting_jobs() {
+                self.queue.schedule(r);
+            }
+        }
+        if let Some(t) = touched.template {
+            for r in world.resources_using_template(&t) {
+                self.queue.schedule(r);
+            }
+        }
+    }
+
+    /// Applies mirror events to the world. A relist is built aside and
+    /// swapped in whole, so no reconcile ever sees a half-loaded world.
+    async fn ingest(self: Arc<Self>, mut rx: mpsc::Receiver<MirrorEvent>) {
+        let mut pending: Option<World> = None;
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                MirrorEvent::ListStart { revision } => {
+                    self.metrics.relists.inc();
+                    let catalog = self.world.read().await.catalog().clone();
+                    let mut w = World::new(catalog);
+                    w.revision = revision;
+                    pending = Some(w);
+                }
+                MirrorEvent::ListPage(kvs) => {
+                    if let Some(w) = pending.as_mut() {
+                        for kv in kvs {
+                            w.apply(&Change::Put(kv));
+                        }
+                    }
+                }
+                MirrorEvent::ListEnd { revision } => {
+                    let Some(mut fresh) = pending.take() else {
+                        continue;
+                    };
+                    fresh.revision = revision;
+                    let all: Vec<ResourceRef> = fresh.resources().map(|(r, _)| r.clone()).collect();
+                    tracing::info!(revision, resources = all.len(), "loaded etcd");
+                    *self.world.write().await = fresh;
+                    for r in all {
+                        self.queue.schedule(r);
+                    }
+                    self.advance(revision);
+                    self.ready.store(true, Ordering::Relaxed);
+                }
+                MirrorEvent::Changes { revision, changes } => {
+                    let mut w = self.world.write().await;
+                    for c in &changes {
+                        let t = w.apply(c);
+                        self.schedule(t, &w);
+                    }
+                    w.revision = revision;
+                    drop(w);
+                    self.advance(revision);
+                }
+                MirrorEvent::Progress { revision } => {
+                    self.world.write().await.revision = revision;
+                    self.advance(revision);
+                }
+                MirrorEvent::WatchRestart { reason } => {
+                    self.metrics.watch_restarts.inc();
+                    tracing::warn!(%reason, "etcd watch restarting");
+                }
+            }
+        }
+    }
+
+    fn advance(&self, revision: i64) {
+        self.revision.send_replace(revision);
+        self.metrics.revision.set(revision);
+    }
+
+    /// Waits until the world has caught up with `revision` (our own write),
+    /// so the next plan for the resource sees it.
+    async fn caught_up(&self, revision: i64) {
+        let mut rx = self.revision.subscribe();
+        let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|r| *r >= revision)).await;
+    }
+
+    async fn resync(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.cfg.resync);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let all: Vec<ResourceRef> = self
+                .world
+                .read()
+                .await
+                .resources()
+                .map(|(r, _)| r.clone())
+                .collect();
+            tracing::debug!(resources = all.len(), "periodic resync");
+            for r in all {
+                self.queue.schedule(r);
+            }
+        }
+    }
+
+    /// Refreshes the gauges that summarise the world.
+    async fn stats(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tick.tick().await;
+            let w = self.world.read().await;
+            let mut counts: HashMap<Phase, i64> = HashMap::new();
+            for (_, e) in w.resources() {
+                *counts.entry(e.phase.unwrap_or(Phase::Pending)).or_default() += 1;
+            }
+            let invalid =
+                counts.get(&Phase::Invalid).copied().unwrap_or(0) + w.unparsed().len() as i64;
+            drop(w);
+            for p in Phase::ALL {
+                self.metrics
+                    .resources
+                    .get_or_create(&PhaseLabel {
+                        phase: p.to_string(),
+                    })
+                    .set(counts.get(&p).copied().unwrap_or(0));
+            }
+            self.metrics.invalid_records.set(invalid);
+            self.metrics.queue_depth.set(self.queue.len() as i64);
+        }
+    }
+
+    fn error_delay(&self, r: &ResourceRef) -> Duration {
+        let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        let n = errors.entry(r.clone()).or_insert(0);
+        *n += 1;
+        self.cfg.backoff.delay(*n)
+    }
+
+    async fn reconcile(&self, r: &ResourceRef) {
+        let observed = Observed::from_world(&*self.world.read().await, r, now_ms());
+        let Some(o) = observed else { return };
+        let p = plan(&o);
+        self.world.write().await.set_phase(r, p.phase);
+        if let Some(ms) = p.requeue_after_ms {
+            self.queue
+                .schedule_after(r.clone(), Duration::from_millis(ms));
+        }
+        if p.actions.is_empty() {
+            self.metrics.reconciled("noop");
+            return;
+        }
+        match self.executor.execute(&o, &p).await {
+            Ok(Outcome::Applied { revision, actions }) => {
+                for a in &actions {
+                    self.metrics.action(a);
+                    if *a == "record_failure" {
+                        self.metrics.backoffs.inc();
+                    }
+                }
+                tracing::info!(resource = %r, phase = %p.phase, actions = ?actions, "applied");
+                self.metrics.reconciled("applied");
+                self.errors
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(r);
+                self.caught_up(revision).await;
+            }
+            Ok(Outcome::Conflict {
+                revision,
+                action,
+                applied,
+            }) => {
+                applied.iter().for_each(|a| self.metrics.action(a));
+                tracing::debug!(resource = %r, action, "fence failed: view was stale; planning again");
+                self.metrics.reconciled("conflict");
+                self.caught_up(revision).await;
+                self.queue.schedule(r.clone());
+            }
+            Ok(Outcome::Deferred { reason, applied }) => {
+                applied.iter().for_each(|a| self.metrics.action(a));
+                tracing::info!(resource = %r, %reason, "deferred");
+                self.metrics.reconciled("deferred");
+                self.executor.note_error(&o, &reason).await;
+                self.queue.schedule_after(r.clone(), self.error_delay(r));
+            }
+            Err(e) => {
+                let reason = match &e {
+                    super::execute::ExecError::Etcd(_) => "etcd",
+                    super::execute::ExecError::Build(_) => "build_job",
+                };
+                tracing::warn!(resource = %r, error = %e, "reconcile failed");
+                self.metrics.error(reason);
+                self.metrics.reconciled("error");
+                self.executor.note_error(&o, &e.to_string()).await;
+                self.queue.schedule_after(r.clone(), self.error_delay(r));
+            }
+        }
+    }
+}

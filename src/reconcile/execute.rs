@@ -1,0 +1,560 @@
+//! Turning planned actions into etcd transactions.
+//!
+//! Every transaction compares the revisions its action was planned from
+//! (the fence), so a stale view, a second reconciler or a racing worker makes
+//! it fail instead of doing the wrong thing twice. Every transaction also
+//! updates our status record for the resource, fenced on its revision.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
+use serde_json::{Map, Value};
+use tokio::sync::RwLock;
+
+use crate::esi::job::{JobSpec, build_params, envelope, new_job_id};
+use crate::esi::keys::{JobAction, JobId, JobSlot, ResourceRef};
+use crate::esi::mapping::eval::referenced;
+use crate::esi::mapping::{Configs, EvalError, Lookup, Subject};
+use crate::esi::records::{
+    self, ConfigRecord, HeatStack, JobEnvelope, ResourceId, StateRecord, WorkerState,
+};
+use crate::esi::{Catalog, records::queue_value};
+
+use super::action::{Action, Issue};
+use super::backoff::BackoffPolicy;
+use super::observed::{DepState, Observed};
+use super::plan::Plan;
+use super::status::ResourceStatus;
+use super::world::{Parsed, World};
+
+/// How executing a plan ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Every action applied; the last write is at `revision`.
+    Applied {
+        revision: i64,
+        actions: Vec<&'static str>,
+    },
+    /// A fence failed: the view was stale. Plan again once the world has
+    /// caught up with `revision`.
+    Conflict {
+        revision: i64,
+        action: &'static str,
+        applied: Vec<&'static str>,
+    },
+    /// The job cannot be built yet (e.g. a referenced resource is missing).
+    Deferred {
+        reason: String,
+        applied: Vec<&'static str>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("{0}")]
+    Build(String),
+}
+
+#[derive(Clone)]
+pub struct Executor {
+    client: Client,
+    world: Arc<RwLock<World>>,
+    catalog: Arc<Catalog>,
+    backoff: BackoffPolicy,
+}
+
+fn absent(key: impl Into<Vec<u8>>) -> Compare {
+    Compare::create_revision(key, CompareOp::Equal, 0)
+}
+
+fn at(key: impl Into<Vec<u8>>, rev: i64) -> Compare {
+    Compare::mod_revision(key, CompareOp::Equal, rev)
+}
+
+fn present(key: impl Into<Vec<u8>>) -> Compare {
+    Compare::create_revision(key, CompareOp::Greater, 0)
+}
+
+fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> TxnOp {
+    TxnOp::put(key, value, None)
+}
+
+fn del(key: impl Into<Vec<u8>>) -> TxnOp {
+    TxnOp::delete(key, None)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Configs fetched from etcd while building a job.
+#[derive(Default)]
+struct Fetched(HashMap<(String, String), Option<Map<String, Value>>>);
+
+impl Configs for Fetched {
+    fn lookup(&self, rtype: &str, id: &str) -> Lookup<'_> {
+        match self.0.get(&(rtype.to_string(), id.to_string())) {
+            Some(Some(b)) => Lookup::Found(b),
+            Some(None) => Lookup::Absent,
+            None => Lookup::NotLoaded,
+        }
+    }
+}
+
+impl Executor {
+    pub fn new(
+        client: Client,
+        world: Arc<RwLock<World>>,
+        catalog: Arc<Catalog>,
+        backoff: BackoffPolicy,
+    ) -> Self {
+        Self {
+            client,
+            world,
+            catalog,
+            backoff,
+        }
+    }
+
+    /// Executes the plan's actions in order, stopping at the first that
+    /// cannot be applied.
+    pub async fn execute(&self, o: &Observed, plan: &Plan) -> Result<Outcome, ExecError> {
+        let mut status = o
+            .status
+            .as_ref()
+            .and_then(Parsed::ok)
+            .cloned()
+            .unwrap_or_default();
+        let mut status_rev = plan.status_rev;
+        let mut applied = vec![];
+        let mut revision = 0;
+        for planned in &plan.actions {
+            let kind = planned.action.kind();
+            let step = match self.txn_for(o, &planned.action, &mut status).await? {
+                Built::Txn(compares, ops) => {
+                    status.last_action = planned.action.to_string();
+                    status.last_action_ms = now_ms();
+                    let status_key = o.resource.reconciler_key();
+                    let mut compares = compares;
+                    compares.push(at(status_key.clone(), status_rev));
+                    let mut ops = ops;
+                    ops.push(put(
+                        status_key,
+                        serde_json::to_vec(&status).unwrap_or_default(),
+                    ));
+                    let resp = self
+                        .client
+                        .kv_client()
+                        .txn(Txn::new().when(compares).and_then(ops))
+                        .await?;
+                    let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+                    if !resp.succeeded() {
+                        return Ok(Outcome::Conflict {
+                            revision: rev,
+                            action: kind,
+                            applied,
+                        });
+                    }
+                    status_rev = rev;
+                    revision = rev;
+                    applied.push(kind);
+                    continue;
+                }
+                Built::Conflict => Outcome::Conflict {
+                    revision: self.world.read().await.revision,
+                    action: kind,
+                    applied,
+                },
+                Built::Deferred(reason) => Outcome::Deferred { reason, applied },
+            };
+            return Ok(step);
+        }
+        Ok(Outcome::Applied {
+            revision,
+            actions: applied,
+        })
+    }
+
+    async fn txn_for(
+        &self,
+        o: &Observed,
+        action: &Action,
+        status: &mut ResourceStatus,
+    ) -> Result<Built, ExecError> {
+        let handler_of = |j: &JobId| queue_value(&j.handler);
+        Ok(match action {
+            Action::IssueJob(issue) => return self.issue(o, issue, status).await,
+            Action::ReleaseJob {
+                job,
+                all_rev,
+                waiting_rev,
+                deps,
+            } => {
+                let mut c = vec![
+                    at(job.key(JobSlot::All.prefix()), *all_rev),
+                    at(job.key(JobSlot::Waiting.prefix()), *waiting_rev),
+                ];
+                for (dep, s) in deps {
+                    match s {
+                        DepState::Gone => c.push(absent(format!("{}{dep}", JobSlot::All.prefix()))),
+                        DepState::Finished => {
+                            c.push(present(format!("{}{dep}", JobSlot::Finished.prefix())))
+                        }
+                        DepState::Unfinished => return Ok(Built::Conflict),
+                    }
+                }
+                Built::Txn(
+                    c,
+                    vec![
+                        del(job.key(JobSlot::Waiting.prefix())),
+                        put(job.key(JobSlot::Ready.prefix()), handler_of(job)),
+                    ],
+                )
+            }
+            Action::WithdrawJob {
+                job,
+                all_rev,
+                queued,
+            } => {
+                let mut c = vec![
+                    at(job.key(JobSlot::All.prefix()), *all_rev),
+                    absent(job.key(JobSlot::Working.prefix())),
+                    absent(job.key(JobSlot::Finished.prefix())),
+                ];
+                let mut ops = vec![del(job.key(JobSlot::All.prefix()))];
+                for (slot, rev) in queued {
+                    c.push(at(job.key(slot.prefix()), *rev));
+                    ops.push(del(job.key(slot.prefix())));
+                }
+                Built::Txn(c, ops)
+            }
+            Action::FinishJob {
+                job,
+                all_rev,
+                finished_rev,
+            } => Built::Txn(
+                vec![
+                    at(job.key(JobSlot::All.prefix()), *all_rev),
+                    at(job.key(JobSlot::Finished.prefix()), *finished_rev),
+                ],
+                vec![
+                    del(job.key(JobSlot::All.prefix())),
+                    del(job.key(JobSlot::Finished.prefix())),
+                ],
+            ),
+            Action::RequeueJob { job, all_rev, to } => Built::Txn(
+                vec![
+                    at(job.key(JobSlot::All.prefix()), *all_rev),
+                    absent(job.key(JobSlot::Waiting.prefix())),
+                    absent(job.key(JobSlot::Ready.prefix())),
+                    absent(job.key(JobSlot::Working.prefix())),
+                    absent(job.key(JobSlot::Finished.prefix())),
+                ],
+                vec![put(job.key(to.prefix()), handler_of(job))],
+            ),
+            Action::ReclaimJob {
+                job,
+                all_rev,
+                working_rev,
+                to,
+            } => Built::Txn(
+                vec![
+                    at(job.key(JobSlot::All.prefix()), *all_rev),
+                    at(job.key(JobSlot::Working.prefix()), *working_rev),
+                ],
+                vec![
+                    del(job.key(JobSlot::Working.prefix())),
+                    put(job.key(to.prefix()), handler_of(job)),
+                ],
+            ),
+            Action::CompleteState {
+                job,
+                all_rev,
+                state_rev,
+                stack_rev,
+                job_state_rev,
+            } => {
+                let r = &o.resource;
+                let resp = self
+                    .client
+                    .kv_client()
+                    .get(r.heat_stack_key(), None)
+                    .await?;
+                let Some(kv) = resp
+                    .kvs()
+                    .first()
+                    .filter(|kv| kv.mod_revision() == *stack_rev)
+                else {
+                    return Ok(Built::Conflict);
+                };
+                let stack: HeatStack = records::parse("heat stack", kv.value())
+                    .map_err(|e| ExecError::Build(e.to_string()))?;
+                let state = StateRecord {
+                    state: WorkerState {
+                        worker_state: job.action.completed_state().to_string(),
+                        orchestration_state: Some(stack.stack_status.clone()),
+                        heat_outputs: Some(
+                            serde_json::to_string(&stack.output).unwrap_or_else(|_| "[]".into()),
+                        ),
+                        extra: Map::new(),
+                    },
+                    version: job.version,
+                    error: String::new(),
+                    extra: Map::new(),
+                };
+                Built::Txn(
+                    vec![
+                        at(job.key(JobSlot::All.prefix()), *all_rev),
+                        absent(job.key(JobSlot::Working.prefix())),
+                        absent(job.key(JobSlot::Finished.prefix())),
+                        at(r.state_key(), *state_rev),
+                        at(r.heat_stack_key(), *stack_rev),
+                        at(r.job_state_key(), *job_state_rev),
+                    ],
+                    vec![
+                        put(
+                            r.state_key(),
+                            serde_json::to_vec(&state).unwrap_or_default(),
+                        ),
+                        del(r.job_state_key()),
+                        del(job.key(JobSlot::All.prefix())),
+                    ],
+                )
+            }
+            Action::DropJob {
+                job,
+                all_rev,
+                job_state_rev,
+            } => {
+                let mut c = vec![
+                    at(job.key(JobSlot::All.prefix()), *all_rev),
+                    absent(job.key(JobSlot::Working.prefix())),
+                    absent(job.key(JobSlot::Finished.prefix())),
+                ];
+                let mut ops = vec![del(job.key(JobSlot::All.prefix()))];
+                if let Some(rev) = job_state_rev {
+                    c.push(at(o.resource.job_state_key(), *rev));
+                    ops.push(del(o.resource.job_state_key()));
+                }
+                Built::Txn(c, ops)
+            }
+            Action::DropStrays { job, keys } => {
+                let mut c = vec![absent(job.key(JobSlot::All.prefix()))];
+                let mut ops = vec![];
+                for (slot, rev) in keys {
+                    c.push(at(job.key(slot.prefix()), *rev));
+                    ops.push(del(job.key(slot.prefix())));
+                }
+                Built::Txn(c, ops)
+            }
+            Action::RecordFailure {
+                version,
+                attempts,
+                failure_revision,
+                error,
+            } => {
+                let delay = self.backoff.delay(*attempts);
+                status.attempts = *attempts;
+                status.version = *version;
+                status.failure_revision = *failure_revision;
+                status.next_retry_ms = now_ms() + delay.as_millis() as u64;
+                status.last_error = error.clone();
+                Built::Txn(vec![], vec![])
+            }
+            Action::ClearBackoff => {
+                status.attempts = 0;
+                status.next_retry_ms = 0;
+                status.last_error.clear();
+                Built::Txn(vec![], vec![])
+            }
+        })
+    }
+
+    /// Builds and issues a job: reads the config (fenced by its revision),
+    /// evaluates the template's mappings, finds the unfinished jobs of the
+    /// resources the params reference, and writes `all/` plus `ready/` or
+    /// `waiting/` in one transaction that also checks the resource has no
+    /// job at all.
+    async fn issue(
+        &self,
+        o: &Observed,
+        issue: &Issue,
+        status: &mut ResourceStatus,
+    ) -> Result<Built, ExecError> {
+        let r = &o.resource;
+        let mut kv = self.client.kv_client();
+        let resp = kv.get(r.config_key(), None).await?;
+        let Some(ckv) = resp
+            .kvs()
+            .first()
+            .filter(|k| k.mod_revision() == issue.config_rev)
+        else {
+            return Ok(Built::Conflict);
+        };
+        let config: ConfigRecord =
+            records::parse("config", ckv.value()).map_err(|e| ExecError::Build(e.to_string()))?;
+        let template = {
+            let w = self.world.read().await;
+            match w.template(&issue.template).map(|t| t.compiled.clone()) {
+                Some(Ok(t)) => t,
+                _ => return Ok(Built::Conflict),
+            }
+        };
+        let subject = Subject {
+            rtype: &o.rtype,
+            body: &config.body.fields,
+            version: config.version,
+        };
+        let mut fetched = Fetched::default();
+        let params = loop {
+            match build_params(&template, subject, &self.catalog.schemas, &fetched) {
+                Ok(p) => break p,
+                Err(EvalError::NeedConfig(rid)) => {
+                    if fetched.0.len() > 256 {
+                        return Err(ExecError::Build("too many referenced configs".into()));
+                    }
+                    let body = self.fetch_config(&rid).await?;
+                    fetched.0.insert((rid.resource_type, rid.resource_id), body);
+                }
+                Err(e @ EvalError::MissingReference { .. }) => {
+                    return Ok(Built::Deferred(e.to_string()));
+                }
+                Err(e) => return Err(ExecError::Build(format!("template {}: {e}", template.id))),
+            }
+        };
+        let me = ResourceId {
+            resource_type: o.rtype.clone(),
+            resource_id: r.id.clone(),
+        };
+        let mut dependency = vec![];
+        {
+            let w = self.world.read().await;
+            for dep in referenced(&params).into_iter().filter(|d| *d != me) {
+                let jobs = w.unfinished_jobs_of(&dep.resource_type, &dep.resource_id);
+                if jobs.is_empty()
+                    && let Some(why) = not_yet_created(&w, &dep)
+                {
+                    return Ok(Built::Deferred(why));
+                }
+                dependency.extend(jobs.iter().map(|j| j.id.to_string()));
+            }
+        }
+        let spec = JobSpec {
+            action: issue.action,
+            handler: &issue.handler,
+            resource_type: &o.rtype,
+            resource_id: &r.id,
+            version: issue.version,
+            body: &config.body.fields,
+        };
+        let id = new_job_id(&spec);
+        let slot = if dependency.is_empty() {
+            JobSlot::Ready
+        } else {
+            JobSlot::Waiting
+        };
+        let env: JobEnvelope = envelope(&id, &spec, params, dependency);
+        let mut compares = vec![
+            at(r.config_key(), issue.config_rev),
+            at(r.state_key(), issue.state_rev),
+        ];
+        for action in JobAction::ALL {
+            compares.push(
+                absent(JobId::resource_prefix(
+                    action,
+                    &issue.handler,
+                    &o.rtype,
+                    &r.id,
+                ))
+                .with_prefix(),
+            );
+        }
+        if !issue.retry && status.version != issue.version {
+            status.attempts = 0;
+            status.next_retry_ms = 0;
+            status.version = issue.version;
+        }
+        status.last_error.clear();
+        let value = serde_json::to_vec(&env).map_err(|e| ExecError::Build(e.to_string()))?;
+        Ok(Built::Txn(
+            compares,
+            vec![
+                put(id.key(JobSlot::All.prefix()), value),
+                put(id.key(slot.prefix()), queue_value(&issue.handler)),
+            ],
+        ))
+    }
+
+    /// Records an error in the resource's status (best effort, fenced),
+    /// so `get` shows why it is stuck. Writes only when the text changes.
+    pub async fn note_error(&self, o: &Observed, error: &str) {
+        let mut status = o
+            .status
+            .as_ref()
+            .and_then(Parsed::ok)
+            .cloned()
+            .unwrap_or_default();
+        if status.last_error == error {
+            return;
+        }
+        status.last_error = error.to_string();
+        let key = o.resource.reconciler_key();
+        let rev = o.status.as_ref().map(|s| s.mod_rev).unwrap_or(0);
+        let txn = Txn::new()
+            .when(vec![at(key.clone(), rev)])
+            .and_then(vec![put(
+                key,
+                serde_json::to_vec(&status).unwrap_or_default(),
+            )]);
+        if let Err(e) = self.client.kv_client().txn(txn).await {
+            tracing::debug!(error = %e, "could not record error");
+        }
+    }
+
+    async fn fetch_config(
+        &self,
+        rid: &ResourceId,
+    ) -> Result<Option<Map<String, Value>>, ExecError> {
+        let Some(plural) = self.catalog.schemas.plural_of(&rid.resource_type) else {
+            return Ok(None);
+        };
+        let key = ResourceRef::new(plural, rid.resource_id.clone()).config_key();
+        let resp = self.client.kv_client().get(key, None).await?;
+        Ok(match resp.kvs().first() {
+            None => None,
+            Some(kv) => Some(
+                records::parse::<ConfigRecord>("config", kv.value())
+                    .map_err(|e| ExecError::Build(format!("{}: {e}", rid.resource_id)))?
+                    .body
+                    .fields,
+            ),
+        })
+    }
+}
+
+/// A referenced resource the reconciler manages that has neither a job in
+/// flight nor a `/state` yet: issuing now would hand the worker an output it
+/// cannot resolve, so wait until that resource's own job is issued.
+fn not_yet_created(w: &World, dep: &ResourceId) -> Option<String> {
+    let r = w.resource_of_job_type(&dep.resource_type, &dep.resource_id)?;
+    let e = w.entry(&r)?;
+    let cfg = e.config.as_ref()?.ok()?;
+    (cfg.template.is_some() && !cfg.marked && e.state.is_none()).then(|| {
+        format!(
+            "waiting for {} {} to be issued first",
+            dep.resource_type, dep.resource_id
+        )
+    })
+}
+
+enum Built {
+    Txn(Vec<Compare>, Vec<TxnOp>),
+    Conflict,
+    Deferred(String),
+}

@@ -1,0 +1,505 @@
+//! The planning step: a pure function from what is observed of one resource
+//! to the actions that move it toward what its config asks for.
+//!
+//! Desired target (DESIGN.md §3):
+//! - config present, not marked: `/state` at the config's version with
+//!   `CREATE_COMPLETED`/`MODIFY_COMPLETED` and no error;
+//! - config marked for deletion: `/state` at the config's version with
+//!   `DELETE_COMPLETED`;
+//! - no config: nothing of ours should remain; what does is reported.
+//!
+//! Jobs in flight are tidied first (finished, superseded, vanished,
+//! abandoned); a new job is issued only when none is left in flight, so a
+//! resource never has two jobs at once.
+
+use std::fmt;
+
+use crate::esi::keys::{JobAction, JobSlot};
+
+use super::action::{Action, Issue};
+use super::observed::{Observed, ObservedJob, TemplateStatus};
+use super::world::{ConfigSummary, Parsed, StateSummary};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub enum Phase {
+    Pending,
+    Progressing,
+    Converged,
+    BackingOff,
+    Failed,
+    Invalid,
+    Orphaned,
+    Paused,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 8] = [
+        Phase::Pending,
+        Phase::Progressing,
+        Phase::Converged,
+        Phase::BackingOff,
+        Phase::Failed,
+        Phase::Invalid,
+        Phase::Orphaned,
+        Phase::Paused,
+    ];
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// An action and why it is planned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Planned {
+    pub action: Action,
+    pub why: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub phase: Phase,
+    /// What the resource is waiting for, or what is wrong.
+    pub message: String,
+    pub actions: Vec<Planned>,
+    /// Plan again after this long even if nothing changes (backoff).
+    pub requeue_after_ms: Option<u64>,
+    /// Mod revision of our status record (0: absent), the fence for its update.
+    pub status_rev: i64,
+}
+
+impl Plan {
+    fn push(&mut self, action: Action, why: impl Into<String>) {
+        self.actions.push(Planned {
+            action,
+            why: why.into(),
+        });
+    }
+    fn set(&mut self, phase: Phase, message: impl Into<String>) {
+        self.phase = phase;
+        self.message = message.into();
+    }
+}
+
+/// The action a job for this config must have.
+pub fn target_action(o: &Observed, cfg: &ConfigSummary) -> JobAction {
+    if cfg.marked {
+        return JobAction::LogicalDelete;
+    }
+    // A stack that was never created (or is gone) is created again; Heat
+    // cannot update a stack whose create failed into a sound state.
+    let stack_alive = o
+        .stack
+        .as_ref()
+        .and_then(Parsed::ok)
+        .is_some_and(|s| !s.status.starts_with("DELETE") && s.status != "CREATE_FAILED");
+    let created = o.state.as_ref().and_then(Parsed::ok).is_some_and(|s| {
+        matches!(
+            s.worker_state.as_str(),
+            "CREATE_COMPLETED" | "MODIFY_COMPLETED" | "MODIFY_FAILED"
+        )
+    });
+    if stack_alive || created {
+        JobAction::Modify
+    } else {
+        JobAction::Create
+    }
+}
+
+/// `/state` says the config is realised.
+pub fn is_converged(state: Option<&StateSummary>, cfg: &ConfigSummary) -> bool {
+    let Some(s) = state else { return false };
+    if s.version != cfg.version || !s.error.is_empty() {
+        return false;
+    }
+    if cfg.marked {
+        s.worker_state == "DELETE_COMPLETED"
+    } else {
+        matches!(
+            s.worker_state.as_str(),
+            "CREATE_COMPLETED" | "MODIFY_COMPLETED"
+        )
+    }
+}
+
+fn invalid_reasons(o: &Observed) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut note = |what: &str, e: Option<&str>| {
+        if let Some(e) = e {
+            out.push(format!("{what}: {e}"));
+        }
+    };
+    note("config", o.config.as_ref().and_then(Parsed::error));
+    note("state", o.state.as_ref().and_then(Parsed::error));
+    note("heat stack", o.stack.as_ref().and_then(Parsed::error));
+    note("job state", o.job_state.as_ref().and_then(Parsed::error));
+    note(
+        "reconciler status",
+        o.status.as_ref().and_then(Parsed::error),
+    );
+    for j in &o.jobs {
+        note(
+            &format!("job {}", j.id),
+            j.all.as_ref().and_then(Parsed::error),
+        );
+    }
+    out
+}
+
+fn queue_slot(j: &ObservedJob) -> JobSlot {
+    if j.unfinished_deps().next().is_some() {
+        JobSlot::Waiting
+    } else {
+        JobSlot::Ready
+    }
+}
+
+fn where_is(j: &ObservedJob) -> &'static str {
+    if j.working.is_some() {
+        "working"
+    } else if j.waiting.is_some() {
+        "waiting"
+    } else if j.ready.is_some() {
+        "ready"
+    } else {
+        "in flight"
+    }
+}
+
+/// Plans the next actions for one resource. Pure: the same view always
+/// yields the same plan.
+pub fn plan(o: &Observed) -> Plan {
+    let mut p = Plan {
+        phase: Phase::Pending,
+        message: String::new(),
+        actions: vec![],
+        requeue_after_ms: None,
+        status_rev: o.status.as_ref().map(|s| s.mod_rev).unwrap_or(0),
+    };
+    let invalid = invalid_reasons(o);
+    if !invalid.is_empty() {
+        p.set(
+            Phase::Invalid,
+            format!("left untouched: {}", invalid.join("; ")),
+        );
+        return p;
+    }
+    plan_valid(o, &mut p);
+    if o.paused {
+        let would: Vec<String> = p.actions.drain(..).map(|a| a.action.to_string()).collect();
+        let msg = if would.is_empty() {
+            "paused".to_string()
+        } else {
+            format!("paused; would {}", would.join(", "))
+        };
+        p.set(Phase::Paused, msg);
+        p.requeue_after_ms = None;
+    }
+    p
+}
+
+fn plan_valid(o: &Observed, p: &mut Plan) {
+    let cfg = o.config.as_ref().and_then(Parsed::ok);
+    let state = o.state.as_ref().and_then(Parsed::ok);
+    let state_rev = o.state.as_ref().map(|s| s.mod_rev).unwrap_or(0);
+    let target = cfg.map(|c| target_action(o, c));
+
+    // 1. Tidy the jobs in flight.
+    let mut live: Vec<&ObservedJob> = vec![];
+    let mut state_changing = false;
+    for j in &o.jobs {
+        let Some(all_rev) = j.all_rev() else {
+            let mut keys = vec![];
+            keys.extend(j.waiting.map(|r| (JobSlot::Waiting, r)));
+            keys.extend(j.ready.map(|r| (JobSlot::Ready, r)));
+            keys.extend(j.finished.map(|r| (JobSlot::Finished, r)));
+            if j.working.is_some() {
+                // A worker still holds it; its lease or its own cleanup ends it.
+                live.push(j);
+            } else if !keys.is_empty() {
+                p.push(
+                    Action::DropStrays {
+                        job: j.id.clone(),
+                        keys,
+                    },
+                    "its /jobs/all entry is gone",
+                );
+            }
+            continue;
+        };
+        if let Some(finished_rev) = j.finished {
+            p.push(
+                Action::FinishJob {
+                    job: j.id.clone(),
+                    all_rev,
+                    finished_rev,
+                },
+                "the worker marked it finished",
+            );
+            continue;
+        }
+        if let Some((working_rev, lease)) = j.working {
+            if lease == 0 {
+                let to = queue_slot(j);
+                p.push(
+                    Action::ReclaimJob {
+                        job: j.id.clone(),
+                        all_rev,
+                        working_rev,
+                        to,
+                    },
+                    "its working claim has no lease, so no expiry would ever release it",
+                );
+            }
+            live.push(j);
+            continue;
+        }
+        // Create and modify both realise a version; only deleting versus
+        // not deleting makes a job of the same version wrong.
+        let superseded = cfg.is_some_and(|c| {
+            j.id.version < c.version
+                || (j.id.version == c.version
+                    && (j.id.action == JobAction::LogicalDelete) != c.marked)
+        });
+        if superseded {
+            let mut queued = vec![];
+            queued.extend(j.waiting.map(|r| (JobSlot::Waiting, r)));
+            queued.extend(j.ready.map(|r| (JobSlot::Ready, r)));
+            let c = cfg.map(|c| c.version).unwrap_or(0);
+            p.push(
+                Action::WithdrawJob {
+                    job: j.id.clone(),
+                    all_rev,
+                    queued,
+                },
+                format!(
+                    "unclaimed and superseded by config v{c} ({})",
+                    target.map(|t| t.as_str()).unwrap_or("-")
+                ),
+            );
+            continue;
+        }
+        if j.waiting.is_some() || j.ready.is_some() {
+            if let Some(waiting_rev) = j.waiting
+                && j.unfinished_deps().next().is_none()
+            {
+                p.push(
+                    Action::ReleaseJob {
+                        job: j.id.clone(),
+                        all_rev,
+                        waiting_rev,
+                        deps: j.deps.clone(),
+                    },
+                    "every job it depends on is done",
+                );
+            }
+            live.push(j);
+            continue;
+        }
+        // Neither queued, claimed nor finished: the job vanished from the queue.
+        let action = j.id.action;
+        let recorded = state.is_some_and(|s| {
+            s.version > j.id.version
+                || (s.version == j.id.version
+                    && (s.worker_state == action.completed_state()
+                        || s.worker_state == action.failed_state()))
+        });
+        let stack_done = o
+            .stack
+            .as_ref()
+            .and_then(Parsed::ok)
+            .is_some_and(|s| s.status == action.stack_complete());
+        let job_state_done =
+            o.job_state.as_ref().and_then(Parsed::ok).is_some_and(|js| {
+                js.orchestration_state.as_deref() == Some(action.stack_complete())
+            });
+        if recorded {
+            p.push(
+                Action::DropJob {
+                    job: j.id.clone(),
+                    all_rev,
+                    job_state_rev: o.job_state.as_ref().map(|s| s.mod_rev),
+                },
+                "it left the queue and /state already records its result",
+            );
+        } else if let (true, true, Some(stack), Some(js)) =
+            (stack_done, job_state_done, &o.stack, &o.job_state)
+        {
+            p.push(
+                Action::CompleteState {
+                    job: j.id.clone(),
+                    all_rev,
+                    state_rev,
+                    stack_rev: stack.mod_rev,
+                    job_state_rev: js.mod_rev,
+                },
+                "its stack finished but the worker died before writing /state",
+            );
+            state_changing = true;
+        } else {
+            p.push(
+                Action::RequeueJob { job: j.id.clone(), all_rev, to: queue_slot(j) },
+                "it is in /jobs/all but neither queued, claimed nor finished (lost, or its worker's lease expired)",
+            );
+            live.push(j);
+        }
+    }
+
+    // 2. Compare desired with observed.
+    let Some(cfg) = cfg else {
+        let left = [
+            o.state.is_some(),
+            o.stack.is_some(),
+            o.job_state.is_some(),
+            !o.jobs.is_empty(),
+        ];
+        if left.iter().any(|x| *x) {
+            p.set(
+                Phase::Orphaned,
+                "no config, but records of it remain (removal is opt-in)",
+            );
+        } else {
+            p.set(Phase::Converged, "no config and nothing left");
+        }
+        return;
+    };
+    let (handler, template) = match &o.template {
+        TemplateStatus::NotNeeded => {
+            return p.set(
+                Phase::Converged,
+                "no template applies: nothing to orchestrate",
+            );
+        }
+        TemplateStatus::Missing(t) => {
+            return p.set(Phase::Pending, format!("waiting for heat template {t}"));
+        }
+        TemplateStatus::Invalid { template, reason } => {
+            return p.set(
+                Phase::Failed,
+                format!("heat template {template} is invalid: {reason}"),
+            );
+        }
+        TemplateStatus::Unknown => return p.set(Phase::Pending, "config not understood"),
+        TemplateStatus::Ready { handler, template } => (handler, template),
+    };
+    let action = target.unwrap_or(JobAction::Create);
+    if is_converged(state, cfg) {
+        if live.is_empty() {
+            if o.status
+                .as_ref()
+                .and_then(Parsed::ok)
+                .is_some_and(|s| s.attempts > 0)
+            {
+                p.push(Action::ClearBackoff, "converged");
+            }
+            p.set(
+                Phase::Converged,
+                format!("v{} {}", cfg.version, action.completed_state()),
+            );
+        } else {
+            p.set(
+                Phase::Progressing,
+                format!("converged; {} stale job(s) still in flight", live.len()),
+            );
+        }
+        return;
+    }
+    if let Some(s) = state
+        && s.version > cfg.version
+    {
+        return p.set(
+            Phase::Failed,
+            format!(
+                "/state is at v{}, ahead of config v{}",
+                s.version, cfg.version
+            ),
+        );
+    }
+    if let Some(j) = live.first() {
+        return p.set(
+            Phase::Progressing,
+            format!("{} v{} job is {}", j.id.action, j.id.version, where_is(j)),
+        );
+    }
+    if state_changing {
+        return p.set(Phase::Progressing, "completing /state");
+    }
+    let issue = |retry| Issue {
+        action,
+        version: cfg.version,
+        handler: handler.clone(),
+        template: template.clone(),
+        config_rev: o.config.as_ref().map(|c| c.mod_rev).unwrap_or(0),
+        state_rev,
+        retry,
+    };
+    // A failed attempt at this version: back off before retrying.
+    if let Some(s) = state
+        && s.version == cfg.version
+        && s.is_failed()
+    {
+        let status = o.status.as_ref().and_then(Parsed::ok);
+        let counted = status.is_some_and(|st| st.failure_revision == state_rev);
+        let attempts = status
+            .filter(|st| st.version == cfg.version)
+            .map(|st| st.attempts)
+            .unwrap_or(0);
+        let error = if s.error.is_empty() {
+            s.worker_state.clone()
+        } else {
+            s.error.clone()
+        };
+        if !counted {
+            p.push(
+                Action::RecordFailure {
+                    version: cfg.version,
+                    attempts: attempts + 1,
+                    failure_revision: state_rev,
+                    error: error.clone(),
+                },
+                format!("{} failed: {error}", action),
+            );
+            return p.set(
+                Phase::BackingOff,
+                format!("attempt {} failed: {error}", attempts + 1),
+            );
+        }
+        let next = status.map(|st| st.next_retry_ms).unwrap_or(0);
+        if o.now_ms < next {
+            p.requeue_after_ms = Some(next - o.now_ms);
+            return p.set(
+                Phase::BackingOff,
+                format!(
+                    "attempt {attempts} failed: {error}; retry in {} ms",
+                    next - o.now_ms
+                ),
+            );
+        }
+        p.push(
+            Action::IssueJob(issue(true)),
+            format!("backoff after attempt {attempts} elapsed"),
+        );
+        return p.set(
+            Phase::Progressing,
+            format!("retrying {action} v{}", cfg.version),
+        );
+    }
+    let why = match state {
+        None => format!("no /state yet: {action} v{}", cfg.version),
+        Some(s) => format!(
+            "/state is v{} {}, config is v{}",
+            s.version, s.worker_state, cfg.version
+        ),
+    };
+    p.push(Action::IssueJob(issue(false)), why);
+    p.set(
+        Phase::Progressing,
+        format!("issuing {action} v{}", cfg.version),
+    );
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

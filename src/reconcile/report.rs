@@ -1,0 +1,97 @@
+//! One resource as an operator sees it: desired, observed, phase and the
+//! reconciler's bookkeeping. Used by `get`, `plan` and the Kubernetes mirror.
+
+use serde::Serialize;
+
+use crate::esi::keys::ResourceRef;
+
+use super::observed::Observed;
+use super::plan::{Phase, Plan, plan};
+use super::world::{Parsed, World};
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    #[serde(rename = "type")]
+    pub rtype: String,
+    pub id: String,
+    /// `Present`, `Absent` (marked for deletion) or `-` (no valid config).
+    pub desired: &'static str,
+    pub desired_version: Option<u64>,
+    pub observed_version: Option<u64>,
+    pub worker_state: Option<String>,
+    pub stack_status: Option<String>,
+    pub phase: Phase,
+    pub message: String,
+    pub attempts: u32,
+    pub next_retry_ms: u64,
+    pub last_action: String,
+    pub last_action_ms: u64,
+    pub last_error: String,
+    /// The next actions and why, as `plan` shows them.
+    pub next: Vec<String>,
+}
+
+impl Report {
+    pub fn new(o: &Observed, p: &Plan) -> Self {
+        let cfg = o.config.as_ref().and_then(Parsed::ok);
+        let state = o.state.as_ref().and_then(Parsed::ok);
+        let status = o
+            .status
+            .as_ref()
+            .and_then(Parsed::ok)
+            .cloned()
+            .unwrap_or_default();
+        let last_error = if matches!(p.phase, Phase::Invalid | Phase::Failed | Phase::BackingOff)
+            && status.last_error.is_empty()
+        {
+            p.message.clone()
+        } else {
+            status.last_error.clone()
+        };
+        Report {
+            rtype: o.rtype.clone(),
+            id: o.resource.id.clone(),
+            desired: match cfg {
+                Some(c) if c.marked => "Absent",
+                Some(_) => "Present",
+                None => "-",
+            },
+            desired_version: cfg.map(|c| c.version),
+            observed_version: state.map(|s| s.version),
+            worker_state: state.map(|s| s.worker_state.clone()),
+            stack_status: o
+                .stack
+                .as_ref()
+                .and_then(Parsed::ok)
+                .map(|s| s.status.clone()),
+            phase: p.phase,
+            message: p.message.clone(),
+            attempts: status.attempts,
+            next_retry_ms: status.next_retry_ms,
+            last_action: status.last_action.clone(),
+            last_action_ms: status.last_action_ms,
+            last_error,
+            next: p
+                .actions
+                .iter()
+                .map(|a| format!("{} — {}", a.action, a.why))
+                .collect(),
+        }
+    }
+
+    /// Plans `r` in `world` and reports it.
+    pub fn of(world: &World, r: &ResourceRef, now_ms: u64) -> Option<Report> {
+        let o = Observed::from_world(world, r, now_ms)?;
+        Some(Report::new(&o, &plan(&o)))
+    }
+}
+
+/// Every resource, sorted by type and id.
+pub fn all(world: &World, now_ms: u64) -> Vec<Report> {
+    let mut out: Vec<Report> = world
+        .resources()
+        .filter_map(|(r, _)| Report::of(world, r, now_ms))
+        .collect();
+    out.sort_by(|a, b| (&a.rtype, &a.id).cmp(&(&b.rtype, &b.id)));
+    out
+}

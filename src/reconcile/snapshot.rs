@@ -1,0 +1,52 @@
+//! A one-shot, consistent view of etcd: the world at one revision, for the
+//! CLI's `get` and `plan` (which must not wait for a watch).
+
+use std::sync::Arc;
+
+use etcd_client::Client;
+use tokio::sync::mpsc;
+
+use crate::esi::Catalog;
+use crate::esi::keys::{WATCH_END, WATCH_START};
+use crate::store::mirror::{self, MirrorEvent, MirrorOptions};
+use crate::store::{Change, StoreError};
+
+use super::world::World;
+
+pub fn mirror_options(page_size: i64) -> MirrorOptions {
+    MirrorOptions {
+        start: WATCH_START.to_string(),
+        end: WATCH_END.to_string(),
+        page_size,
+    }
+}
+
+/// Lists everything the reconciler watches, at one pinned revision.
+pub async fn load(
+    client: &Client,
+    catalog: Arc<Catalog>,
+    page_size: i64,
+) -> Result<World, StoreError> {
+    let (tx, mut rx) = mpsc::channel(16);
+    let mut c = client.clone();
+    let opts = mirror_options(page_size);
+    let lister = tokio::spawn(async move { mirror::list(&mut c, &opts, &tx).await });
+    let mut world = World::new(catalog);
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            MirrorEvent::ListStart { revision } | MirrorEvent::ListEnd { revision } => {
+                world.revision = revision
+            }
+            MirrorEvent::ListPage(kvs) => {
+                for kv in kvs {
+                    world.apply(&Change::Put(kv));
+                }
+            }
+            _ => {}
+        }
+    }
+    lister
+        .await
+        .map_err(|e| StoreError::Etcd(etcd_client::Error::WatchError(e.to_string())))??;
+    Ok(world)
+}

@@ -1,0 +1,560 @@
+//! The reconciler's in-memory mirror of etcd: a compact summary of every
+//! resource's records and every job in flight, at one revision.
+//!
+//! Only what planning needs is kept (versions, statuses, revisions), not the
+//! config bodies: the executor fetches a body when it issues a job. That keeps
+//! memory per resource small at 100k resources.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::esi::Catalog;
+use crate::esi::job::CompiledTemplate;
+use crate::esi::keys::{EsiKey, JobId, JobSlot, ResourceRef};
+use crate::esi::mapping::select::TemplateChoice;
+use crate::esi::records::{
+    self, ConfigRecord, HeatStack, HeatTemplate, JobEnvelope, JobState, StateRecord,
+};
+use crate::store::{Change, Kv};
+
+use super::plan::Phase;
+
+use super::status::ResourceStatus;
+
+/// A record as read: its mod revision and its summary, or why it did not parse.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed<T> {
+    pub mod_rev: i64,
+    pub value: Result<T, String>,
+}
+
+impl<T> Parsed<T> {
+    pub fn ok(&self) -> Option<&T> {
+        self.value.as_ref().ok()
+    }
+    pub fn error(&self) -> Option<&str> {
+        self.value.as_ref().err().map(String::as_str)
+    }
+}
+
+/// Which template a resource uses, interned: many resources share one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TemplateUse {
+    pub handler: String,
+    pub template: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigSummary {
+    pub version: u64,
+    pub marked: bool,
+    /// `None`: the mappings say this resource has no template (no job).
+    pub template: Option<Arc<TemplateUse>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateSummary {
+    pub version: u64,
+    pub worker_state: String,
+    pub error: String,
+}
+
+impl StateSummary {
+    pub fn is_failed(&self) -> bool {
+        !self.error.is_empty() || self.worker_state.ends_with("_FAILED")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StackSummary {
+    pub status: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobStateSummary {
+    pub orchestration_state: Option<String>,
+}
+
+/// Everything recorded for one resource.
+#[derive(Debug, Clone, Default)]
+pub struct Entry {
+    pub rtype: Arc<str>,
+    pub config: Option<Parsed<ConfigSummary>>,
+    pub state: Option<Parsed<StateSummary>>,
+    pub stack: Option<Parsed<StackSummary>>,
+    pub job_state: Option<Parsed<JobStateSummary>>,
+    pub status: Option<Parsed<ResourceStatus>>,
+    /// Ids of this resource's jobs that have any key under `/jobs/`.
+    pub jobs: Vec<String>,
+    /// The phase its last plan found (set by the controller).
+    pub phase: Option<Phase>,
+}
+
+impl Entry {
+    fn is_empty(&self) -> bool {
+        self.config.is_none()
+            && self.state.is_none()
+            && self.stack.is_none()
+            && self.job_state.is_none()
+            && self.status.is_none()
+            && self.jobs.is_empty()
+    }
+}
+
+/// The keys of one job across `/jobs/{all,waiting,ready,working,finished}`.
+#[derive(Debug, Clone)]
+pub struct JobEntry {
+    pub id: JobId,
+    /// `all/`: mod revision and the job's dependencies, or a parse error.
+    pub all: Option<Parsed<Vec<String>>>,
+    pub waiting: Option<i64>,
+    pub ready: Option<i64>,
+    /// `working/`: mod revision and lease id (0: no lease).
+    pub working: Option<(i64, i64)>,
+    pub finished: Option<i64>,
+}
+
+impl JobEntry {
+    fn new(id: JobId) -> Self {
+        Self {
+            id,
+            all: None,
+            waiting: None,
+            ready: None,
+            working: None,
+            finished: None,
+        }
+    }
+    fn is_empty(&self) -> bool {
+        self.all.is_none()
+            && self.waiting.is_none()
+            && self.ready.is_none()
+            && self.working.is_none()
+            && self.finished.is_none()
+    }
+    /// Still to be done: its `all/` entry exists and it is not finished.
+    pub fn is_unfinished(&self) -> bool {
+        self.all.is_some() && self.finished.is_none()
+    }
+}
+
+/// A template as loaded from etcd.
+#[derive(Debug, Clone)]
+pub struct TemplateEntry {
+    pub mod_rev: i64,
+    pub compiled: Result<Arc<CompiledTemplate>, String>,
+}
+
+/// What a change touched: resources to reconcile again.
+#[derive(Debug, Default)]
+pub struct Touched {
+    pub resources: Vec<ResourceRef>,
+    /// A job ended: every resource waiting on dependencies may move on.
+    pub waiting_may_release: bool,
+    /// A template changed: resources using it may move on.
+    pub template: Option<String>,
+}
+
+pub struct World {
+    catalog: Arc<Catalog>,
+    pub revision: i64,
+    resources: HashMap<ResourceRef, Entry>,
+    jobs: HashMap<String, JobEntry>,
+    templates: HashMap<String, TemplateEntry>,
+    /// Keys inside our prefixes that do not parse, with the reason.
+    unparsed: BTreeMap<String, String>,
+    interned: HashSet<Arc<TemplateUse>>,
+    interned_types: HashSet<Arc<str>>,
+}
+
+impl World {
+    pub fn new(catalog: Arc<Catalog>) -> Self {
+        Self {
+            catalog,
+            revision: 0,
+            resources: HashMap::new(),
+            jobs: HashMap::new(),
+            templates: HashMap::new(),
+            unparsed: BTreeMap::new(),
+            interned: HashSet::new(),
+            interned_types: HashSet::new(),
+        }
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    /// Forgets everything: a fresh list follows.
+    pub fn clear(&mut self) {
+        let catalog = self.catalog.clone();
+        *self = World::new(catalog);
+    }
+
+    pub fn resource_count(&self) -> usize {
+        self.resources.len()
+    }
+
+    pub fn resources(&self) -> impl Iterator<Item = (&ResourceRef, &Entry)> {
+        self.resources.iter()
+    }
+
+    pub fn entry(&self, r: &ResourceRef) -> Option<&Entry> {
+        self.resources.get(r)
+    }
+
+    pub fn job(&self, id: &str) -> Option<&JobEntry> {
+        self.jobs.get(id)
+    }
+
+    pub fn jobs(&self) -> impl Iterator<Item = &JobEntry> {
+        self.jobs.values()
+    }
+
+    pub fn template(&self, id: &str) -> Option<&TemplateEntry> {
+        self.templates.get(id)
+    }
+
+    pub fn templates(&self) -> impl Iterator<Item = (&String, &TemplateEntry)> {
+        self.templates.iter()
+    }
+
+    pub fn unparsed(&self) -> &BTreeMap<String, String> {
+        &self.unparsed
+    }
+
+    /// Resources that currently have a job waiting on dependencies.
+    pub fn resources_with_waiting_jobs(&self) -> Vec<ResourceRef> {
+        self.jobs
+            .values()
+            .filter(|j| j.waiting.is_some())
+            .filter_map(|j| self.resource_of_job(&j.id))
+            .collect()
+    }
+
+    /// Resources whose config chose template `id`.
+    pub fn resources_using_template(&self, id: &str) -> Vec<ResourceRef> {
+        self.resources
+            .iter()
+            .filter(|(_, e)| {
+                e.config
+                    .as_ref()
+                    .and_then(Parsed::ok)
+                    .and_then(|c| c.template.as_ref())
+                    .is_some_and(|t| t.template == id)
+            })
+            .map(|(r, _)| r.clone())
+            .collect()
+    }
+
+    /// Unfinished jobs of a resource (by singular type and id).
+    pub fn unfinished_jobs_of(&self, rtype: &str, id: &str) -> Vec<&JobEntry> {
+        let Some(r) = self.resource_of_job_type(rtype, id) else {
+            return vec![];
+        };
+        self.resources
+            .get(&r)
+            .map(|e| {
+                e.jobs
+                    .iter()
+                    .filter_map(|j| self.jobs.get(j))
+                    .filter(|j| j.is_unfinished())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn resource_of_job(&self, id: &JobId) -> Option<ResourceRef> {
+        self.resource_of_job_type(&id.resource_type, &id.resource_id)
+    }
+
+    /// The key form of a resource named by singular type and id.
+    pub fn resource_of_job_type(&self, rtype: &str, id: &str) -> Option<ResourceRef> {
+        let plural = self.catalog.schemas.plural_of(rtype)?;
+        Some(ResourceRef::new(plural, id))
+    }
+
+    fn intern_type(&mut self, singular: &str) -> Arc<str> {
+        if let Some(t) = self.interned_types.get(singular) {
+            return t.clone();
+        }
+        let t: Arc<str> = Arc::from(singular);
+        self.interned_types.insert(t.clone());
+        t
+    }
+
+    fn intern_template(&mut self, handler: String, template: String) -> Arc<TemplateUse> {
+        let u = TemplateUse { handler, template };
+        if let Some(t) = self.interned.get(&u) {
+            return t.clone();
+        }
+        let t = Arc::new(u);
+        self.interned.insert(t.clone());
+        t
+    }
+
+    /// The singular type of a plural the reconciler manages, or `None` for
+    /// resources it leaves alone (unknown or without a template mapping).
+    fn managed_type(&mut self, plural: &str) -> Option<Arc<str>> {
+        let singular = self.catalog.schemas.singular_of(plural)?.to_string();
+        self.catalog
+            .mappings
+            .is_mapped(&singular)
+            .then(|| self.intern_type(&singular))
+    }
+
+    fn entry_mut(&mut self, r: &ResourceRef, rtype: Arc<str>) -> &mut Entry {
+        self.resources.entry(r.clone()).or_insert_with(|| Entry {
+            rtype,
+            ..Entry::default()
+        })
+    }
+
+    fn prune(&mut self, r: &ResourceRef) {
+        if self.resources.get(r).is_some_and(Entry::is_empty) {
+            self.resources.remove(r);
+        }
+    }
+
+    /// Applies one change from the mirror.
+    pub fn apply(&mut self, change: &Change) -> Touched {
+        match change {
+            Change::Put(kv) => self.put(kv),
+            Change::Delete { key, .. } => self.delete(key),
+        }
+    }
+
+    /// Records the phase a plan found for `r`.
+    pub fn set_phase(&mut self, r: &ResourceRef, phase: Phase) {
+        if let Some(e) = self.resources.get_mut(r) {
+            e.phase = Some(phase);
+        }
+    }
+
+    /// Applies a put.
+    pub fn put(&mut self, kv: &Kv) -> Touched {
+        self.unparsed.remove(&kv.key);
+        let key = match EsiKey::parse(&kv.key) {
+            Ok(Some(k)) => k,
+            Ok(None) => return Touched::default(),
+            Err(e) => {
+                self.unparsed.insert(kv.key.clone(), e.to_string());
+                return Touched::default();
+            }
+        };
+        let rev = kv.mod_revision;
+        let mut touched = Touched::default();
+        match key {
+            EsiKey::Template(id) => {
+                let compiled = records::parse::<ConfigRecord>("heat template", &kv.value)
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| HeatTemplate::from_config(&r).map_err(|e| e.to_string()))
+                    .and_then(|t| {
+                        CompiledTemplate::compile(&t)
+                            .map(Arc::new)
+                            .map_err(|e| e.to_string())
+                    });
+                self.templates.insert(
+                    id.clone(),
+                    TemplateEntry {
+                        mod_rev: rev,
+                        compiled,
+                    },
+                );
+                touched.template = Some(id);
+            }
+            EsiKey::Config(r) => {
+                let Some(rtype) = self.managed_type(&r.plural) else {
+                    return touched;
+                };
+                let value = self.summarize_config(&rtype, &kv.value);
+                self.entry_mut(&r, rtype).config = Some(Parsed {
+                    mod_rev: rev,
+                    value,
+                });
+                touched.resources.push(r);
+            }
+            EsiKey::State(r) => {
+                let Some(rtype) = self.managed_type(&r.plural) else {
+                    return touched;
+                };
+                let value = records::parse::<StateRecord>("state", &kv.value)
+                    .map(|s| StateSummary {
+                        version: s.version,
+                        worker_state: s.state.worker_state,
+                        error: s.error,
+                    })
+                    .map_err(|e| e.to_string());
+                self.entry_mut(&r, rtype).state = Some(Parsed {
+                    mod_rev: rev,
+                    value,
+                });
+                touched.resources.push(r);
+            }
+            EsiKey::HeatStack(r) => {
+                let Some(rtype) = self.managed_type(&r.plural) else {
+                    return touched;
+                };
+                let value = records::parse::<HeatStack>("heat stack", &kv.value)
+                    .map(|s| StackSummary {
+                        status: s.stack_status,
+                    })
+                    .map_err(|e| e.to_string());
+                self.entry_mut(&r, rtype).stack = Some(Parsed {
+                    mod_rev: rev,
+                    value,
+                });
+                touched.resources.push(r);
+            }
+            EsiKey::JobState(r) => {
+                let Some(rtype) = self.managed_type(&r.plural) else {
+                    return touched;
+                };
+                let value = records::parse::<JobState>("job state", &kv.value)
+                    .map(|s| JobStateSummary {
+                        orchestration_state: s.orchestration_state,
+                    })
+                    .map_err(|e| e.to_string());
+                self.entry_mut(&r, rtype).job_state = Some(Parsed {
+                    mod_rev: rev,
+                    value,
+                });
+                touched.resources.push(r);
+            }
+            EsiKey::Reconciler(r) => {
+                let Some(rtype) = self.managed_type(&r.plural) else {
+                    return touched;
+                };
+                let value = records::parse::<ResourceStatus>("reconciler status", &kv.value)
+                    .map_err(|e| e.to_string());
+                self.entry_mut(&r, rtype).status = Some(Parsed {
+                    mod_rev: rev,
+                    value,
+                });
+                touched.resources.push(r);
+            }
+            EsiKey::Job(slot, id) => {
+                let Some(r) = self.resource_of_job(&id) else {
+                    self.unparsed.insert(
+                        kv.key.clone(),
+                        format!("job for unknown resource type {}", id.resource_type),
+                    );
+                    return touched;
+                };
+                let Some(rtype) = self.managed_type(&r.plural) else {
+                    return touched;
+                };
+                let id_str = id.to_string();
+                let job = self
+                    .jobs
+                    .entry(id_str.clone())
+                    .or_insert_with(|| JobEntry::new(id));
+                match slot {
+                    JobSlot::All => {
+                        let value = records::parse::<JobEnvelope>("job", &kv.value)
+                            .map(|env| env.1.dependency)
+                            .map_err(|e| e.to_string());
+                        job.all = Some(Parsed {
+                            mod_rev: rev,
+                            value,
+                        });
+                    }
+                    JobSlot::Waiting => job.waiting = Some(rev),
+                    JobSlot::Ready => job.ready = Some(rev),
+                    JobSlot::Working => job.working = Some((rev, kv.lease)),
+                    JobSlot::Finished => {
+                        job.finished = Some(rev);
+                        touched.waiting_may_release = true;
+                    }
+                }
+                let e = self.entry_mut(&r, rtype);
+                if !e.jobs.contains(&id_str) {
+                    e.jobs.push(id_str);
+                }
+                touched.resources.push(r);
+            }
+        }
+        touched
+    }
+
+    fn summarize_config(&mut self, rtype: &str, bytes: &[u8]) -> Result<ConfigSummary, String> {
+        let rec: ConfigRecord = records::parse("config", bytes).map_err(|e| e.to_string())?;
+        let choice = self
+            .catalog
+            .mappings
+            .choose(rtype, &rec.body.fields, rec.version, &self.catalog.schemas)
+            .map_err(|e| format!("cannot choose a template: {e}"))?;
+        let template = match choice {
+            TemplateChoice::Template { handler, template } => {
+                Some(self.intern_template(handler, template))
+            }
+            TemplateChoice::None | TemplateChoice::Unmapped => None,
+        };
+        Ok(ConfigSummary {
+            version: rec.version,
+            marked: rec.marked_for_deletion,
+            template,
+        })
+    }
+
+    fn clear_part(&mut self, r: ResourceRef, f: impl FnOnce(&mut Entry)) -> Touched {
+        let Some(e) = self.resources.get_mut(&r) else {
+            return Touched::default();
+        };
+        f(e);
+        self.prune(&r);
+        Touched {
+            resources: vec![r],
+            ..Touched::default()
+        }
+    }
+
+    /// Applies a delete.
+    pub fn delete(&mut self, key: &str) -> Touched {
+        self.unparsed.remove(key);
+        let mut touched = Touched::default();
+        let Ok(Some(k)) = EsiKey::parse(key) else {
+            return touched;
+        };
+        match k {
+            EsiKey::Template(id) => {
+                self.templates.remove(&id);
+                touched.template = Some(id);
+            }
+            EsiKey::Config(r) => return self.clear_part(r, |e| e.config = None),
+            EsiKey::State(r) => return self.clear_part(r, |e| e.state = None),
+            EsiKey::HeatStack(r) => return self.clear_part(r, |e| e.stack = None),
+            EsiKey::JobState(r) => return self.clear_part(r, |e| e.job_state = None),
+            EsiKey::Reconciler(r) => return self.clear_part(r, |e| e.status = None),
+            EsiKey::Job(slot, id) => {
+                let id_str = id.to_string();
+                let Some(job) = self.jobs.get_mut(&id_str) else {
+                    return touched;
+                };
+                match slot {
+                    JobSlot::All => {
+                        job.all = None;
+                        touched.waiting_may_release = true;
+                    }
+                    JobSlot::Waiting => job.waiting = None,
+                    JobSlot::Ready => job.ready = None,
+                    JobSlot::Working => job.working = None,
+                    JobSlot::Finished => job.finished = None,
+                }
+                if job.is_empty() {
+                    self.jobs.remove(&id_str);
+                    if let Some(r) = self.resource_of_job(&id) {
+                        if let Some(e) = self.resources.get_mut(&r) {
+                            e.jobs.retain(|j| j != &id_str);
+                        }
+                        self.prune(&r);
+                    }
+                }
+                if let Some(r) = self.resource_of_job(&id) {
+                    touched.resources.push(r);
+                }
+            }
+        }
+        touched
+    }
+}

@@ -1,0 +1,159 @@
+//! A private etcd server in a temporary directory, on free loopback ports:
+//! the demo's default backend and the test harness's etcd.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    #[error(
+        "cannot start etcd ({binary}): {source}; install it with `apt-get install etcd-server` or set ESI_ETCD_BINARY"
+    )]
+    Spawn {
+        binary: String,
+        source: std::io::Error,
+    },
+    #[error("etcd did not become healthy within {0:?}; its log is {1}")]
+    NotReady(Duration, String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A running etcd. Killed when dropped; its data directory is removed
+/// unless it was given by the caller.
+pub struct EtcdProcess {
+    child: Option<Child>,
+    pub client_url: String,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    peer_url: String,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// A free TCP port on 127.0.0.1 (the OS picks it; etcd binds it right after).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn binary() -> String {
+    std::env::var("ESI_ETCD_BINARY").unwrap_or_else(|_| "etcd".to_string())
+}
+
+impl EtcdProcess {
+    /// Starts etcd with a fresh data directory.
+    pub async fn start() -> Result<Self, EmbeddedError> {
+        let tmp = tempfile::Builder::new().prefix("esi-etcd-").tempdir()?;
+        let dir = tmp.path().to_path_buf();
+        let mut p = Self::start_in(&dir, free_port()?, free_port()?).await?;
+        p._tmp = Some(tmp);
+        Ok(p)
+    }
+
+    /// Starts etcd on `data_dir` (kept on drop), e.g. to restart on old data.
+    pub async fn start_in(
+        data_dir: &Path,
+        client_port: u16,
+        peer_port: u16,
+    ) -> Result<Self, EmbeddedError> {
+        std::fs::create_dir_all(data_dir)?;
+        let client_url = format!("http://127.0.0.1:{client_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let log_path = data_dir.with_extension("log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
+        let bin = binary();
+        let child = Command::new(&bin)
+            .arg("--name")
+            .arg("esi")
+            .arg("--data-dir")
+            .arg(data_dir.join("member-data"))
+            .arg("--listen-client-urls")
+            .arg(&client_url)
+            .arg("--advertise-client-urls")
+            .arg(&client_url)
+            .arg("--listen-peer-urls")
+            .arg(&peer_url)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer_url)
+            .arg("--initial-cluster")
+            .arg(format!("esi={peer_url}"))
+            .arg("--log-level")
+            .arg("warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| EmbeddedError::Spawn {
+                binary: bin,
+                source,
+            })?;
+        let p = Self {
+            child: Some(child),
+            client_url,
+            data_dir: data_dir.to_path_buf(),
+            log_path,
+            peer_url,
+            _tmp: None,
+        };
+        p.wait_ready(Duration::from_secs(20)).await?;
+        Ok(p)
+    }
+
+    /// Polls etcd's status until it answers or the deadline passes.
+    async fn wait_ready(&self, within: Duration) -> Result<(), EmbeddedError> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            let opts = etcd_client::ConnectOptions::new()
+                .with_connect_timeout(Duration::from_millis(500))
+                .with_timeout(Duration::from_secs(1));
+            if let Ok(mut c) =
+                etcd_client::Client::connect([self.client_url.as_str()], Some(opts)).await
+                && c.status().await.is_ok()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(EmbeddedError::NotReady(
+            within,
+            self.log_path.display().to_string(),
+        ))
+    }
+
+    pub fn client_port(&self) -> u16 {
+        self.client_url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn peer_port(&self) -> u16 {
+        self.peer_url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Stops etcd (SIGKILL) and waits for it to exit.
+    pub async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
+    }
+}
+
+impl Drop for EtcdProcess {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.start_kill();
+        }
+    }
+}

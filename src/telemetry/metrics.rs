@@ -1,0 +1,139 @@
+//! The reconciler's Prometheus metrics.
+
+use std::sync::atomic::AtomicI64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    pub phase: String,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub reconciles: Family<ResultLabel, Counter>,
+    pub actions: Family<KindLabel, Counter>,
+    pub errors: Family<ReasonLabel, Counter>,
+    pub queue_depth: Gauge,
+    pub backoffs: Counter,
+    pub watch_restarts: Counter,
+    pub relists: Counter,
+    pub resources: Family<PhaseLabel, Gauge>,
+    pub invalid_records: Gauge,
+    pub revision: Gauge<i64, AtomicI64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("esi_reconciler");
+        let m = Metrics {
+            reconciles: Family::default(),
+            actions: Family::default(),
+            errors: Family::default(),
+            queue_depth: Gauge::default(),
+            backoffs: Counter::default(),
+            watch_restarts: Counter::default(),
+            relists: Counter::default(),
+            resources: Family::default(),
+            invalid_records: Gauge::default(),
+            revision: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "reconciles",
+            "Reconciles run, by result",
+            m.reconciles.clone(),
+        );
+        registry.register(
+            "actions",
+            "Actions applied to etcd, by kind",
+            m.actions.clone(),
+        );
+        registry.register("errors", "Errors, by reason", m.errors.clone());
+        registry.register(
+            "queue_depth",
+            "Resources waiting to be reconciled",
+            m.queue_depth.clone(),
+        );
+        registry.register(
+            "backoffs",
+            "Failed attempts that started a backoff",
+            m.backoffs.clone(),
+        );
+        registry.register(
+            "watch_restarts",
+            "Times the etcd watch was re-established",
+            m.watch_restarts.clone(),
+        );
+        registry.register(
+            "relists",
+            "Full lists of etcd (start-up and after compaction)",
+            m.relists.clone(),
+        );
+        registry.register("resources", "Resources by phase", m.resources.clone());
+        registry.register(
+            "invalid_records",
+            "Records that do not parse, reported and left untouched",
+            m.invalid_records.clone(),
+        );
+        registry.register(
+            "revision",
+            "etcd revision the reconciler has caught up with",
+            m.revision.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn reconciled(&self, result: &str) {
+        self.reconciles
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    pub fn action(&self, kind: &str) {
+        self.actions
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
+    }
+
+    pub fn error(&self, reason: &str) {
+        self.errors
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
