@@ -444,6 +444,14 @@ impl Executor {
                 }
                 dependency.extend(jobs.iter().map(|j| j.id.to_string()));
             }
+            // A resource that references this one and is being changed goes
+            // first (a firewall waits for its interfaces' jobs).
+            for j in w.unfinished_jobs_referencing(&o.rtype, &r.id) {
+                let id = j.id.to_string();
+                if !dependency.contains(&id) {
+                    dependency.push(id);
+                }
+            }
         }
         let spec = JobSpec {
             action: issue.action,

@@ -16,6 +16,7 @@ pub use observed::Observed;
 pub use plan::{Phase, Plan, plan};
 pub use world::World;
 pub mod controller;
+pub mod once;
 pub mod queue;
 pub mod report;
 pub mod snapshot;

@@ -129,7 +129,8 @@ impl Observed {
                     .as_ref()
                     .and_then(Parsed::ok)
                     .map(|deps| {
-                        deps.iter()
+                        deps.dependency
+                            .iter()
                             .map(|d| {
                                 let s = match world.job(d) {
                                     None => DepState::Gone,
@@ -144,7 +145,10 @@ impl Observed {
                     .unwrap_or_default();
                 ObservedJob {
                     id: j.id.clone(),
-                    all: j.all.clone(),
+                    all: j.all.as_ref().map(|a| Parsed {
+                        mod_rev: a.mod_rev,
+                        value: a.value.clone().map(|d| d.dependency),
+                    }),
                     waiting: j.waiting,
                     ready: j.ready,
                     working: j.working,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use crate::esi::Catalog;
 use crate::esi::job::CompiledTemplate;
 use crate::esi::keys::{EsiKey, JobId, JobSlot, ResourceRef};
+use crate::esi::mapping::eval::referenced;
 use crate::esi::mapping::select::TemplateChoice;
 use crate::esi::records::{
     self, ConfigRecord, HeatStack, HeatTemplate, JobEnvelope, JobState, StateRecord,
@@ -101,12 +102,21 @@ impl Entry {
     }
 }
 
+/// What the reconciler keeps of a job document.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobDoc {
+    /// Ids of the jobs it waits for.
+    pub dependency: Vec<String>,
+    /// Resources its params reference, as (singular type, id).
+    pub references: Vec<(String, String)>,
+}
+
 /// The keys of one job across `/jobs/{all,waiting,ready,working,finished}`.
 #[derive(Debug, Clone)]
 pub struct JobEntry {
     pub id: JobId,
-    /// `all/`: mod revision and the job's dependencies, or a parse error.
-    pub all: Option<Parsed<Vec<String>>>,
+    /// `all/`: mod revision and the job document's summary, or a parse error.
+    pub all: Option<Parsed<JobDoc>>,
     pub waiting: Option<i64>,
     pub ready: Option<i64>,
     /// `working/`: mod revision and lease id (0: no lease).
@@ -163,6 +173,8 @@ pub struct World {
     templates: HashMap<String, TemplateEntry>,
     /// Keys inside our prefixes that do not parse, with the reason.
     unparsed: BTreeMap<String, String>,
+    /// (type, id) → jobs whose params reference that resource.
+    referenced_by: HashMap<(String, String), HashSet<String>>,
     interned: HashSet<Arc<TemplateUse>>,
     interned_types: HashSet<Arc<str>>,
 }
@@ -176,6 +188,7 @@ impl World {
             jobs: HashMap::new(),
             templates: HashMap::new(),
             unparsed: BTreeMap::new(),
+            referenced_by: HashMap::new(),
             interned: HashSet::new(),
             interned_types: HashSet::new(),
         }
@@ -262,6 +275,38 @@ impl World {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Unfinished jobs of other resources whose params reference this one.
+    pub fn unfinished_jobs_referencing(&self, rtype: &str, id: &str) -> Vec<&JobEntry> {
+        let Some(ids) = self.referenced_by.get(&(rtype.to_string(), id.to_string())) else {
+            return vec![];
+        };
+        let mut jobs: Vec<&JobEntry> = ids
+            .iter()
+            .filter_map(|j| self.jobs.get(j))
+            .filter(|j| {
+                j.is_unfinished() && !(j.id.resource_type == rtype && j.id.resource_id == id)
+            })
+            .collect();
+        jobs.sort_by(|a, b| a.id.cmp(&b.id));
+        jobs
+    }
+
+    fn index_references(&mut self, job: &str, doc: Option<&JobDoc>, add: bool) {
+        for r in doc.map(|d| d.references.as_slice()).unwrap_or_default() {
+            if add {
+                self.referenced_by
+                    .entry(r.clone())
+                    .or_default()
+                    .insert(job.to_string());
+            } else if let Some(set) = self.referenced_by.get_mut(r) {
+                set.remove(job);
+                if set.is_empty() {
+                    self.referenced_by.remove(r);
+                }
+            }
+        }
     }
 
     pub fn resource_of_job(&self, id: &JobId) -> Option<ResourceRef> {
@@ -449,15 +494,24 @@ impl World {
                     .jobs
                     .entry(id_str.clone())
                     .or_insert_with(|| JobEntry::new(id));
+                let mut reindex = None;
                 match slot {
                     JobSlot::All => {
                         let value = records::parse::<JobEnvelope>("job", &kv.value)
-                            .map(|env| env.1.dependency)
+                            .map(|env| JobDoc {
+                                references: referenced(&env.1.params)
+                                    .into_iter()
+                                    .map(|r| (r.resource_type, r.resource_id))
+                                    .collect(),
+                                dependency: env.1.dependency,
+                            })
                             .map_err(|e| e.to_string());
-                        job.all = Some(Parsed {
+                        let new = value.as_ref().ok().cloned();
+                        let old = job.all.replace(Parsed {
                             mod_rev: rev,
                             value,
                         });
+                        reindex = Some((old.and_then(|o| o.value.ok()), new));
                     }
                     JobSlot::Waiting => job.waiting = Some(rev),
                     JobSlot::Ready => job.ready = Some(rev),
@@ -466,6 +520,10 @@ impl World {
                         job.finished = Some(rev);
                         touched.waiting_may_release = true;
                     }
+                }
+                if let Some((old, new)) = reindex {
+                    self.index_references(&id_str, old.as_ref(), false);
+                    self.index_references(&id_str, new.as_ref(), true);
                 }
                 let e = self.entry_mut(&r, rtype);
                 if !e.jobs.contains(&id_str) {
@@ -531,9 +589,10 @@ impl World {
                 let Some(job) = self.jobs.get_mut(&id_str) else {
                     return touched;
                 };
+                let mut unindex = None;
                 match slot {
                     JobSlot::All => {
-                        job.all = None;
+                        unindex = job.all.take().and_then(|o| o.value.ok());
                         touched.waiting_may_release = true;
                     }
                     JobSlot::Waiting => job.waiting = None,
@@ -541,7 +600,9 @@ impl World {
                     JobSlot::Working => job.working = None,
                     JobSlot::Finished => job.finished = None,
                 }
-                if job.is_empty() {
+                let empty = job.is_empty();
+                self.index_references(&id_str, unindex.as_ref(), false);
+                if empty {
                     self.jobs.remove(&id_str);
                     if let Some(r) = self.resource_of_job(&id) {
                         if let Some(e) = self.resources.get_mut(&r) {

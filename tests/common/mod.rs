@@ -1,0 +1,180 @@
+//! Test harness: a real etcd per test (free ports, temp dir, killed on
+//! drop), the reference corpus, and polling with deadlines.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use etcd_client::{Client, GetOptions};
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+pub use esi_reconciler::store::embedded::EtcdProcess;
+use esi_reconciler::store::{EtcdOptions, connect};
+
+/// `../shared/esi-reference`.
+pub fn reference() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/esi-reference")
+}
+
+pub fn seed_records() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/seed/records")
+}
+
+pub fn read_json(path: impl AsRef<std::path::Path>) -> Value {
+    let p = path.as_ref();
+    serde_json::from_slice(&std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        .unwrap()
+}
+
+pub struct TestEtcd {
+    pub process: EtcdProcess,
+    pub client: Client,
+}
+
+impl TestEtcd {
+    pub async fn start() -> Self {
+        let process = EtcdProcess::start()
+            .await
+            .expect("etcd must be installed (apt-get install etcd-server)");
+        let client = connect(&EtcdOptions::with_endpoints(vec![
+            process.client_url.clone(),
+        ]))
+        .await
+        .unwrap();
+        Self { process, client }
+    }
+
+    pub fn url(&self) -> String {
+        self.process.client_url.clone()
+    }
+
+    pub async fn put(&self, key: &str, value: impl Into<Vec<u8>>) {
+        self.client.kv_client().put(key, value, None).await.unwrap();
+    }
+
+    pub async fn put_json(&self, key: &str, value: &Value) {
+        self.put(key, serde_json::to_vec(value).unwrap()).await;
+    }
+
+    pub async fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.client
+            .kv_client()
+            .get(key, None)
+            .await
+            .unwrap()
+            .kvs()
+            .first()
+            .map(|kv| kv.value().to_vec())
+    }
+
+    pub async fn get_json(&self, key: &str) -> Option<Value> {
+        self.get(key)
+            .await
+            .map(|v| serde_json::from_slice(&v).unwrap())
+    }
+
+    /// Keys under `prefix`.
+    pub async fn keys(&self, prefix: &str) -> Vec<String> {
+        let resp = self
+            .client
+            .kv_client()
+            .get(
+                prefix,
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await
+            .unwrap();
+        resp.kvs()
+            .iter()
+            .map(|kv| kv.key_str().unwrap().to_string())
+            .collect()
+    }
+
+    pub async fn wipe(&self) {
+        self.client
+            .kv_client()
+            .delete("/", Some(etcd_client::DeleteOptions::new().with_prefix()))
+            .await
+            .unwrap();
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics after `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The binary under test as a child process, killed on drop.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn spawn(args: &[&str]) -> Proc {
+        let child = Command::new(env!("CARGO_BIN_EXE_esi-reconciler"))
+            .args(args)
+            .env("ESI_LOG_LEVEL", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn esi-reconciler");
+        Proc { child }
+    }
+
+    pub async fn sigkill(&mut self) {
+        self.child.kill().await.unwrap();
+    }
+
+    pub fn signal(&self, sig: i32) {
+        let pid = self.child.id().expect("running") as i32;
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc_kill(pid, sig) };
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// Runs the binary to completion and returns (status, stdout, stderr).
+pub async fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_esi-reconciler"))
+        .args(args)
+        .output()
+        .await
+        .expect("run esi-reconciler");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Reference-catalog flags.
+pub fn reference_catalog_args() -> Vec<String> {
+    let r = reference();
+    vec![
+        "--schemas".into(),
+        r.join("schemas.json").display().to_string(),
+        "--template-mappings".into(),
+        r.join("template_mappings.json").display().to_string(),
+    ]
+}
