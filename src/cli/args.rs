@@ -9,7 +9,7 @@ use clap::Args;
 
 use esi_reconciler::esi::Catalog;
 use esi_reconciler::store::client::TlsFiles;
-use esi_reconciler::store::{EtcdOptions, connect};
+use esi_reconciler::store::{EtcdOptions, connect, connect_checked};
 
 #[derive(Debug, Clone, Args)]
 pub struct EtcdArgs {
@@ -65,7 +65,13 @@ impl EtcdArgs {
         })
     }
 
+    /// Connects and checks etcd answers (for one-shot commands).
     pub async fn connect(&self) -> anyhow::Result<etcd_client::Client> {
+        Ok(connect_checked(&self.options()?).await?)
+    }
+
+    /// Connects without waiting for etcd: a long-running process retries.
+    pub async fn connect_lazily(&self) -> anyhow::Result<etcd_client::Client> {
         Ok(connect(&self.options()?).await?)
     }
 }

@@ -20,7 +20,7 @@ use esi_reconciler::esi::keys::{JOBS_READY, ResourceRef, TEMPLATES};
 use esi_reconciler::gohan;
 use esi_reconciler::reconcile::controller::{Controller, ControllerConfig};
 use esi_reconciler::store::embedded::EtcdProcess;
-use esi_reconciler::store::{EtcdOptions, connect};
+use esi_reconciler::store::{EtcdOptions, connect_checked};
 use esi_reconciler::telemetry::Metrics;
 
 #[derive(Debug, Clone, Args)]
@@ -110,7 +110,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             vec![url]
         }
     };
-    let client = connect(&EtcdOptions::with_endpoints(endpoints)).await?;
+    let client = connect_checked(&EtcdOptions::with_endpoints(endpoints)).await?;
     let catalog = Arc::new(Catalog::load(None, None)?);
 
     step(2, "Gohan loads the heat templates");

@@ -96,7 +96,7 @@ pub async fn shutdown_signal() {
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let catalog = args.catalog.load()?;
     let cfg = args.tuning.config()?;
-    let client = args.etcd.connect().await?;
+    let client = args.etcd.connect_lazily().await?;
     let metrics = Arc::new(Metrics::new());
     let controller = Controller::new(client, catalog, cfg, metrics.clone());
     let health = Health {

@@ -21,6 +21,44 @@ pub enum StoreError {
     Etcd(#[from] etcd_client::Error),
     #[error("no etcd endpoints given")]
     NoEndpoints,
+    #[error("cannot reach etcd at {endpoints}: {reason}")]
+    Unreachable { endpoints: String, reason: String },
+}
+
+/// A one-line description of an etcd error: the gRPC message and its root
+/// cause, without tonic's repeated nesting.
+pub fn describe(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            let mut root: Option<&dyn std::error::Error> = std::error::Error::source(s);
+            while let Some(next) = root.and_then(|r| r.source()) {
+                root = Some(next);
+            }
+            match root {
+                Some(r) if !s.message().contains(&r.to_string()) => {
+                    format!("{} ({r})", s.message())
+                }
+                _ => s.message().to_string(),
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Connects and checks that etcd answers a read, so a command fails fast
+/// with a clear message instead of on its first real request.
+pub async fn connect_checked(opts: &EtcdOptions) -> Result<Client, StoreError> {
+    let client = connect(opts).await?;
+    let probe = etcd_client::GetOptions::new().with_count_only();
+    client
+        .kv_client()
+        .get(crate::esi::keys::CONFIG, Some(probe))
+        .await
+        .map_err(|e| StoreError::Unreachable {
+            endpoints: opts.endpoints.join(","),
+            reason: describe(&e),
+        })?;
+    Ok(client)
 }
 
 /// Client-side TLS material, as PEM files.

@@ -127,7 +127,7 @@ pub async fn run(mut client: Client, opts: MirrorOptions, out: mpsc::Sender<Mirr
                 Ok(Some(rev)) => break rev,
                 Ok(None) => return,
                 Err(e) => {
-                    let reason = format!("list failed: {e}");
+                    let reason = format!("list failed: {}", super::client::describe(&e));
                     if out
                         .send(MirrorEvent::WatchRestart { reason })
                         .await
@@ -182,7 +182,12 @@ async fn watch(
         .with_progress_notify();
     let mut stream = match client.watch(opts.start.as_bytes().to_vec(), Some(wo)).await {
         Ok(s) => s,
-        Err(e) => return WatchEnd::Broken(format!("watch failed to start: {e}")),
+        Err(e) => {
+            return WatchEnd::Broken(format!(
+                "watch failed to start: {}",
+                super::client::describe(&e)
+            ));
+        }
     };
     // Ask for a progress report now and then so an idle mirror still learns
     // the current revision, and a dead stream is noticed.
@@ -206,7 +211,12 @@ async fn watch(
         let resp = match msg {
             Ok(Some(r)) => r,
             Ok(None) => return WatchEnd::Broken("watch stream ended".into()),
-            Err(e) => return WatchEnd::Broken(format!("watch stream error: {e}")),
+            Err(e) => {
+                return WatchEnd::Broken(format!(
+                    "watch stream error: {}",
+                    super::client::describe(&e)
+                ));
+            }
         };
         awaiting_progress = false;
         if resp.compact_revision() > 0 {

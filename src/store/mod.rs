@@ -5,5 +5,5 @@ pub mod client;
 pub mod embedded;
 pub mod mirror;
 
-pub use client::{EtcdOptions, StoreError, connect};
+pub use client::{EtcdOptions, StoreError, connect, connect_checked};
 pub use mirror::{Change, Kv, MirrorEvent};

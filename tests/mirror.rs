@@ -1,0 +1,152 @@
+//! The etcd mirror against a real etcd: paginated list at one revision,
+//! watch from the next, resume after a broken stream, relist after compaction.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TcpProxy, TestEtcd};
+use esi_reconciler::store::mirror::{self, MirrorEvent, MirrorOptions};
+use esi_reconciler::store::{Change, EtcdOptions, connect};
+use tokio::sync::mpsc;
+
+fn opts(page_size: i64) -> MirrorOptions {
+    MirrorOptions {
+        start: "/config/".into(),
+        end: "/state0".into(),
+        page_size,
+    }
+}
+
+async fn next(rx: &mut mpsc::Receiver<MirrorEvent>) -> MirrorEvent {
+    tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .expect("mirror event within 30s")
+        .expect("mirror running")
+}
+
+/// Collects a full list (ListStart .. ListEnd): (revision, keys).
+async fn collect_list(rx: &mut mpsc::Receiver<MirrorEvent>) -> (i64, Vec<String>, usize) {
+    let mut keys = vec![];
+    let mut pages = 0;
+    loop {
+        match next(rx).await {
+            MirrorEvent::ListStart { .. } => {}
+            MirrorEvent::ListPage(kvs) => {
+                pages += 1;
+                keys.extend(kvs.into_iter().map(|kv| kv.key));
+            }
+            MirrorEvent::ListEnd { revision } => return (revision, keys, pages),
+            other => panic!("unexpected {other:?} during a list"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn lists_in_pages_at_one_revision_then_watches() {
+    let etcd = TestEtcd::start().await;
+    for i in 0..7 {
+        etcd.put(&format!("/config/v2.0/ports/p{i}"), "{}").await;
+    }
+    etcd.put("/unrelated", "x").await;
+    let (tx, mut rx) = mpsc::channel(8);
+    let client = etcd.client.clone();
+    let task = tokio::spawn(mirror::run(client, opts(2), tx));
+    let (rev, keys, pages) = collect_list(&mut rx).await;
+    assert_eq!(keys.len(), 7, "{keys:?}");
+    assert_eq!(pages, 4);
+    assert!(rev >= 8);
+    etcd.put("/state/v2.0/ports/p1", "{}").await;
+    match next(&mut rx).await {
+        MirrorEvent::Changes { revision, changes } => {
+            assert_eq!(revision, rev + 1);
+            assert!(matches!(&changes[..], [Change::Put(kv)] if kv.key == "/state/v2.0/ports/p1"));
+        }
+        other => panic!("{other:?}"),
+    }
+    task.abort();
+}
+
+#[tokio::test]
+async fn resumes_from_the_last_revision_after_a_broken_stream() {
+    let etcd = TestEtcd::start().await;
+    let proxy = TcpProxy::start(&etcd.url()).await;
+    let client = connect(&EtcdOptions::with_endpoints(vec![proxy.addr.clone()]))
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::channel(64);
+    let task = tokio::spawn(mirror::run(client, opts(100), tx));
+    let (rev, _, _) = collect_list(&mut rx).await;
+    proxy.cut();
+    etcd.put("/config/v2.0/ports/while-cut", "{}").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.restore();
+    // The write made while cut off arrives as a change, with no relist.
+    let mut restarts = 0;
+    loop {
+        match next(&mut rx).await {
+            MirrorEvent::WatchRestart { .. } => restarts += 1,
+            MirrorEvent::Changes { changes, revision } => {
+                assert!(
+                    matches!(&changes[..], [Change::Put(kv)] if kv.key == "/config/v2.0/ports/while-cut")
+                );
+                assert_eq!(revision, rev + 1);
+                break;
+            }
+            MirrorEvent::Progress { .. } => {}
+            other => panic!("expected a resumed watch, got {other:?}"),
+        }
+    }
+    assert!(restarts >= 1, "the broken stream was not noticed");
+    task.abort();
+}
+
+#[tokio::test]
+async fn relists_when_its_revision_was_compacted() {
+    let etcd = TestEtcd::start().await;
+    let proxy = TcpProxy::start(&etcd.url()).await;
+    let client = connect(&EtcdOptions::with_endpoints(vec![proxy.addr.clone()]))
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::channel(64);
+    let task = tokio::spawn(mirror::run(client, opts(100), tx));
+    collect_list(&mut rx).await;
+    proxy.cut();
+    etcd.put("/config/v2.0/ports/a", "{}").await;
+    etcd.put("/config/v2.0/ports/a", "{\"v\":2}").await;
+    let resp = etcd
+        .client
+        .kv_client()
+        .put("/config/v2.0/ports/b", "{}", None)
+        .await
+        .unwrap();
+    let now = resp.header().unwrap().revision();
+    etcd.client.kv_client().compact(now, None).await.unwrap();
+    proxy.restore();
+    loop {
+        match next(&mut rx).await {
+            MirrorEvent::WatchRestart { .. } | MirrorEvent::Progress { .. } => {}
+            MirrorEvent::ListStart { revision } => {
+                assert!(revision >= now);
+                break;
+            }
+            other => panic!("expected a relist, got {other:?}"),
+        }
+    }
+    let mut keys = vec![];
+    loop {
+        match next(&mut rx).await {
+            MirrorEvent::ListPage(kvs) => keys.extend(kvs.into_iter().map(|kv| kv.key)),
+            MirrorEvent::ListEnd { .. } => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        keys,
+        vec![
+            "/config/v2.0/ports/a".to_string(),
+            "/config/v2.0/ports/b".to_string()
+        ]
+    );
+    task.abort();
+}

@@ -1,0 +1,255 @@
+//! The issue's acceptance scenario, with the reconciler as a real process:
+//! etcd holds the port template, the seed's config (v4, marked for
+//! deletion), the port's previous state (v3) and stack, and the converged
+//! network and subnet it references.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use common::*;
+
+const PORT: &str = "db3bff62-cf93-48ce-8d6b-cfb2f7fd7dfc";
+
+fn seed(name: &str) -> Value {
+    read_json(seed_records().join(name))
+}
+
+fn scenario_records(stage: &str, step: &str) -> Vec<Value> {
+    read_json(
+        reference()
+            .join("scenarios/05_load_balancer")
+            .join(stage)
+            .join(format!("{step}.json")),
+    )
+    .as_array()
+    .unwrap()
+    .clone()
+}
+
+async fn load(etcd: &TestEtcd) {
+    for t in ["port", "network", "subnet"] {
+        let v = read_json(reference().join(format!("heat_templates/{t}.json")));
+        etcd.put_json(v["key"].as_str().unwrap(), &v["value"]).await;
+    }
+    // Converged network and subnet, as Gohan and the worker left them.
+    for (stage, step) in [
+        ("01_Gohan", "CreateNetwork1_01"),
+        ("01_Gohan", "CreateSubnet1_01"),
+        ("03_HeatWorker", "CreateNetwork1_01"),
+        ("03_HeatWorker", "CreateSubnet1_01"),
+    ] {
+        for r in scenario_records(stage, step) {
+            let key = r["key"].as_str().unwrap();
+            if !key.starts_with("/esi-worker/job_state/") {
+                etcd.put_json(key, &r["value"]).await;
+            }
+        }
+    }
+    // The port: the seed's config (v4, marked) and its state and stack at v3.
+    let cfg = seed("1_config.json");
+    etcd.put_json(cfg["key"].as_str().unwrap(), &cfg["value"])
+        .await;
+    for r in scenario_records("03_HeatWorker", "CreateLoadbalancer_17") {
+        let key = r["key"].as_str().unwrap();
+        if !key.starts_with("/esi-worker/job_state/") {
+            etcd.put_json(key, &r["value"]).await;
+        }
+    }
+    let state = etcd
+        .get_json(&format!("/state/v2.0/ports/{PORT}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            state["version"].as_u64(),
+            state["state"]["worker_state"].as_str()
+        ),
+        (Some(3), Some("MODIFY_COMPLETED"))
+    );
+}
+
+fn normalized_params(job: &Value) -> BTreeMap<String, Value> {
+    job["params"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let mut res: Vec<String> = p["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r.to_string())
+                .collect();
+            res.sort();
+            res.dedup();
+            (
+                p["param"].as_str().unwrap().to_string(),
+                json!([p["type"], p["value"], res]),
+            )
+        })
+        .collect()
+}
+
+fn run_args(etcd: &str, metrics_port: u16) -> Vec<String> {
+    let mut a = vec![
+        "run".to_string(),
+        "--etcd-endpoints".into(),
+        etcd.into(),
+        "--metrics-addr".into(),
+        format!("127.0.0.1:{metrics_port}"),
+    ];
+    a.extend(reference_catalog_args());
+    a
+}
+
+fn spawn(args: &[String]) -> Proc {
+    Proc::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// Waits until a freshly started reconciler has loaded etcd and planned
+/// the port (it counts a reconcile), so "nothing changed" is a real result.
+async fn wait_reconciled(metrics_port: u16) {
+    let addr = format!("127.0.0.1:{metrics_port}");
+    eventually(
+        Duration::from_secs(30),
+        "the reconciler to reconcile after start",
+        || {
+            let addr = addr.clone();
+            async move {
+                let (code, _) = http_get(&addr, "/readyz").await?;
+                let (_, body) = http_get(&addr, "/metrics").await?;
+                let n = metric(&body, "esi_reconciler_reconciles_total{result=\"noop\"}")
+                    .unwrap_or(0.0)
+                    + metric(&body, "esi_reconciler_reconciles_total{result=\"applied\"}")
+                        .unwrap_or(0.0);
+                (code == 200 && n >= 3.0).then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+async fn jobs_of_port(etcd: &TestEtcd) -> Vec<String> {
+    etcd.keys("/jobs/all/")
+        .await
+        .into_iter()
+        .filter(|k| k.contains(PORT))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_scenario_issues_one_fenced_logical_delete() {
+    let etcd = TestEtcd::start().await;
+    load(&etcd).await;
+    let port = free_port();
+    let args = run_args(&etcd.url(), port);
+    let mut reconciler = spawn(&args);
+
+    let prefix = format!("/jobs/all/logical_delete:heat_worker:port:{PORT}:4:");
+    let key = eventually(
+        Duration::from_secs(30),
+        "the logical_delete job",
+        || async {
+            let keys = etcd.keys(&prefix).await;
+            keys.first().cloned()
+        },
+    )
+    .await;
+    let id = key.trim_start_matches("/jobs/all/").to_string();
+    let ready = etcd
+        .get(&format!("/jobs/ready/{id}"))
+        .await
+        .expect("the job is ready");
+    assert_eq!(ready, b"heat_worker");
+    let job = etcd.get_json(&key).await.unwrap();
+    let recorded = seed("2_job.json")["value"].clone();
+    assert_eq!(
+        normalized_params(&job[1]),
+        normalized_params(&recorded[1]),
+        "params differ from the seed's job"
+    );
+    for f in [
+        "action",
+        "version",
+        "job_name",
+        "resource_input",
+        "dependency",
+        "is_first",
+        "is_last",
+        "on_failure",
+    ] {
+        assert_eq!(job[1][f], recorded[1][f], "{f}");
+    }
+    assert_eq!(
+        (job[0].clone(), job[2].clone()),
+        (json!("heat_worker"), json!(0))
+    );
+    // No job for the converged network and subnet.
+    assert_eq!(etcd.keys("/jobs/all/").await.len(), 1);
+
+    // SIGKILL and restart, twice: still exactly one job.
+    for _ in 0..2 {
+        reconciler.sigkill().await;
+        reconciler = spawn(&args);
+        wait_reconciled(port).await;
+        assert_eq!(
+            jobs_of_port(&etcd).await,
+            vec![key.clone()],
+            "a restart issued a second job"
+        );
+        assert!(etcd.get(&format!("/jobs/ready/{id}")).await.is_some());
+    }
+
+    // Config v5 before any worker claims v4: v4 is withdrawn, one v5 job.
+    let mut cfg = seed("1_config.json")["value"].clone();
+    cfg["version"] = json!(5);
+    cfg["body"]["description"] = json!("changed while the delete was queued");
+    etcd.put_json(&format!("/config/v2.0/ports/{PORT}"), &cfg)
+        .await;
+    let v5 = eventually(
+        Duration::from_secs(30),
+        "the v4 job replaced by a v5 job",
+        || async {
+            let jobs = jobs_of_port(&etcd).await;
+            (jobs.len() == 1 && jobs[0].contains(&format!("port:{PORT}:5:")))
+                .then(|| jobs[0].clone())
+        },
+    )
+    .await;
+    assert!(v5.starts_with("/jobs/all/logical_delete:"));
+    assert!(
+        etcd.get(&format!("/jobs/ready/{id}")).await.is_none(),
+        "the v4 ready entry was left behind"
+    );
+    let v5_id = v5.trim_start_matches("/jobs/all/");
+    assert!(etcd.get(&format!("/jobs/ready/{v5_id}")).await.is_some());
+    // Our status record says what happened last.
+    let status = etcd
+        .get_json(&format!("/esi-reconciler/v1/resources/ports/{PORT}"))
+        .await
+        .unwrap();
+    assert!(
+        status["last_action"]
+            .as_str()
+            .unwrap()
+            .contains("logical_delete job v5"),
+        "{status}"
+    );
+    // The seed config was never touched except by our own v5 write.
+    assert_eq!(
+        etcd.get_json(&format!("/config/v2.0/ports/{PORT}"))
+            .await
+            .unwrap(),
+        cfg
+    );
+    reconciler.signal(15);
+    let status = tokio::time::timeout(Duration::from_secs(30), reconciler.child.wait())
+        .await
+        .expect("exits on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "SIGTERM exit: {status:?}");
+}

@@ -1,0 +1,141 @@
+//! Two reconcilers on one etcd for the whole run: fencing means no
+//! (type, id, version, action) ever has two jobs.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use etcd_client::{EventType, WatchOptions};
+use serde_json::json;
+
+use common::*;
+use esi_reconciler::esi::JobId;
+
+const PORTS: usize = 60;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_reconcilers_never_duplicate_a_job() {
+    let etcd = TestEtcd::start().await;
+    for t in ["port", "network", "subnet"] {
+        let v = read_json(reference().join(format!("heat_templates/{t}.json")));
+        etcd.put_json(v["key"].as_str().unwrap(), &v["value"]).await;
+    }
+    // A converged network and subnet; ports on them with no state yet.
+    etcd.put_json(
+        "/config/v2.0/networks/n1",
+        &json!({"body": {"id": "n1", "tenant_id": "t"}, "version": 1}),
+    )
+    .await;
+    etcd.put_json(
+        "/state/v2.0/networks/n1",
+        &json!({"state": {"worker_state": "CREATE_COMPLETED"}, "version": 1, "error": ""}),
+    )
+    .await;
+    etcd.put_json(
+        "/config/v2.0/subnets/s1",
+        &json!({"body": {"id": "s1", "network_id": "n1", "tenant_id": "t"}, "version": 1}),
+    )
+    .await;
+    etcd.put_json(
+        "/state/v2.0/subnets/s1",
+        &json!({"state": {"worker_state": "CREATE_COMPLETED"}, "version": 1, "error": ""}),
+    )
+    .await;
+
+    // Record every job ever created, from before the reconcilers start.
+    let mut stream = etcd
+        .client
+        .watch_client()
+        .watch("/jobs/all/", Some(WatchOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let created = tokio::spawn(async move {
+        let mut seen: HashMap<(String, String, u64, String), Vec<String>> = HashMap::new();
+        while let Ok(Ok(Some(resp))) =
+            tokio::time::timeout(Duration::from_secs(8), stream.message()).await
+        {
+            for ev in resp.events() {
+                if ev.event_type() == EventType::Put && ev.kv().unwrap().version() == 1 {
+                    let key = ev
+                        .kv()
+                        .unwrap()
+                        .key_str()
+                        .unwrap()
+                        .trim_start_matches("/jobs/all/")
+                        .to_string();
+                    let id: JobId = key.parse().unwrap();
+                    seen.entry((
+                        id.resource_type,
+                        id.resource_id,
+                        id.version,
+                        id.action.to_string(),
+                    ))
+                    .or_default()
+                    .push(key);
+                }
+            }
+        }
+        seen
+    });
+
+    let start = |port: u16| {
+        let mut a = vec![
+            "run".to_string(),
+            "--etcd-endpoints".into(),
+            etcd.url(),
+            "--metrics-addr".into(),
+            format!("127.0.0.1:{port}"),
+        ];
+        a.extend(reference_catalog_args());
+        a.extend(["--debounce-ms".into(), "0".into()]);
+        Proc::spawn(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let mut a = start(free_port());
+    let mut b = start(free_port());
+    // Configs arrive while both run; some change again right away.
+    for i in 0..PORTS {
+        let body = json!({"id": format!("p{i}"), "network_id": "n1", "device_owner": "compute:nova", "tenant_id": "t",
+                          "fixed_ips": [{"subnet_id": "s1", "ip_address": format!("10.0.0.{i}")}]});
+        etcd.put_json(
+            &format!("/config/v2.0/ports/p{i}"),
+            &json!({"body": body, "version": 1}),
+        )
+        .await;
+        if i % 3 == 0 {
+            let mut body = body.clone();
+            body["name"] = json!("renamed");
+            etcd.put_json(
+                &format!("/config/v2.0/ports/p{i}"),
+                &json!({"body": body, "version": 2}),
+            )
+            .await;
+        }
+    }
+    // Every port ends with exactly one ready job at its latest version.
+    eventually(
+        Duration::from_secs(60),
+        "one ready job per port at its latest version",
+        || async {
+            let ready = etcd.keys("/jobs/ready/").await;
+            let all = etcd.keys("/jobs/all/").await;
+            let ok = all.len() == PORTS
+                && ready.len() == PORTS
+                && (0..PORTS).all(|i| {
+                    let v = if i % 3 == 0 { 2 } else { 1 };
+                    all.iter()
+                        .filter(|k| k.contains(&format!(":port:p{i}:{v}:")))
+                        .count()
+                        == 1
+                });
+            ok.then_some(())
+        },
+    )
+    .await;
+    let seen = created.await.unwrap();
+    let dups: Vec<_> = seen.iter().filter(|(_, keys)| keys.len() > 1).collect();
+    assert!(dups.is_empty(), "duplicate jobs: {dups:?}");
+    assert!(seen.len() >= PORTS);
+    a.sigkill().await;
+    b.sigkill().await;
+}
