@@ -7,3 +7,18 @@ pub mod gohan;
 pub mod reconcile;
 pub mod store;
 pub mod telemetry;
+
+/// `../shared` beside the repository (or `ESI_SHARED_DIR`): the reference
+/// corpus and seed records that tests read.
+#[cfg(test)]
+pub(crate) fn shared_dir() -> std::path::PathBuf {
+    let dir = std::env::var_os("ESI_SHARED_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
+    assert!(
+        dir.join("esi-reference").is_dir(),
+        "{} has no esi-reference/: tests need ../shared beside the repository (or ESI_SHARED_DIR)",
+        dir.display()
+    );
+    dir
+}

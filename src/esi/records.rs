@@ -387,7 +387,7 @@ mod tests {
 
     #[test]
     fn seed_records_parse() {
-        let seed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/seed/records");
+        let seed = crate::shared_dir().join("seed/records");
         let read = |n: &str| {
             let kv: Value = serde_json::from_slice(&std::fs::read(seed.join(n)).unwrap()).unwrap();
             serde_json::to_vec(&kv["value"]).unwrap()

@@ -160,7 +160,7 @@ mod tests {
 
     #[test]
     fn reads_the_reference_schemas() {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/esi-reference/schemas.json");
+        let p = crate::shared_dir().join("esi-reference/schemas.json");
         let s = Schemas::load(&p).unwrap();
         assert_eq!(
             s.plural_of("load_balancer_interface"),

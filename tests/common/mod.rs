@@ -13,13 +13,26 @@ use tokio::process::{Child, Command};
 pub use esi_reconciler::store::embedded::EtcdProcess;
 use esi_reconciler::store::{EtcdOptions, connect};
 
+/// `../shared` beside the repository, or `ESI_SHARED_DIR`.
+pub fn shared() -> PathBuf {
+    let dir = std::env::var_os("ESI_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"));
+    assert!(
+        dir.join("esi-reference").is_dir(),
+        "{} has no esi-reference/: tests need ../shared beside the repository (or ESI_SHARED_DIR)",
+        dir.display()
+    );
+    dir
+}
+
 /// `../shared/esi-reference`.
 pub fn reference() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/esi-reference")
+    shared().join("esi-reference")
 }
 
 pub fn seed_records() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/seed/records")
+    shared().join("seed/records")
 }
 
 pub fn read_json(path: impl AsRef<std::path::Path>) -> Value {

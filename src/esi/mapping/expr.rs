@@ -372,8 +372,7 @@ mod tests {
 
     #[test]
     fn every_reference_mapping_parses() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/esi-reference/heat_templates");
+        let dir = crate::shared_dir().join("esi-reference/heat_templates");
         let mut n = 0;
         for entry in std::fs::read_dir(dir).unwrap() {
             let v: Value =

@@ -135,7 +135,7 @@ mod tests {
 
     #[test]
     fn reference_mappings_choose_templates() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/esi-reference");
+        let dir = crate::shared_dir().join("esi-reference");
         let tm = TemplateMappings::load(&dir.join("template_mappings.json")).unwrap();
         let schemas = Schemas::load(&dir.join("schemas.json")).unwrap();
         let choose = |t: &str, body: Value| {
