@@ -188,6 +188,11 @@ impl JobId {
     pub fn key(&self, status_prefix: &str) -> String {
         format!("{status_prefix}{self}")
     }
+
+    /// The job's key under one status sub-prefix of `/jobs/`.
+    pub fn slot_key(&self, slot: JobSlot) -> String {
+        self.key(slot.prefix())
+    }
 }
 
 impl std::str::FromStr for JobId {

@@ -78,6 +78,16 @@ fn present(key: impl Into<Vec<u8>>) -> Compare {
     Compare::create_revision(key, CompareOp::Greater, 0)
 }
 
+/// The job is still in `all/` at the revision read, and nobody claimed or
+/// finished it since.
+fn unclaimed(job: &JobId, all_rev: i64) -> Vec<Compare> {
+    vec![
+        at(job.slot_key(JobSlot::All), all_rev),
+        absent(job.slot_key(JobSlot::Working)),
+        absent(job.slot_key(JobSlot::Finished)),
+    ]
+}
+
 fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> TxnOp {
     TxnOp::put(key, value, None)
 }
@@ -197,8 +207,8 @@ impl Executor {
                 deps,
             } => {
                 let mut c = vec![
-                    at(job.key(JobSlot::All.prefix()), *all_rev),
-                    at(job.key(JobSlot::Waiting.prefix()), *waiting_rev),
+                    at(job.slot_key(JobSlot::All), *all_rev),
+                    at(job.slot_key(JobSlot::Waiting), *waiting_rev),
                 ];
                 for (dep, s) in deps {
                     match s {
@@ -212,8 +222,8 @@ impl Executor {
                 Built::Txn(
                     c,
                     vec![
-                        del(job.key(JobSlot::Waiting.prefix())),
-                        put(job.key(JobSlot::Ready.prefix()), handler_of(job)),
+                        del(job.slot_key(JobSlot::Waiting)),
+                        put(job.slot_key(JobSlot::Ready), handler_of(job)),
                     ],
                 )
             }
@@ -222,15 +232,11 @@ impl Executor {
                 all_rev,
                 queued,
             } => {
-                let mut c = vec![
-                    at(job.key(JobSlot::All.prefix()), *all_rev),
-                    absent(job.key(JobSlot::Working.prefix())),
-                    absent(job.key(JobSlot::Finished.prefix())),
-                ];
-                let mut ops = vec![del(job.key(JobSlot::All.prefix()))];
+                let mut c = unclaimed(job, *all_rev);
+                let mut ops = vec![del(job.slot_key(JobSlot::All))];
                 for (slot, rev) in queued {
-                    c.push(at(job.key(slot.prefix()), *rev));
-                    ops.push(del(job.key(slot.prefix())));
+                    c.push(at(job.slot_key(*slot), *rev));
+                    ops.push(del(job.slot_key(*slot)));
                 }
                 Built::Txn(c, ops)
             }
@@ -240,23 +246,23 @@ impl Executor {
                 finished_rev,
             } => Built::Txn(
                 vec![
-                    at(job.key(JobSlot::All.prefix()), *all_rev),
-                    at(job.key(JobSlot::Finished.prefix()), *finished_rev),
+                    at(job.slot_key(JobSlot::All), *all_rev),
+                    at(job.slot_key(JobSlot::Finished), *finished_rev),
                 ],
                 vec![
-                    del(job.key(JobSlot::All.prefix())),
-                    del(job.key(JobSlot::Finished.prefix())),
+                    del(job.slot_key(JobSlot::All)),
+                    del(job.slot_key(JobSlot::Finished)),
                 ],
             ),
             Action::RequeueJob { job, all_rev, to } => Built::Txn(
                 vec![
-                    at(job.key(JobSlot::All.prefix()), *all_rev),
-                    absent(job.key(JobSlot::Waiting.prefix())),
-                    absent(job.key(JobSlot::Ready.prefix())),
-                    absent(job.key(JobSlot::Working.prefix())),
-                    absent(job.key(JobSlot::Finished.prefix())),
+                    at(job.slot_key(JobSlot::All), *all_rev),
+                    absent(job.slot_key(JobSlot::Waiting)),
+                    absent(job.slot_key(JobSlot::Ready)),
+                    absent(job.slot_key(JobSlot::Working)),
+                    absent(job.slot_key(JobSlot::Finished)),
                 ],
-                vec![put(job.key(to.prefix()), handler_of(job))],
+                vec![put(job.slot_key(*to), handler_of(job))],
             ),
             Action::ReclaimJob {
                 job,
@@ -265,12 +271,12 @@ impl Executor {
                 to,
             } => Built::Txn(
                 vec![
-                    at(job.key(JobSlot::All.prefix()), *all_rev),
-                    at(job.key(JobSlot::Working.prefix()), *working_rev),
+                    at(job.slot_key(JobSlot::All), *all_rev),
+                    at(job.slot_key(JobSlot::Working), *working_rev),
                 ],
                 vec![
-                    del(job.key(JobSlot::Working.prefix())),
-                    put(job.key(to.prefix()), handler_of(job)),
+                    del(job.slot_key(JobSlot::Working)),
+                    put(job.slot_key(*to), handler_of(job)),
                 ],
             ),
             Action::CompleteState {
@@ -308,22 +314,21 @@ impl Executor {
                     error: String::new(),
                     extra: Map::new(),
                 };
+                let mut fence = unclaimed(job, *all_rev);
+                fence.extend([
+                    at(r.state_key(), *state_rev),
+                    at(r.heat_stack_key(), *stack_rev),
+                    at(r.job_state_key(), *job_state_rev),
+                ]);
                 Built::Txn(
-                    vec![
-                        at(job.key(JobSlot::All.prefix()), *all_rev),
-                        absent(job.key(JobSlot::Working.prefix())),
-                        absent(job.key(JobSlot::Finished.prefix())),
-                        at(r.state_key(), *state_rev),
-                        at(r.heat_stack_key(), *stack_rev),
-                        at(r.job_state_key(), *job_state_rev),
-                    ],
+                    fence,
                     vec![
                         put(
                             r.state_key(),
                             serde_json::to_vec(&state).unwrap_or_default(),
                         ),
                         del(r.job_state_key()),
-                        del(job.key(JobSlot::All.prefix())),
+                        del(job.slot_key(JobSlot::All)),
                     ],
                 )
             }
@@ -332,12 +337,8 @@ impl Executor {
                 all_rev,
                 job_state_rev,
             } => {
-                let mut c = vec![
-                    at(job.key(JobSlot::All.prefix()), *all_rev),
-                    absent(job.key(JobSlot::Working.prefix())),
-                    absent(job.key(JobSlot::Finished.prefix())),
-                ];
-                let mut ops = vec![del(job.key(JobSlot::All.prefix()))];
+                let mut c = unclaimed(job, *all_rev);
+                let mut ops = vec![del(job.slot_key(JobSlot::All))];
                 if let Some(rev) = job_state_rev {
                     c.push(at(o.resource.job_state_key(), *rev));
                     ops.push(del(o.resource.job_state_key()));
@@ -345,11 +346,11 @@ impl Executor {
                 Built::Txn(c, ops)
             }
             Action::DropStrays { job, keys } => {
-                let mut c = vec![absent(job.key(JobSlot::All.prefix()))];
+                let mut c = vec![absent(job.slot_key(JobSlot::All))];
                 let mut ops = vec![];
                 for (slot, rev) in keys {
-                    c.push(at(job.key(slot.prefix()), *rev));
-                    ops.push(del(job.key(slot.prefix())));
+                    c.push(at(job.slot_key(*slot), *rev));
+                    ops.push(del(job.slot_key(*slot)));
                 }
                 Built::Txn(c, ops)
             }
@@ -493,8 +494,8 @@ impl Executor {
         Ok(Built::Txn(
             compares,
             vec![
-                put(id.key(JobSlot::All.prefix()), value),
-                put(id.key(slot.prefix()), queue_value(&issue.handler)),
+                put(id.slot_key(JobSlot::All), value),
+                put(id.slot_key(slot), queue_value(&issue.handler)),
             ],
         ))
     }

@@ -103,6 +103,11 @@ pub async fn list(
     Ok(Some(revision))
 }
 
+/// Reports a restart; false when the receiver is gone.
+async fn restarting(out: &mpsc::Sender<MirrorEvent>, reason: String) -> bool {
+    out.send(MirrorEvent::WatchRestart { reason }).await.is_ok()
+}
+
 enum WatchEnd {
     /// The start revision was compacted: list again.
     Compacted,
@@ -128,11 +133,7 @@ pub async fn run(mut client: Client, opts: MirrorOptions, out: mpsc::Sender<Mirr
                 Ok(None) => return,
                 Err(e) => {
                     let reason = format!("list failed: {}", super::client::describe(&e));
-                    if out
-                        .send(MirrorEvent::WatchRestart { reason })
-                        .await
-                        .is_err()
-                    {
+                    if !restarting(&out, reason).await {
                         return;
                     }
                     tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(10))).await;
@@ -145,21 +146,13 @@ pub async fn run(mut client: Client, opts: MirrorOptions, out: mpsc::Sender<Mirr
                 WatchEnd::Closed => return,
                 WatchEnd::Compacted => {
                     let reason = format!("revision {} was compacted; relisting", revision + 1);
-                    if out
-                        .send(MirrorEvent::WatchRestart { reason })
-                        .await
-                        .is_err()
-                    {
+                    if !restarting(&out, reason).await {
                         return;
                     }
                     continue 'relist;
                 }
                 WatchEnd::Broken(reason) => {
-                    if out
-                        .send(MirrorEvent::WatchRestart { reason })
-                        .await
-                        .is_err()
-                    {
+                    if !restarting(&out, reason).await {
                         return;
                     }
                     tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(10))).await;
