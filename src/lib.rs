@@ -2,11 +2,13 @@
 //! orchestration system. See README.md for the architecture.
 
 pub mod demo;
+pub mod engine;
 pub mod esi;
 pub mod gohan;
 pub mod reconcile;
 pub mod store;
 pub mod telemetry;
+pub mod worker;
 
 /// `../shared` beside the repository (or `ESI_SHARED_DIR`): the reference
 /// corpus and seed records that tests read.

@@ -74,16 +74,34 @@ pub struct ConfigInput {
 }
 
 /// Reads config inputs out of any of the accepted shapes.
-pub fn config_inputs(catalog: &Catalog, doc: &Value) -> anyhow::Result<Vec<ConfigInput>> {
+/// Reads config inputs out of any of the accepted shapes. Stored records of
+/// other keys (a Gohan dump may hold `/jobs/…` too) are skipped and listed;
+/// a file with no config at all is an error.
+pub fn config_inputs(
+    catalog: &Catalog,
+    doc: &Value,
+) -> anyhow::Result<(Vec<ConfigInput>, Vec<String>)> {
     let items: Vec<&Value> = match doc {
         Value::Array(a) => a.iter().collect(),
         one => vec![one],
     };
-    items
-        .into_iter()
-        .enumerate()
-        .map(|(i, item)| config_input(catalog, item).with_context(|| format!("item {i}")))
-        .collect()
+    let mut inputs = vec![];
+    let mut skipped = vec![];
+    for (i, item) in items.into_iter().enumerate() {
+        if let Some(key) = item.get("key").and_then(Value::as_str)
+            && !matches!(EsiKey::parse(key), Ok(Some(EsiKey::Config(_))))
+        {
+            skipped.push(key.to_string());
+            continue;
+        }
+        inputs.push(config_input(catalog, item).with_context(|| format!("item {i}"))?);
+    }
+    anyhow::ensure!(
+        !inputs.is_empty(),
+        "no /config records (skipped: {})",
+        skipped.join(", ")
+    );
+    Ok((inputs, skipped))
 }
 
 fn body_of(v: &Value) -> anyhow::Result<Map<String, Value>> {
@@ -99,10 +117,6 @@ fn body_of(v: &Value) -> anyhow::Result<Map<String, Value>> {
 
 fn config_input(catalog: &Catalog, item: &Value) -> anyhow::Result<ConfigInput> {
     if let (Some(key), Some(value)) = (item.get("key").and_then(Value::as_str), item.get("value")) {
-        anyhow::ensure!(
-            matches!(EsiKey::parse(key), Ok(Some(EsiKey::Config(_)))),
-            "{key} is not a /config key"
-        );
         let body = body_of(value.get("body").context("value has no body")?)?;
         let marked = value
             .get("marked_for_deletion")
@@ -143,7 +157,10 @@ pub async fn config(args: ConfigArgs) -> anyhow::Result<()> {
             file,
         } => {
             let catalog = catalog.load()?;
-            let inputs = config_inputs(&catalog, &read_json(&file)?)?;
+            let (inputs, skipped) = config_inputs(&catalog, &read_json(&file)?)?;
+            for key in skipped {
+                eprintln!("skipped {key}: not a /config key");
+            }
             let client = etcd.connect().await?;
             for i in inputs {
                 let w = gohan::apply(&client, &i.key, i.body, i.marked).await?;

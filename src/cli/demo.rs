@@ -1,96 +1,195 @@
 //! `esi-reconciler demo`: the "Update Loadbalancer Interface" story on a
-//! private etcd, told step by step on the terminal.
-//!
-//! The heat worker ships with a later release, so the demo records the
-//! port's earlier history (created, then modified up to v3) the way the
-//! worker would have, marks the port for deletion as Gohan does, and lets the
-//! reconciler issue the `logical_delete` job.
+//! private etcd, with the reconciler and the heat worker (sim engine) in one
+//! process, told step by step with live progress from an etcd watch.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use etcd_client::{Client, GetOptions};
-use serde_json::{Value, json};
+use etcd_client::{Client, EventType, WatchOptions};
+use serde_json::{Map, Value};
+use tokio::sync::{Mutex, watch};
 
 use esi_reconciler::demo;
+use esi_reconciler::engine::sim::{SimEngine, SimOptions};
 use esi_reconciler::esi::Catalog;
-use esi_reconciler::esi::keys::{JOBS_READY, ResourceRef, TEMPLATES};
+use esi_reconciler::esi::keys::{EsiKey, JobSlot, ResourceRef, TEMPLATES};
 use esi_reconciler::gohan;
-use esi_reconciler::reconcile::controller::{Controller, ControllerConfig};
+use esi_reconciler::reconcile::controller::{Controller, ControllerConfig, now_ms};
+use esi_reconciler::reconcile::report::{self, Report};
+use esi_reconciler::reconcile::{Phase, snapshot};
 use esi_reconciler::store::embedded::EtcdProcess;
 use esi_reconciler::store::{EtcdOptions, connect_checked};
 use esi_reconciler::telemetry::Metrics;
+use esi_reconciler::telemetry::metrics::WorkerMetrics;
+use esi_reconciler::worker::{Worker, WorkerConfig};
 
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
     /// Use this etcd instead of starting a private one (comma-separated endpoints).
     #[arg(long, env = "ESI_DEMO_ETCD_ENDPOINTS", value_delimiter = ',')]
     pub etcd_endpoints: Option<Vec<String>>,
-    /// Give up after this many seconds.
+    /// Milliseconds each simulated stack operation takes.
+    #[arg(long, default_value_t = 300)]
+    pub latency_ms: u64,
+    /// Give up on a step after this many seconds.
     #[arg(long, default_value_t = 60)]
     pub timeout_secs: u64,
+}
+
+/// What the progress watcher keeps for the final printout.
+#[derive(Default)]
+struct Captured {
+    /// The port's `logical_delete` job, as issued (point 2).
+    delete_job: Option<Value>,
+    /// The port's last job state with results (point 4).
+    job_state: Option<Value>,
+}
+
+fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
 }
 
 fn step(n: usize, text: &str) {
     println!("\n[{n}] {text}");
 }
 
-async fn put_json(client: &Client, key: &str, v: &Value) -> anyhow::Result<()> {
-    client
-        .kv_client()
-        .put(key, serde_json::to_vec(v)?, None)
+/// Prints job and state changes as they happen, and captures the records
+/// the seed shows at points (2) and (4).
+async fn progress(
+    client: Client,
+    from: i64,
+    start: Instant,
+    captured: Arc<Mutex<Captured>>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let opts = WatchOptions::new()
+        .with_range("/state0")
+        .with_start_revision(from + 1);
+    let mut stream = client
+        .watch_client()
+        .watch("/esi-worker/", Some(opts))
         .await?;
+    let port = ResourceRef::new("ports", demo::PORT_ID);
+    loop {
+        let msg = tokio::select! {
+            m = stream.message() => m?,
+            _ = stop.changed() => return Ok(()),
+        };
+        let Some(resp) = msg else { return Ok(()) };
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            let Ok(key) = kv.key_str() else { continue };
+            let t = start.elapsed().as_secs_f64();
+            let put = ev.event_type() == EventType::Put;
+            match EsiKey::parse(key) {
+                Ok(Some(EsiKey::Job(slot, id))) => {
+                    if slot == JobSlot::All
+                        && put
+                        && id.resource_id == demo::PORT_ID
+                        && id.action.as_str() == "logical_delete"
+                    {
+                        captured.lock().await.delete_job = serde_json::from_slice(kv.value()).ok();
+                    }
+                    let what = match (slot, put) {
+                        (JobSlot::All, true) => "issued",
+                        (JobSlot::Waiting, true) => "waiting for its dependencies",
+                        (JobSlot::Ready, true) => "ready",
+                        (JobSlot::Working, true) => "claimed by the worker",
+                        (JobSlot::Finished, true) => "finished",
+                        (JobSlot::All, false) => "done (removed by the reconciler)",
+                        _ => continue,
+                    };
+                    println!(
+                        "  +{t:5.2}s  job    {:<14} {:<8} {:<8} v{}  {what}",
+                        id.action,
+                        id.resource_type,
+                        short(&id.resource_id),
+                        id.version
+                    );
+                }
+                Ok(Some(EsiKey::State(r))) if put => {
+                    let v: Value = serde_json::from_slice(kv.value()).unwrap_or_default();
+                    let err = v["error"]
+                        .as_str()
+                        .filter(|e| !e.is_empty())
+                        .map(|e| format!("  error: {e}"))
+                        .unwrap_or_default();
+                    println!(
+                        "  +{t:5.2}s  state  {:<14} {:<8} {:<8} v{}  {}{err}",
+                        "",
+                        r.plural.trim_end_matches('s'),
+                        short(&r.id),
+                        v["version"],
+                        v["state"]["worker_state"].as_str().unwrap_or("?")
+                    );
+                }
+                Ok(Some(EsiKey::JobState(r))) if put && r == port => {
+                    let v: Value = serde_json::from_slice(kv.value()).unwrap_or_default();
+                    if v.get("orchestration_state").is_some() {
+                        captured.lock().await.job_state = Some(v);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Waits until every resource is converged at its latest config.
+async fn converged(
+    client: &Client,
+    catalog: &Arc<Catalog>,
+    within: Duration,
+) -> anyhow::Result<Vec<Report>> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let world = snapshot::load(client, catalog.clone(), 1000).await?;
+        let reports = report::all(&world, now_ms());
+        if reports
+            .iter()
+            .all(|r| r.phase == Phase::Converged && r.next.is_empty())
+        {
+            return Ok(reports);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let stuck: Vec<String> = reports
+                .iter()
+                .filter(|r| r.phase != Phase::Converged)
+                .map(|r| format!("{} {} {} ({})", r.rtype, r.id, r.phase, r.message))
+                .collect();
+            anyhow::bail!("not converged within {within:?}: {}", stuck.join("; "));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn apply(client: &Client, r: &ResourceRef, body: Map<String, Value>) -> anyhow::Result<()> {
+    let w = gohan::apply(client, &r.config_key(), body, false).await?;
+    println!("    Gohan: {}/{} {w}", r.plural, short(&r.id));
     Ok(())
 }
 
-/// Records a converged resource as the heat worker leaves it.
-async fn record_converged(
-    client: &Client,
-    r: &ResourceRef,
-    rtype: &str,
-    version: u64,
-    worker_state: &str,
-    stack_status: &str,
-    outputs: Value,
-) -> anyhow::Result<()> {
-    put_json(
-        client,
-        &r.heat_stack_key(),
-        &json!({"id": format!("{rtype}:{}", r.id), "stack_id": format!("{rtype}_{}", r.id), "stack_status": stack_status,
-                "status_reason": format!("Stack {} completed successfully", stack_status.trim_end_matches("_COMPLETE")),
-                "output": outputs, "tenant_id": demo::TENANT}),
-    )
-    .await?;
-    put_json(
-        client,
-        &r.state_key(),
-        &json!({"state": {"worker_state": worker_state, "orchestration_state": stack_status, "heat_outputs": outputs.to_string()},
-                "version": version, "error": ""}),
-    )
-    .await
-}
-
-fn out(key: &str, value: &str, description: &str) -> Value {
-    json!({"output_key": key, "output_value": value, "description": description})
-}
-
-async fn print_key(client: &Client, label: &str, key: &str) -> anyhow::Result<()> {
-    let resp = client.kv_client().get(key, None).await?;
+fn print_record(label: &str, key: &str, value: Option<&Value>) -> anyhow::Result<()> {
     println!("\n({label}) {key}");
-    match resp.kvs().first() {
+    match value {
+        Some(v) => println!("{}", serde_json::to_string_pretty(v)?),
         None => println!("  (absent)"),
-        Some(kv) => {
-            let v: Value = serde_json::from_slice(kv.value())
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(kv.value()).into()));
-            println!("{}", serde_json::to_string_pretty(&v)?);
-        }
     }
     Ok(())
 }
 
+async fn get_json(client: &Client, key: &str) -> anyhow::Result<Option<Value>> {
+    let resp = client.kv_client().get(key, None).await?;
+    Ok(resp
+        .kvs()
+        .first()
+        .and_then(|kv| serde_json::from_slice(kv.value()).ok()))
+}
+
 pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let start = Instant::now();
     println!("esi-reconciler demo: Update Loadbalancer Interface");
     let _etcd;
     let endpoints = match args.etcd_endpoints {
@@ -112,6 +211,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     };
     let client = connect_checked(&EtcdOptions::with_endpoints(endpoints)).await?;
     let catalog = Arc::new(Catalog::load(None, None)?);
+    let within = Duration::from_secs(args.timeout_secs);
 
     step(2, "Gohan loads the heat templates");
     for t in demo::templates() {
@@ -126,102 +226,129 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 
     step(
         3,
-        "history: network, subnet and the load balancer's user port were created, and the port modified to v3",
+        "starting the reconciler and the heat worker (simulated engine)",
     );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let controller = Controller::new(
+        client.clone(),
+        catalog.clone(),
+        ControllerConfig::default(),
+        Arc::new(Metrics::new()),
+    );
+    let reconciler = tokio::spawn(controller.run(stopped(stop_rx.clone())));
+    let engine = Arc::new(SimEngine::new(
+        client.clone(),
+        SimOptions {
+            latency: Duration::from_millis(args.latency_ms),
+            ..SimOptions::default()
+        },
+    ));
+    let cfg = WorkerConfig {
+        shutdown_grace: Duration::from_secs(5),
+        ..WorkerConfig::default()
+    };
+    let worker = tokio::spawn(
+        Worker::new(
+            client.clone(),
+            catalog.clone(),
+            engine,
+            cfg,
+            Arc::new(WorkerMetrics::new()),
+        )
+        .run(stopped(stop_rx.clone())),
+    );
+    let from = client
+        .kv_client()
+        .get("/", Some(etcd_client::GetOptions::new().with_count_only()))
+        .await?
+        .header()
+        .map(|h| h.revision())
+        .unwrap_or(0);
+    let captured = Arc::new(Mutex::new(Captured::default()));
+    let watcher = tokio::spawn(progress(
+        client.clone(),
+        from,
+        start,
+        captured.clone(),
+        stop_rx.clone(),
+    ));
+    println!("    reconciler and worker running; progress follows as etcd changes");
+
     let net = ResourceRef::new("networks", demo::NETWORK_ID);
     let sub = ResourceRef::new("subnets", demo::SUBNET_ID);
     let port = ResourceRef::new("ports", demo::PORT_ID);
-    gohan::apply(&client, &net.config_key(), demo::network(), false).await?;
-    gohan::apply(&client, &sub.config_key(), demo::subnet(), false).await?;
-    for stage in 1..=3 {
-        gohan::apply(&client, &port.config_key(), demo::port(stage), false).await?;
-    }
-    record_converged(
-        &client,
-        &net,
-        "network",
-        1,
-        "CREATE_COMPLETED",
-        "CREATE_COMPLETE",
-        json!([out("id", demo::NETWORK_ID, "network id")]),
-    )
-    .await?;
-    record_converged(
-        &client,
-        &sub,
-        "subnet",
-        1,
-        "CREATE_COMPLETED",
-        "CREATE_COMPLETE",
-        json!([out("id", demo::SUBNET_ID, "subnet id")]),
-    )
-    .await?;
-    record_converged(
-        &client,
-        &port,
-        "port",
-        3,
-        "MODIFY_COMPLETED",
-        "UPDATE_COMPLETE",
-        json!([out("id", demo::PORT_ID, "port id")]),
-    )
-    .await?;
-    println!(
-        "    network v1, subnet v1 CREATE_COMPLETED; port v3 MODIFY_COMPLETED (recorded as the heat worker leaves them)"
-    );
+    let port_b = ResourceRef::new("ports", demo::PORT_B_ID);
 
-    step(4, "Gohan marks port db3bff62 for deletion");
-    let w = gohan::mark_deleted(&client, &port.config_key()).await?;
-    println!("    ports/{}: {w}", demo::PORT_ID);
+    step(
+        4,
+        "Gohan creates the load balancer's network, its subnet and two user ports at once",
+    );
+    println!("    (the subnet's job waits for the network's, the ports' for both)");
+    apply(&client, &net, demo::network()).await?;
+    apply(&client, &sub, demo::subnet()).await?;
+    apply(&client, &port, demo::port(1)).await?;
+    apply(&client, &port_b, demo::port_b(1)).await?;
+    converged(&client, &catalog, within).await?;
 
     step(
         5,
-        "the reconciler runs: desired (v4, marked) differs from observed (v3): it issues a logical_delete job",
+        "Update Loadbalancer Interface: the ports are attached, then port db3bff62 is taken down",
     );
-    let metrics = Arc::new(Metrics::new());
-    let controller = Controller::new(
-        client.clone(),
-        catalog,
-        ControllerConfig::default(),
-        metrics,
-    );
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let runner = tokio::spawn(controller.clone().run(async move {
-        let _ = stop_rx.wait_for(|s| *s).await;
-    }));
-    let prefix = format!(
-        "{JOBS_READY}logical_delete:heat_worker:port:{}:4:",
-        demo::PORT_ID
-    );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout_secs);
-    let job_key = loop {
-        let resp = client
-            .kv_client()
-            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
-            .await?;
-        if let Some(kv) = resp.kvs().first() {
-            break kv.key_str()?.to_string();
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "no logical_delete job within {}s",
-            args.timeout_secs
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    println!("    {job_key}");
-    let _ = stop_tx.send(true);
-    let _ = runner.await;
+    apply(&client, &port, demo::port(2)).await?;
+    apply(&client, &port_b, demo::port_b(2)).await?;
+    converged(&client, &catalog, within).await?;
+    apply(&client, &port, demo::port(3)).await?;
+    converged(&client, &catalog, within).await?;
 
-    let job_id = job_key.trim_start_matches(JOBS_READY);
-    println!("\nThe port's records at the seed's points:");
-    print_key(&client, "1", &port.config_key()).await?;
-    print_key(&client, "2", &format!("/jobs/all/{job_id}")).await?;
+    step(6, "Gohan marks port db3bff62 for deletion");
+    let w = gohan::apply(&client, &port.config_key(), demo::port(4), true).await?;
+    println!("    Gohan: ports/{} {w}", short(demo::PORT_ID));
+    let reports = converged(&client, &catalog, within).await?;
+
+    let _ = stop_tx.send(true);
+    let _ = tokio::join!(reconciler, worker, watcher);
+
     println!(
-        "\nPoints (3)-(5) (heat stack, job state, /state after the delete) are written by the heat worker,"
+        "\nEverything converged in {:.1}s:",
+        start.elapsed().as_secs_f64()
     );
-    println!(
-        "which `esi-reconciler worker` will provide; `esi-reconciler get` shows the port waiting for it."
-    );
+    for r in &reports {
+        println!(
+            "    {:<8} {}  {:<7} v{}  {}",
+            r.rtype,
+            r.id,
+            r.desired,
+            r.desired_version.unwrap_or(0),
+            r.worker_state.as_deref().unwrap_or("-")
+        );
+    }
+    println!("\nPort {}'s records at the seed's points:", demo::PORT_ID);
+    let c = captured.lock().await;
+    print_record(
+        "1",
+        &port.config_key(),
+        get_json(&client, &port.config_key()).await?.as_ref(),
+    )?;
+    let job_key = c
+        .delete_job
+        .as_ref()
+        .and_then(|j| j[1]["id"].as_str())
+        .map(|id| format!("/jobs/all/{id}"))
+        .unwrap_or_default();
+    print_record("2", &job_key, c.delete_job.as_ref())?;
+    print_record(
+        "3",
+        &port.heat_stack_key(),
+        get_json(&client, &port.heat_stack_key()).await?.as_ref(),
+    )?;
+    print_record("4", &port.job_state_key(), c.job_state.as_ref())?;
+    print_record(
+        "5",
+        &port.state_key(),
+        get_json(&client, &port.state_key()).await?.as_ref(),
+    )?;
     Ok(())
 }

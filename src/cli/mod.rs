@@ -5,6 +5,7 @@ pub mod config;
 pub mod demo;
 pub mod inspect;
 pub mod run;
+pub mod worker;
 
 use clap::{Parser, Subcommand};
 
@@ -30,6 +31,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the reconciler until SIGTERM or SIGINT.
     Run(run::RunArgs),
+    /// Run the heat worker: claim ready jobs and drive an engine.
+    Worker(worker::WorkerArgs),
     /// Show every resource: desired and observed version, phase, last action, errors.
     Get(inspect::GetArgs),
     /// Show what the reconciler would do next, and why (writes nothing).
@@ -57,6 +60,7 @@ pub async fn main() -> anyhow::Result<()> {
     logging::init(cli.log_format, level);
     match cli.command {
         Command::Run(a) => run::run(a).await,
+        Command::Worker(a) => worker::worker(a).await,
         Command::Get(a) => inspect::get(a).await,
         Command::Plan(a) => inspect::plan(a).await,
         Command::Config(a) => config::config(a).await,

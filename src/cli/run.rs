@@ -52,6 +52,10 @@ pub struct TuningArgs {
     /// Keys per page when listing etcd.
     #[arg(long, env = "ESI_PAGE_SIZE", default_value_t = 1000)]
     pub page_size: i64,
+    /// After DELETE_COMPLETED, delete the config and the heat stack record
+    /// (what Gohan and the Job Manager do; for deployments without Gohan).
+    #[arg(long, env = "ESI_PURGE_DELETED")]
+    pub purge_deleted: bool,
 }
 
 impl TuningArgs {
@@ -72,6 +76,7 @@ impl TuningArgs {
                 jitter: !self.backoff_no_jitter,
             },
             page_size: self.page_size,
+            purge_deleted: self.purge_deleted,
         })
     }
 }
@@ -99,8 +104,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = args.etcd.connect_lazily().await?;
     let metrics = Arc::new(Metrics::new());
     let controller = Controller::new(client, catalog, cfg, metrics.clone());
+    let m = metrics.clone();
     let health = Health {
-        metrics,
+        encode: Arc::new(move || m.encode()),
         ready: controller.ready_flag(),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -69,3 +69,23 @@ pub fn port(stage: u32) -> Map<String, Value> {
         "status": status, "orchestration_state": orch, "operational_state": "INIT", "tags": {}
     }))
 }
+
+/// The load balancer's second user port (kept through the story).
+pub const PORT_B_ID: &str = "a7e5822c-5c04-4c5f-a5ac-b0e0ad50159f";
+
+/// The second port at a stage of the story: 1 created, 2 attached.
+pub fn port_b(stage: u32) -> Map<String, Value> {
+    let mut p = port(stage.min(2));
+    p.insert("id".into(), json!(PORT_B_ID));
+    p.insert("name".into(), json!("load_balancer-user-port-2"));
+    p.insert("mac_address".into(), json!("fa:16:3e:4c:1d:07"));
+    p.insert(
+        "device_id".into(),
+        json!("59a0a3e2-5c48-4cf0-a1a8-52e2c0d1a2b9"),
+    );
+    p.insert(
+        "fixed_ips".into(),
+        json!([{"subnet_id": SUBNET_ID, "ip_address": "10.121.232.4"}]),
+    );
+    p
+}

@@ -127,6 +127,15 @@ impl JobAction {
         }
     }
 
+    /// The Heat stack status of this action's stack work failing.
+    pub fn stack_failed(self) -> &'static str {
+        match self {
+            JobAction::Create => "CREATE_FAILED",
+            JobAction::Modify => "UPDATE_FAILED",
+            JobAction::LogicalDelete => "DELETE_FAILED",
+        }
+    }
+
     /// The Heat stack status that means this action's stack work is done.
     pub fn stack_complete(self) -> &'static str {
         match self {

@@ -85,6 +85,13 @@ pub enum Action {
     },
     /// The resource converged: reset its backoff.
     ClearBackoff,
+    /// `--purge-deleted`: after `DELETE_COMPLETED`, delete the config and the
+    /// heat stack record, as Gohan and the Job Manager do.
+    PurgeDeleted {
+        config_rev: i64,
+        state_rev: i64,
+        stack_rev: Option<i64>,
+    },
 }
 
 impl Action {
@@ -103,6 +110,7 @@ impl Action {
             Action::DropStrays { .. } => "drop_strays",
             Action::RecordFailure { .. } => "record_failure",
             Action::ClearBackoff => "clear_backoff",
+            Action::PurgeDeleted { .. } => "purge_deleted",
         }
     }
 }
@@ -140,6 +148,10 @@ impl fmt::Display for Action {
                 attempts, version, ..
             } => write!(f, "record failed attempt {attempts} of v{version}"),
             Action::ClearBackoff => write!(f, "clear backoff"),
+            Action::PurgeDeleted { .. } => write!(
+                f,
+                "purge the deleted resource's config and heat stack record"
+            ),
         }
     }
 }

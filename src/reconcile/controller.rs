@@ -3,7 +3,7 @@
 //! per resource at a time and `concurrency` at once, with a periodic resync
 //! as a safety net.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -38,6 +38,9 @@ pub struct ControllerConfig {
     pub backoff: BackoffPolicy,
     /// Keys per page when listing etcd.
     pub page_size: i64,
+    /// Delete configs and stack records once their deletion completed, as
+    /// Gohan does (for deployments without Gohan).
+    pub purge_deleted: bool,
 }
 
 impl Default for ControllerConfig {
@@ -48,6 +51,7 @@ impl Default for ControllerConfig {
             resync: Duration::from_secs(300),
             backoff: BackoffPolicy::default(),
             page_size: 1000,
+            purge_deleted: false,
         }
     }
 }
@@ -70,6 +74,8 @@ pub struct Controller {
     cfg: ControllerConfig,
     /// Consecutive errors per resource, for in-memory retry delays.
     errors: Mutex<HashMap<ResourceRef, u32>>,
+    /// Resources whose job waits for another resource, by that resource.
+    deferred: Mutex<HashMap<ResourceRef, HashSet<ResourceRef>>>,
 }
 
 impl Controller {
@@ -91,6 +97,7 @@ impl Controller {
             revision: watch::channel(0).0,
             cfg,
             errors: Mutex::new(HashMap::new()),
+            deferred: Mutex::new(HashMap::new()),
         })
     }
 
@@ -139,8 +146,19 @@ impl Controller {
         }
     }
 
+    fn lock_deferred(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<ResourceRef, HashSet<ResourceRef>>> {
+        self.deferred.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn schedule(&self, touched: Touched, world: &World) {
         for r in touched.resources {
+            // Whatever waited for this resource may go on now.
+            let waiting = self.lock_deferred().remove(&r);
+            for w in waiting.into_iter().flatten() {
+                self.queue.schedule(w);
+            }
             self.queue.schedule(r);
         }
         if touched.waiting_may_release {
@@ -277,7 +295,8 @@ impl Controller {
 
     async fn reconcile(&self, r: &ResourceRef) {
         let observed = Observed::from_world(&*self.world.read().await, r, now_ms());
-        let Some(o) = observed else { return };
+        let Some(mut o) = observed else { return };
+        o.purge_deleted = self.cfg.purge_deleted;
         let p = plan(&o);
         self.world.write().await.set_phase(r, p.phase);
         if let Some(ms) = p.requeue_after_ms {
@@ -315,9 +334,16 @@ impl Controller {
                 self.caught_up(revision).await;
                 self.queue.schedule(r.clone());
             }
-            Ok(Outcome::Deferred { reason, applied }) => {
+            Ok(Outcome::Deferred {
+                reason,
+                blocked_on,
+                applied,
+            }) => {
                 applied.iter().for_each(|a| self.metrics.action(a));
                 tracing::info!(resource = %r, %reason, "deferred");
+                if let Some(b) = blocked_on {
+                    self.lock_deferred().entry(b).or_default().insert(r.clone());
+                }
                 self.metrics.reconciled("deferred");
                 self.executor.note_error(&o, &reason).await;
                 self.queue.schedule_after(r.clone(), self.error_delay(r));

@@ -46,6 +46,8 @@ pub enum Outcome {
     /// The job cannot be built yet (e.g. a referenced resource is missing).
     Deferred {
         reason: String,
+        /// The resource it waits for: plan again when that one changes.
+        blocked_on: Option<ResourceRef>,
         applied: Vec<&'static str>,
     },
 }
@@ -147,17 +149,21 @@ impl Executor {
         for planned in &plan.actions {
             let kind = planned.action.kind();
             let step = match self.txn_for(o, &planned.action, &mut status).await? {
-                Built::Txn(compares, ops) => {
+                built @ (Built::Txn(..) | Built::Final(..)) => {
                     status.last_action = planned.action.to_string();
                     status.last_action_ms = now_ms();
                     let status_key = o.resource.reconciler_key();
-                    let mut compares = compares;
+                    let (mut compares, mut ops, last) = match built {
+                        Built::Txn(c, o) => (c, o, false),
+                        Built::Final(c, o) => (c, o, true),
+                        _ => unreachable!("matched above"),
+                    };
                     compares.push(at(status_key.clone(), status_rev));
-                    let mut ops = ops;
-                    ops.push(put(
-                        status_key,
-                        serde_json::to_vec(&status).unwrap_or_default(),
-                    ));
+                    ops.push(if last {
+                        del(status_key)
+                    } else {
+                        put(status_key, serde_json::to_vec(&status).unwrap_or_default())
+                    });
                     let resp = self
                         .client
                         .kv_client()
@@ -181,7 +187,11 @@ impl Executor {
                     action: kind,
                     applied,
                 },
-                Built::Deferred(reason) => Outcome::Deferred { reason, applied },
+                Built::Deferred(reason, blocked_on) => Outcome::Deferred {
+                    reason,
+                    blocked_on,
+                    applied,
+                },
             };
             return Ok(step);
         }
@@ -368,6 +378,23 @@ impl Executor {
                 status.last_error = error.clone();
                 Built::Txn(vec![], vec![])
             }
+            Action::PurgeDeleted {
+                config_rev,
+                state_rev,
+                stack_rev,
+            } => {
+                let r = &o.resource;
+                let mut c = vec![
+                    at(r.config_key(), *config_rev),
+                    at(r.state_key(), *state_rev),
+                ];
+                let mut ops = vec![del(r.config_key())];
+                if let Some(rev) = stack_rev {
+                    c.push(at(r.heat_stack_key(), *rev));
+                    ops.push(del(r.heat_stack_key()));
+                }
+                Built::Final(c, ops)
+            }
             Action::ClearBackoff => {
                 status.attempts = 0;
                 status.next_retry_ms = 0;
@@ -423,8 +450,10 @@ impl Executor {
                     let body = self.fetch_config(&rid).await?;
                     fetched.0.insert((rid.resource_type, rid.resource_id), body);
                 }
-                Err(e @ EvalError::MissingReference { .. }) => {
-                    return Ok(Built::Deferred(e.to_string()));
+                Err(EvalError::MissingReference { rtype, id }) => {
+                    let blocked_on = self.world.read().await.resource_of_job_type(&rtype, &id);
+                    let why = EvalError::MissingReference { rtype, id }.to_string();
+                    return Ok(Built::Deferred(why, blocked_on));
                 }
                 Err(e) => return Err(ExecError::Build(format!("template {}: {e}", template.id))),
             }
@@ -441,7 +470,8 @@ impl Executor {
                 if jobs.is_empty()
                     && let Some(why) = not_yet_created(&w, &dep)
                 {
-                    return Ok(Built::Deferred(why));
+                    let blocked_on = w.resource_of_job_type(&dep.resource_type, &dep.resource_id);
+                    return Ok(Built::Deferred(why, blocked_on));
                 }
                 dependency.extend(jobs.iter().map(|j| j.id.to_string()));
             }
@@ -565,5 +595,7 @@ fn not_yet_created(w: &World, dep: &ResourceId) -> Option<String> {
 enum Built {
     Txn(Vec<Compare>, Vec<TxnOp>),
     Conflict,
-    Deferred(String),
+    /// Like `Txn`, and the resource's status record goes with it.
+    Final(Vec<Compare>, Vec<TxnOp>),
+    Deferred(String, Option<ResourceRef>),
 }

@@ -77,6 +77,8 @@ pub struct Observed {
     pub now_ms: u64,
     /// Paused by an operator: plan, but take no action.
     pub paused: bool,
+    /// Delete configs (and stack records) once their deletion completed.
+    pub purge_deleted: bool,
 }
 
 impl Observed {
@@ -94,6 +96,7 @@ impl Observed {
             jobs: vec![],
             now_ms: 0,
             paused: false,
+            purge_deleted: false,
         }
     }
 
@@ -170,6 +173,7 @@ impl Observed {
             jobs,
             now_ms,
             paused: false,
+            purge_deleted: false,
         })
     }
 }

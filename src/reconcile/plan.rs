@@ -355,7 +355,10 @@ fn plan_valid(o: &Observed, p: &mut Plan) {
             o.job_state.is_some(),
             !o.jobs.is_empty(),
         ];
-        if left.iter().any(|x| *x) {
+        let deleted = state.is_some_and(|s| s.worker_state == "DELETE_COMPLETED");
+        if deleted && o.stack.is_none() && o.job_state.is_none() && o.jobs.is_empty() {
+            p.set(Phase::Converged, "deleted; its config was removed");
+        } else if left.iter().any(|x| *x) {
             p.set(
                 Phase::Orphaned,
                 "no config, but records of it remain (removal is opt-in)",
@@ -387,7 +390,17 @@ fn plan_valid(o: &Observed, p: &mut Plan) {
     let action = target.unwrap_or(JobAction::Create);
     if is_converged(state, cfg) {
         if live.is_empty() {
-            if o.status
+            if cfg.marked && o.purge_deleted {
+                p.push(
+                    Action::PurgeDeleted {
+                        config_rev: o.config.as_ref().map(|c| c.mod_rev).unwrap_or(0),
+                        state_rev: o.state.as_ref().map(|s| s.mod_rev).unwrap_or(0),
+                        stack_rev: o.stack.as_ref().map(|s| s.mod_rev),
+                    },
+                    "deleted, and --purge-deleted is on",
+                );
+            } else if o
+                .status
                 .as_ref()
                 .and_then(Parsed::ok)
                 .is_some_and(|s| s.attempts > 0)

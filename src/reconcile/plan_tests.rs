@@ -588,3 +588,37 @@ proptest! {
         prop_assert_eq!(plan(&o), p);
     }
 }
+
+#[test]
+fn purge_deleted_removes_config_once_deleted() {
+    let mut o = with_stack(
+        with_state(port(4, true), 4, "DELETE_COMPLETED", ""),
+        "DELETE_COMPLETE",
+    );
+    assert_eq!(kinds(&plan(&o)), Vec::<&str>::new());
+    o.purge_deleted = true;
+    let p = plan(&o);
+    assert_eq!(kinds(&p), vec!["purge_deleted"]);
+    assert!(matches!(
+        p.actions[0].action,
+        Action::PurgeDeleted {
+            config_rev: 10,
+            state_rev: 20,
+            stack_rev: Some(30)
+        }
+    ));
+    // Not before the delete completed.
+    let o = Observed {
+        purge_deleted: true,
+        ..with_state(port(4, true), 3, "MODIFY_COMPLETED", "")
+    };
+    assert_eq!(kinds(&plan(&o)), vec!["issue_job"]);
+    // Afterwards only /state is left: that is a deleted resource, not an orphan.
+    let gone = with_state(
+        Observed::empty(ResourceRef::new("ports", "p1"), "port"),
+        4,
+        "DELETE_COMPLETED",
+        "",
+    );
+    assert_eq!(plan(&gone).phase, Phase::Converged);
+}

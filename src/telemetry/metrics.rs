@@ -137,3 +137,68 @@ impl Metrics {
         out
     }
 }
+
+/// The heat worker's Prometheus metrics.
+pub struct WorkerMetrics {
+    pub registry: Registry,
+    pub claimed: Counter,
+    pub jobs: Family<ResultLabel, Counter>,
+    pub in_flight: Gauge,
+    pub ready_jobs: Gauge,
+    pub claim_conflicts: Counter,
+    pub lease_lost: Counter,
+}
+
+impl Default for WorkerMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl WorkerMetrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("esi_worker");
+        let m = WorkerMetrics {
+            registry: Registry::default(),
+            claimed: Counter::default(),
+            jobs: Family::default(),
+            in_flight: Gauge::default(),
+            ready_jobs: Gauge::default(),
+            claim_conflicts: Counter::default(),
+            lease_lost: Counter::default(),
+        };
+        registry.register("claimed", "Jobs claimed", m.claimed.clone());
+        registry.register("jobs", "Jobs ended, by result", m.jobs.clone());
+        registry.register("in_flight", "Jobs running", m.in_flight.clone());
+        registry.register(
+            "ready_jobs",
+            "Ready jobs seen and not yet taken",
+            m.ready_jobs.clone(),
+        );
+        registry.register(
+            "claim_conflicts",
+            "Claims lost to another worker or a withdrawn job",
+            m.claim_conflicts.clone(),
+        );
+        registry.register(
+            "lease_lost",
+            "Times the lease behind the claims was lost",
+            m.lease_lost.clone(),
+        );
+        WorkerMetrics { registry, ..m }
+    }
+
+    pub fn finished(&self, result: &str) {
+        self.jobs
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

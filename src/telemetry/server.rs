@@ -10,12 +10,11 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use super::Metrics;
-
+/// What the server exposes: a metrics encoder and a readiness flag.
 #[derive(Clone)]
 pub struct Health {
-    pub metrics: Arc<Metrics>,
-    /// Set once the first full list of etcd is loaded.
+    pub encode: Arc<dyn Fn() -> String + Send + Sync>,
+    /// Set once the process has loaded what it needs (the first list of etcd).
     pub ready: Arc<AtomicBool>,
 }
 
@@ -25,7 +24,7 @@ async fn metrics(State(h): State<Health>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        h.metrics.encode(),
+        (h.encode)(),
     )
 }
 

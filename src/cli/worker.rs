@@ -1,0 +1,135 @@
+//! `esi-reconciler worker`: the heat worker.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use esi_reconciler::engine::sim::{SimEngine, SimOptions};
+use esi_reconciler::telemetry::metrics::WorkerMetrics;
+use esi_reconciler::telemetry::server::{Health, serve};
+use esi_reconciler::worker::job::JobSettings;
+use esi_reconciler::worker::{Worker, WorkerConfig};
+
+use super::args::{CatalogArgs, EtcdArgs};
+use super::run::shutdown_signal;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum EngineKind {
+    /// The embedded simulated orchestrator (stacks kept in etcd).
+    Sim,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    #[command(flatten)]
+    pub catalog: CatalogArgs,
+    /// The orchestration engine.
+    #[arg(long, env = "ESI_ENGINE", value_enum, default_value_t = EngineKind::Sim)]
+    pub engine: EngineKind,
+    #[command(flatten)]
+    pub sim: SimArgs,
+    /// The job handler this worker serves.
+    #[arg(long, env = "ESI_HANDLER", default_value = "heat_worker")]
+    pub handler: String,
+    /// Jobs run at once.
+    #[arg(long, env = "ESI_WORKER_SLOTS", default_value_t = 8)]
+    pub slots: usize,
+    /// TTL of the lease behind every claim, in seconds.
+    #[arg(long, env = "ESI_LEASE_TTL_SECS", default_value_t = 60)]
+    pub lease_ttl_secs: u64,
+    /// Seconds running jobs may finish after SIGTERM before they are released.
+    #[arg(long, env = "ESI_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+    /// Cap on every job's timeout in seconds (default: the job's heat_timeout).
+    #[arg(long, env = "ESI_JOB_TIMEOUT_CAP_SECS")]
+    pub job_timeout_cap_secs: Option<u64>,
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "ESI_WORKER_METRICS_ADDR", default_value = "0.0.0.0:9091")]
+    pub metrics_addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SimArgs {
+    /// Sim engine: milliseconds each stack operation stays in progress.
+    #[arg(long, env = "ESI_SIM_LATENCY_MS", default_value_t = 200)]
+    pub sim_latency_ms: u64,
+    /// Sim engine: share of operations that fail (0.0-1.0).
+    #[arg(long, env = "ESI_SIM_FAILURE_RATE", default_value_t = 0.0)]
+    pub sim_failure_rate: f64,
+    /// Sim engine: the first K operations of every stack fail.
+    #[arg(long, env = "ESI_SIM_FAIL_FIRST", default_value_t = 0)]
+    pub sim_fail_first: u32,
+    /// Sim engine: fail stacks whose name (`{type}_{id}`) contains this, or
+    /// that have a template resource of this name (repeatable).
+    #[arg(long, env = "ESI_SIM_FAIL", value_delimiter = ',')]
+    pub sim_fail: Vec<String>,
+    /// Sim engine: never finish operations on matching stacks (repeatable).
+    #[arg(long, env = "ESI_SIM_HANG", value_delimiter = ',')]
+    pub sim_hang: Vec<String>,
+}
+
+impl SimArgs {
+    pub fn options(&self) -> anyhow::Result<SimOptions> {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.sim_failure_rate),
+            "--sim-failure-rate must be between 0 and 1"
+        );
+        Ok(SimOptions {
+            latency: Duration::from_millis(self.sim_latency_ms),
+            failure_rate: self.sim_failure_rate,
+            fail_first: self.sim_fail_first,
+            fail_matching: self.sim_fail.clone(),
+            hang_matching: self.sim_hang.clone(),
+        })
+    }
+}
+
+impl WorkerArgs {
+    pub fn config(&self) -> anyhow::Result<WorkerConfig> {
+        anyhow::ensure!(
+            self.lease_ttl_secs >= 2,
+            "--lease-ttl-secs must be at least 2"
+        );
+        Ok(WorkerConfig {
+            handler: self.handler.clone(),
+            slots: self.slots.max(1),
+            lease_ttl: Duration::from_secs(self.lease_ttl_secs),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            job: JobSettings {
+                timeout_cap: self.job_timeout_cap_secs.map(Duration::from_secs),
+                poll_min: Duration::from_millis(50),
+                poll_max: Duration::from_secs(2),
+            },
+        })
+    }
+}
+
+pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let catalog = args.catalog.load()?;
+    let cfg = args.config()?;
+    let client = args.etcd.connect_lazily().await?;
+    let metrics = Arc::new(WorkerMetrics::new());
+    let engine = match args.engine {
+        EngineKind::Sim => Arc::new(SimEngine::new(client.clone(), args.sim.options()?)),
+    };
+    let worker = Worker::new(client, catalog, engine, cfg, metrics.clone());
+    let health = Health {
+        encode: Arc::new(move || metrics.encode()),
+        ready: worker.ready_flag(),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut rx = stop_rx.clone();
+    let (addr, server) = serve(args.metrics_addr, health, async move {
+        let _ = rx.wait_for(|s| *s).await;
+    })
+    .await?;
+    tracing::info!(%addr, engine = ?args.engine, slots = args.slots, "worker starting; serving /metrics /healthz /readyz");
+    worker.run(shutdown_signal()).await;
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    Ok(())
+}

@@ -1,0 +1,280 @@
+//! The simulated engine: behaves like Heat from the worker's side, without
+//! OpenStack. Stacks go `{ACTION}_IN_PROGRESS` and, after a configurable
+//! latency, `{ACTION}_COMPLETE` or `{ACTION}_FAILED`; outputs come from the
+//! rendered template's `outputs`. Stacks live in etcd under
+//! `/esi-sim/v1/stacks/{name}` with the time their operation ends, so they
+//! survive a worker restart and need no background task.
+//!
+//! Faults: fail a share of operations, fail the first K operations of each
+//! stack, fail or hang stacks whose name (or one of whose template
+//! resources) matches a pattern.
+
+use std::time::Duration;
+
+use etcd_client::Client;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::hot::{self, Scope};
+use super::{Engine, EngineError, StackInfo, StackSpec};
+use crate::esi::records::StackOutput;
+
+pub const PREFIX: &str = "/esi-sim/v1/stacks/";
+
+#[derive(Debug, Clone, Default)]
+pub struct SimOptions {
+    /// How long an operation stays in progress.
+    pub latency: Duration,
+    /// Share of operations that fail (0.0–1.0).
+    pub failure_rate: f64,
+    /// The first K operations of every stack fail.
+    pub fail_first: u32,
+    /// Operations on stacks matching any of these fail.
+    pub fail_matching: Vec<String>,
+    /// Operations on stacks matching any of these never finish.
+    pub hang_matching: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SimStack {
+    id: String,
+    name: String,
+    action: String,
+    outcome: String,
+    reason: String,
+    /// Unix ms when the operation ends (`u64::MAX`: never).
+    done_at_ms: u64,
+    outputs: Vec<StackOutput>,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    /// Operations so far, for `fail_first`.
+    operations: u32,
+}
+
+impl SimStack {
+    fn info(&self, now_ms: u64) -> StackInfo {
+        let done = now_ms >= self.done_at_ms;
+        let status = if done {
+            format!("{}_{}", self.action, self.outcome)
+        } else {
+            format!("{}_IN_PROGRESS", self.action)
+        };
+        let reason = if done {
+            self.reason.clone()
+        } else {
+            format!("Stack {} started", self.action)
+        };
+        let outputs = if done && self.outcome == "COMPLETE" {
+            self.outputs.clone()
+        } else {
+            vec![]
+        };
+        StackInfo {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            status,
+            reason,
+            outputs,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct SimEngine {
+    client: Client,
+    opts: SimOptions,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn storage(e: etcd_client::Error) -> EngineError {
+    EngineError::Storage(crate::store::client::describe(&e))
+}
+
+impl SimEngine {
+    pub fn new(client: Client, opts: SimOptions) -> Self {
+        Self { client, opts }
+    }
+
+    async fn load(&self, name: &str) -> Result<Option<SimStack>, EngineError> {
+        let resp = self
+            .client
+            .kv_client()
+            .get(format!("{PREFIX}{name}"), None)
+            .await
+            .map_err(storage)?;
+        match resp.kvs().first() {
+            None => Ok(None),
+            Some(kv) => serde_json::from_slice(kv.value())
+                .map(Some)
+                .map_err(|e| EngineError::Storage(format!("sim stack {name} is corrupt: {e}"))),
+        }
+    }
+
+    async fn save(&self, s: &SimStack) -> Result<(), EngineError> {
+        let v = serde_json::to_vec(s).map_err(|e| EngineError::Storage(e.to_string()))?;
+        self.client
+            .kv_client()
+            .put(format!("{PREFIX}{}", s.name), v, None)
+            .await
+            .map_err(storage)?;
+        Ok(())
+    }
+
+    fn matches(patterns: &[String], name: &str, resources: &[String]) -> Option<String> {
+        patterns
+            .iter()
+            .find(|p| name.contains(p.as_str()) || resources.iter().any(|r| r == *p))
+            .cloned()
+    }
+
+    /// Starts an operation: decides now how and when it ends.
+    async fn start(
+        &self,
+        action: &str,
+        spec: Option<&StackSpec>,
+        name: &str,
+        previous: Option<SimStack>,
+    ) -> Result<StackInfo, EngineError> {
+        let resources = spec
+            .map(|s| hot::resource_names(&s.template))
+            .unwrap_or_default();
+        let operations = previous.as_ref().map(|p| p.operations).unwrap_or(0) + 1;
+        let failure = if operations <= self.opts.fail_first {
+            Some(format!(
+                "simulated failure: operation {operations} of the first {} fails",
+                self.opts.fail_first
+            ))
+        } else if let Some(p) = Self::matches(&self.opts.fail_matching, name, &resources) {
+            Some(format!("simulated failure: {p} is set to fail"))
+        } else if self.opts.failure_rate > 0.0
+            && rand::rng().random_bool(self.opts.failure_rate.clamp(0.0, 1.0))
+        {
+            Some(format!(
+                "simulated failure: {:.0}% of operations fail",
+                self.opts.failure_rate * 100.0
+            ))
+        } else {
+            None
+        };
+        let hang = Self::matches(&self.opts.hang_matching, name, &resources).is_some();
+        let now = now_ms();
+        let done_at_ms = if hang {
+            u64::MAX
+        } else {
+            now + self.opts.latency.as_millis() as u64
+        };
+        let outputs = match spec {
+            Some(s) if action != "DELETE" => {
+                let declared = s.template.get("parameters").and_then(Value::as_object);
+                let scope = Scope {
+                    stack: name,
+                    parameters: &s.parameters,
+                    declared,
+                };
+                s.template
+                    .get("outputs")
+                    .and_then(Value::as_object)
+                    .map(|outs| {
+                        outs.iter()
+                            .map(|(k, o)| StackOutput {
+                                output_key: k.clone(),
+                                output_value: hot::eval(
+                                    o.get("value").unwrap_or(&Value::Null),
+                                    &scope,
+                                ),
+                                description: o
+                                    .get("description")
+                                    .and_then(Value::as_str)
+                                    .unwrap_or_default()
+                                    .to_string(),
+                                extra: Map::new(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            }
+            _ => vec![],
+        };
+        let (outcome, reason) = match failure {
+            Some(why) => ("FAILED", format!("Resource {action} failed: {why}")),
+            None => ("COMPLETE", format!("Stack {action} completed successfully")),
+        };
+        let stack = SimStack {
+            id: previous
+                .as_ref()
+                .map(|p| p.id.clone())
+                .filter(|_| action != "CREATE")
+                .unwrap_or_else(|| hot::stable_id(name, &format!("stack#{operations}"))),
+            name: name.to_string(),
+            action: action.to_string(),
+            outcome: outcome.to_string(),
+            reason,
+            done_at_ms,
+            outputs,
+            parameters: spec.map(|s| s.parameters.clone()).unwrap_or_default(),
+            operations,
+        };
+        self.save(&stack).await?;
+        Ok(stack.info(now))
+    }
+}
+
+impl Engine for SimEngine {
+    async fn create_stack(&self, spec: &StackSpec) -> Result<StackInfo, EngineError> {
+        let prev = self.load(&spec.name).await?;
+        if let Some(p) = &prev {
+            let info = p.info(now_ms());
+            let gone = p.action == "DELETE" && info.is_terminal() && !info.is_failed();
+            if !gone && !info.is_failed() {
+                // Exists (or is being made): adopt it.
+                return Ok(info);
+            }
+            if !gone {
+                // A failed stack is updated into shape, as Heat allows.
+                return self.start("UPDATE", Some(spec), &spec.name, prev).await;
+            }
+        }
+        self.start("CREATE", Some(spec), &spec.name, prev).await
+    }
+
+    async fn update_stack(&self, spec: &StackSpec) -> Result<StackInfo, EngineError> {
+        let prev = self.load(&spec.name).await?;
+        let missing = prev.as_ref().is_none_or(|p| {
+            p.action == "DELETE" && p.info(now_ms()).is_terminal() && p.outcome == "COMPLETE"
+        });
+        let action = if missing { "CREATE" } else { "UPDATE" };
+        self.start(action, Some(spec), &spec.name, prev).await
+    }
+
+    async fn delete_stack(&self, name: &str) -> Result<StackInfo, EngineError> {
+        let prev = self.load(name).await?;
+        match &prev {
+            None => Ok(StackInfo {
+                id: String::new(),
+                name: name.to_string(),
+                status: "DELETE_COMPLETE".into(),
+                reason: "Stack does not exist".into(),
+                outputs: vec![],
+            }),
+            Some(p)
+                if p.action == "DELETE"
+                    && p.outcome == "COMPLETE"
+                    && p.info(now_ms()).is_terminal() =>
+            {
+                Ok(p.info(now_ms()))
+            }
+            Some(_) => self.start("DELETE", None, name, prev).await,
+        }
+    }
+
+    async fn get_stack(&self, name: &str) -> Result<Option<StackInfo>, EngineError> {
+        Ok(self.load(name).await?.map(|s| s.info(now_ms())))
+    }
+}

@@ -1,0 +1,254 @@
+//! The heat worker (`esi-reconciler worker`): claims ready `heat_worker`
+//! jobs as the ESI protocol does and drives an [`Engine`] to realise them.
+//!
+//! One lease per process backs every claim; `slots` jobs run at once. On
+//! shutdown it stops claiming, lets running jobs finish within a grace
+//! period, then gives the rest back to `ready/` and revokes its lease.
+
+pub mod claim;
+pub mod job;
+pub mod params;
+pub mod render;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use etcd_client::Client;
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
+
+use crate::engine::Engine;
+use crate::esi::Catalog;
+use crate::esi::keys::{JOBS_READY, JobId, prefix_end};
+use crate::store::Change;
+use crate::store::mirror::{self, MirrorEvent, MirrorOptions};
+use crate::telemetry::metrics::WorkerMetrics;
+
+use job::{JobOutcome, JobRunner, JobSettings};
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The handler whose jobs this worker takes (`heat_worker`).
+    pub handler: String,
+    /// Jobs at once.
+    pub slots: usize,
+    /// TTL of the lease behind every claim.
+    pub lease_ttl: Duration,
+    /// How long running jobs may finish after a shutdown signal.
+    pub shutdown_grace: Duration,
+    pub job: JobSettings,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            handler: "heat_worker".into(),
+            slots: 8,
+            lease_ttl: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(30),
+            job: JobSettings {
+                timeout_cap: None,
+                poll_min: Duration::from_millis(50),
+                poll_max: Duration::from_secs(2),
+            },
+        }
+    }
+}
+
+pub struct Worker<E> {
+    client: Client,
+    runner: Arc<JobRunner<E>>,
+    cfg: WorkerConfig,
+    metrics: Arc<WorkerMetrics>,
+    ready: Arc<AtomicBool>,
+}
+
+impl<E: Engine> Worker<E> {
+    pub fn new(
+        client: Client,
+        catalog: Arc<Catalog>,
+        engine: Arc<E>,
+        cfg: WorkerConfig,
+        metrics: Arc<WorkerMetrics>,
+    ) -> Self {
+        let runner = Arc::new(JobRunner {
+            client: client.clone(),
+            catalog,
+            engine,
+            settings: cfg.job.clone(),
+        });
+        Self {
+            client,
+            runner,
+            cfg,
+            metrics,
+            ready: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// True once the worker holds a lease and has listed the ready jobs.
+    pub fn ready_flag(&self) -> Arc<AtomicBool> {
+        self.ready.clone()
+    }
+
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let (lease_tx, lease_rx) = watch::channel(0i64);
+        let m = self.metrics.clone();
+        let keeper = tokio::spawn(claim::keep_lease(
+            self.client.clone(),
+            self.cfg.lease_ttl,
+            lease_tx,
+            move || {
+                m.lease_lost.inc();
+            },
+        ));
+        let (tx, mut rx) = mpsc::channel(64);
+        let opts = MirrorOptions {
+            start: JOBS_READY.to_string(),
+            end: String::from_utf8(prefix_end(JOBS_READY)).unwrap_or_default(),
+            page_size: 1000,
+        };
+        let mirror = tokio::spawn(mirror::run(self.client.clone(), opts, tx));
+        let slots = Arc::new(Semaphore::new(self.cfg.slots.max(1)));
+        let freed = Arc::new(Notify::new());
+        let (cancel_tx, cancel_rx) = watch::channel(false);
+        // Ready jobs, oldest first: (revision, id).
+        let mut queue: BTreeSet<(i64, String)> = BTreeSet::new();
+        let mut revs: HashMap<String, i64> = HashMap::new();
+        let mut listing: Option<Vec<(i64, String)>> = None;
+        tokio::pin!(shutdown);
+        loop {
+            // Start as many ready jobs as there are free slots.
+            while !queue.is_empty() && *lease_rx.borrow() != 0 {
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    break;
+                };
+                let (rev, id) = queue.pop_first().expect("non-empty");
+                revs.remove(&id);
+                let Ok(job_id) = id.parse::<JobId>() else {
+                    continue;
+                };
+                let _ = rev;
+                let lease = *lease_rx.borrow();
+                let runner = self.runner.clone();
+                let client = self.client.clone();
+                let metrics = self.metrics.clone();
+                let cancel = cancel_rx.clone();
+                let freed = freed.clone();
+                tokio::spawn(async move {
+                    run_one(&client, &runner, &metrics, &job_id, lease, cancel).await;
+                    drop(permit);
+                    freed.notify_one();
+                });
+            }
+            tokio::select! {
+                ev = rx.recv() => {
+                    let Some(ev) = ev else { break };
+                    match ev {
+                        MirrorEvent::ListStart { .. } => listing = Some(vec![]),
+                        MirrorEvent::ListPage(kvs) => {
+                            if let Some(l) = listing.as_mut() {
+                                l.extend(kvs.into_iter().filter(|kv| kv.value == self.cfg.handler.as_bytes()).map(|kv| (kv.mod_revision, kv.key[JOBS_READY.len()..].to_string())));
+                            }
+                        }
+                        MirrorEvent::ListEnd { .. } => {
+                            queue.clear();
+                            revs.clear();
+                            for (rev, id) in listing.take().unwrap_or_default() {
+                                revs.insert(id.clone(), rev);
+                                queue.insert((rev, id));
+                            }
+                            self.ready.store(true, Ordering::Relaxed);
+                        }
+                        MirrorEvent::Changes { changes, .. } => {
+                            for c in changes {
+                                match c {
+                                    Change::Put(kv) if kv.value == self.cfg.handler.as_bytes() => {
+                                        let id = kv.key[JOBS_READY.len()..].to_string();
+                                        if let Some(old) = revs.insert(id.clone(), kv.mod_revision) {
+                                            queue.remove(&(old, id.clone()));
+                                        }
+                                        queue.insert((kv.mod_revision, id));
+                                    }
+                                    Change::Delete { key, .. } => {
+                                        let id = key[JOBS_READY.len()..].to_string();
+                                        if let Some(old) = revs.remove(&id) {
+                                            queue.remove(&(old, id));
+                                        }
+                                    }
+                                    Change::Put(_) => {}
+                                }
+                            }
+                        }
+                        MirrorEvent::Progress { .. } => {}
+                        MirrorEvent::WatchRestart { reason } => tracing::warn!(%reason, "ready-job watch restarting"),
+                    }
+                    self.metrics.ready_jobs.set(queue.len() as i64);
+                }
+                _ = freed.notified() => {}
+                _ = lease_changed(&lease_rx) => {}
+                _ = &mut shutdown => break,
+            }
+        }
+        mirror.abort();
+        tracing::info!(grace = ?self.cfg.shutdown_grace, "stopped claiming; letting running jobs finish");
+        let all = self.cfg.slots.max(1) as u32;
+        if tokio::time::timeout(self.cfg.shutdown_grace, slots.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::info!("grace period over: releasing the jobs still running");
+            let _ = cancel_tx.send(true);
+            let _ = tokio::time::timeout(Duration::from_secs(10), slots.acquire_many(all)).await;
+        }
+        keeper.abort();
+        let lease = *lease_rx.borrow();
+        if lease != 0 {
+            let _ = self.client.lease_client().revoke(lease).await;
+        }
+        tracing::info!("worker stopped");
+    }
+}
+
+async fn lease_changed(rx: &watch::Receiver<i64>) {
+    let mut rx = rx.clone();
+    let _ = rx.changed().await;
+}
+
+async fn run_one<E: Engine>(
+    client: &Client,
+    runner: &JobRunner<E>,
+    metrics: &WorkerMetrics,
+    id: &JobId,
+    lease: i64,
+    cancel: watch::Receiver<bool>,
+) {
+    let c = match claim::claim(client, id, lease).await {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            metrics.claim_conflicts.inc();
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(job = %id, error = %e, "cannot claim");
+            metrics.finished("invalid");
+            return;
+        }
+    };
+    metrics.claimed.inc();
+    metrics.in_flight.inc();
+    tracing::info!(job = %id, "claimed");
+    let outcome = runner.run(&c, cancel).await;
+    metrics.in_flight.dec();
+    match &outcome {
+        JobOutcome::Completed => metrics.finished("completed"),
+        JobOutcome::Failed(_) => metrics.finished("failed"),
+        JobOutcome::ClaimLost => metrics.finished("claim_lost"),
+        JobOutcome::Released => metrics.finished("released"),
+    }
+    match outcome {
+        JobOutcome::Failed(reason) => tracing::warn!(job = %id, %reason, "job failed"),
+        other => tracing::info!(job = %id, outcome = ?other, "job ended"),
+    }
+}
