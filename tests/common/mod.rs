@@ -284,3 +284,135 @@ impl Drop for TcpProxy {
 pub fn free_port() -> u16 {
     esi_reconciler::store::embedded::free_port().unwrap()
 }
+
+/// `run` arguments against `etcd`, with the reference catalog.
+pub fn reconciler_args(etcd: &str, metrics_port: u16) -> Vec<String> {
+    let mut a = vec![
+        "run".to_string(),
+        "--etcd-endpoints".into(),
+        etcd.into(),
+        "--metrics-addr".into(),
+        format!("127.0.0.1:{metrics_port}"),
+    ];
+    a.extend(reference_catalog_args());
+    a
+}
+
+/// `worker` arguments against `etcd` (sim engine), with the reference catalog.
+pub fn worker_args(etcd: &str, metrics_port: u16, extra: &[&str]) -> Vec<String> {
+    let mut a = vec![
+        "worker".to_string(),
+        "--etcd-endpoints".into(),
+        etcd.into(),
+        "--metrics-addr".into(),
+        format!("127.0.0.1:{metrics_port}"),
+    ];
+    a.extend(reference_catalog_args());
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+pub fn spawn_args(args: &[String]) -> Proc {
+    Proc::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// Loads the 47 reference heat templates.
+pub async fn load_reference_templates(etcd: &TestEtcd) {
+    for entry in std::fs::read_dir(reference().join("heat_templates")).unwrap() {
+        let v = read_json(entry.unwrap().path());
+        etcd.put_json(v["key"].as_str().unwrap(), &v["value"]).await;
+    }
+}
+
+/// The `/config` records of one recorded Gohan step.
+pub fn gohan_step(scenario: &str, step: &str) -> Vec<(String, Value)> {
+    read_json(
+        reference()
+            .join("scenarios")
+            .join(scenario)
+            .join("01_Gohan")
+            .join(format!("{step}.json")),
+    )
+    .as_array()
+    .unwrap()
+    .iter()
+    .filter(|r| r["key"].as_str().unwrap().starts_with("/config/"))
+    .map(|r| (r["key"].as_str().unwrap().to_string(), r["value"].clone()))
+    .collect()
+}
+
+/// Every put and delete under `prefix` from now on, with its revision.
+pub struct Recorder {
+    events: std::sync::Arc<tokio::sync::Mutex<Vec<(i64, bool, String, Vec<u8>)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Recorder {
+    pub async fn start(etcd: &TestEtcd, prefix: &str) -> Recorder {
+        let mut stream = etcd
+            .client
+            .watch_client()
+            .watch(prefix, Some(etcd_client::WatchOptions::new().with_prefix()))
+            .await
+            .unwrap();
+        let events = std::sync::Arc::new(tokio::sync::Mutex::new(vec![]));
+        let sink = events.clone();
+        let task = tokio::spawn(async move {
+            while let Ok(Some(resp)) = stream.message().await {
+                let mut e = sink.lock().await;
+                for ev in resp.events() {
+                    let kv = ev.kv().unwrap();
+                    let put = ev.event_type() == etcd_client::EventType::Put;
+                    e.push((
+                        kv.mod_revision(),
+                        put,
+                        kv.key_str().unwrap().to_string(),
+                        kv.value().to_vec(),
+                    ));
+                }
+            }
+        });
+        Recorder { events, task }
+    }
+
+    /// (revision, is_put, key, value) in order.
+    pub async fn events(&self) -> Vec<(i64, bool, String, Vec<u8>)> {
+        self.events.lock().await.clone()
+    }
+
+    /// Revisions of puts (or deletes) of keys satisfying `f`.
+    pub async fn revs(&self, put: bool, f: impl Fn(&str) -> bool) -> Vec<i64> {
+        self.events()
+            .await
+            .into_iter()
+            .filter(|(_, p, k, _)| *p == put && f(k))
+            .map(|(r, ..)| r)
+            .collect()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Waits until `/state` of `key` is at `version` with `worker_state`.
+pub async fn wait_state(
+    etcd: &TestEtcd,
+    key: &str,
+    version: u64,
+    worker_state: &str,
+    within: Duration,
+) -> Value {
+    eventually(
+        within,
+        &format!("{key} at v{version} {worker_state}"),
+        || async {
+            let v = etcd.get_json(key).await?;
+            (v["version"].as_u64() == Some(version) && v["state"]["worker_state"] == worker_state)
+                .then_some(v)
+        },
+    )
+    .await
+}

@@ -1,0 +1,383 @@
+//! The heat worker with the reconciler, as two real processes on one etcd.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use common::*;
+
+const LB: &str = "05_load_balancer";
+const PORT: &str = "db3bff62-cf93-48ce-8d6b-cfb2f7fd7dfc";
+
+async fn apply_step(etcd: &TestEtcd, step: &str) {
+    for (key, value) in gohan_step(LB, step) {
+        etcd.put_json(&key, &value).await;
+    }
+}
+
+fn params_as_sets(job: &Value) -> BTreeMap<String, Value> {
+    job["params"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let mut res: Vec<String> = p["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r.to_string())
+                .collect();
+            res.sort();
+            res.dedup();
+            (
+                p["param"].as_str().unwrap().to_string(),
+                json!([p["type"], p["value"], res]),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_scenario_yields_the_seed_records() {
+    let etcd = TestEtcd::start().await;
+    load_reference_templates(&etcd).await;
+    let rec = Recorder::start(&etcd, "/").await;
+    let _r = spawn_args(&reconciler_args(&etcd.url(), free_port()));
+    let _w = spawn_args(&worker_args(
+        &etcd.url(),
+        free_port(),
+        &["--sim-latency-ms", "50"],
+    ));
+    let within = Duration::from_secs(30);
+    let state = |id: &str, plural: &str| format!("/state/v2.0/{plural}/{id}");
+    // The story of port db3bff62, one step at a time, as recorded.
+    apply_step(&etcd, "CreateNetwork1_01").await;
+    apply_step(&etcd, "CreateSubnet1_01").await;
+    wait_state(
+        &etcd,
+        &state("6f5f33d6-2cfe-47c1-a91a-3f3d44972b1a", "subnets"),
+        1,
+        "CREATE_COMPLETED",
+        within,
+    )
+    .await;
+    for (step, v, ws) in [
+        ("CreateLoadbalancer_02", 1, "CREATE_COMPLETED"),
+        ("CreateLoadbalancer_16", 2, "MODIFY_COMPLETED"),
+        ("CreateLoadbalancer_17", 3, "MODIFY_COMPLETED"),
+        ("UpdateLoadbalancerInterface_07", 4, "DELETE_COMPLETED"),
+    ] {
+        apply_step(&etcd, step).await;
+        wait_state(&etcd, &state(PORT, "ports"), v, ws, within).await;
+    }
+    let seed = |n: &str| read_json(seed_records().join(n))["value"].clone();
+    // (1) the config, as Gohan wrote it.
+    assert_eq!(
+        etcd.get_json(&format!("/config/v2.0/ports/{PORT}"))
+            .await
+            .unwrap(),
+        seed("1_config.json")
+    );
+    // (2) the job: same params (as sets), action, version, input; random suffix aside.
+    let events = rec.events().await;
+    let job: Value = events
+        .iter()
+        .find(|(_, put, k, _)| {
+            *put && k.starts_with(&format!(
+                "/jobs/all/logical_delete:heat_worker:port:{PORT}:4:"
+            ))
+        })
+        .map(|(.., v)| serde_json::from_slice(v).unwrap())
+        .expect("the logical_delete job was issued");
+    let want = seed("2_job.json");
+    assert_eq!(params_as_sets(&job[1]), params_as_sets(&want[1]));
+    for f in [
+        "action",
+        "version",
+        "job_name",
+        "resource_input",
+        "dependency",
+        "handler",
+        "is_first",
+        "is_last",
+        "on_failure",
+    ] {
+        assert_eq!(job[1][f], want[1][f], "{f}");
+    }
+    // (3) and (5): exactly the seed's records.
+    assert_eq!(
+        etcd.get_json(&format!("/esi-worker/heat_stacks/v2.0/ports/{PORT}"))
+            .await
+            .unwrap(),
+        seed("3_heat_stack.json")
+    );
+    assert_eq!(
+        etcd.get_json(&state(PORT, "ports")).await.unwrap(),
+        seed("5_state.json")
+    );
+    // (4): the job state the worker wrote before removing it at the job's end.
+    let job_state_key = format!("/esi-worker/job_state/v2.0/ports/{PORT}");
+    let last: Value = events
+        .iter()
+        .filter(|(_, put, k, _)| *put && *k == job_state_key)
+        .map(|(.., v)| serde_json::from_slice(v).unwrap())
+        .next_back()
+        .unwrap();
+    assert_eq!(last, seed("4_job_state.json"));
+    assert!(
+        etcd.get(&job_state_key).await.is_none(),
+        "job_state is removed when the job ends"
+    );
+    assert!(
+        etcd.keys("/jobs/").await.is_empty(),
+        "jobs left behind: {:?}",
+        etcd.keys("/jobs/").await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creation_honours_dependencies() {
+    let etcd = TestEtcd::start().await;
+    load_reference_templates(&etcd).await;
+    let rec = Recorder::start(&etcd, "/jobs/").await;
+    let _r = spawn_args(&reconciler_args(&etcd.url(), free_port()));
+    let _w = spawn_args(&worker_args(
+        &etcd.url(),
+        free_port(),
+        &["--sim-latency-ms", "400"],
+    ));
+    // Network, subnet and port all at once.
+    for step in [
+        "CreateNetwork1_01",
+        "CreateSubnet1_01",
+        "CreateLoadbalancer_02",
+    ] {
+        apply_step(&etcd, step).await;
+    }
+    wait_state(
+        &etcd,
+        &format!("/state/v2.0/ports/{PORT}"),
+        1,
+        "CREATE_COMPLETED",
+        Duration::from_secs(30),
+    )
+    .await;
+    let events = rec.events().await;
+    let first = |put: bool, prefix: &str, rtype: &str| -> (i64, String) {
+        events
+            .iter()
+            .find(|(_, p, k, _)| {
+                *p == put && k.starts_with(prefix) && k.contains(&format!(":{rtype}:"))
+            })
+            .map(|(r, _, k, _)| (*r, k.clone()))
+            .unwrap_or_else(|| panic!("no {prefix} event for {rtype}"))
+    };
+    let (_, net_job) = first(true, "/jobs/all/", "network");
+    let net_id = net_job.trim_start_matches("/jobs/all/");
+    let (net_finished, _) = first(true, "/jobs/finished/", "network");
+    let (sub_finished, _) = first(true, "/jobs/finished/", "subnet");
+    // The subnet's job waited for the network's, naming it.
+    let (_, sub_job) = first(true, "/jobs/all/", "subnet");
+    let sub_doc: Value = serde_json::from_slice(
+        &events
+            .iter()
+            .find(|(_, p, k, _)| *p && *k == sub_job)
+            .unwrap()
+            .3,
+    )
+    .unwrap();
+    assert_eq!(sub_doc[1]["dependency"], json!([net_id]));
+    let (sub_waiting, _) = first(true, "/jobs/waiting/", "subnet");
+    let (sub_ready, _) = first(true, "/jobs/ready/", "subnet");
+    assert!(
+        sub_waiting < net_finished && net_finished < sub_ready,
+        "subnet released before the network finished"
+    );
+    // The port's was claimed only after both had finished.
+    let (port_claimed, _) = first(true, "/jobs/working/", "port");
+    assert!(
+        port_claimed > net_finished && port_claimed > sub_finished,
+        "port claimed before its dependencies finished"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_loses_its_claim_writes_nothing() {
+    let etcd = TestEtcd::start().await;
+    load_reference_templates(&etcd).await;
+    let rec = Recorder::start(&etcd, "/").await;
+    let _r = spawn_args(&reconciler_args(&etcd.url(), free_port()));
+    let a_port = free_port();
+    let mut a = spawn_args(&worker_args(
+        &etcd.url(),
+        a_port,
+        &["--sim-latency-ms", "3000", "--lease-ttl-secs", "2"],
+    ));
+    apply_step(&etcd, "CreateNetwork1_01").await;
+    let net = "ce9a7a92-d11a-4fc6-8ae7-18061b62c98f";
+    let within = Duration::from_secs(30);
+    let working_a = eventually(within, "worker A to claim the job", || async {
+        etcd.keys("/jobs/working/").await.first().cloned()
+    })
+    .await;
+    let reservation_a = etcd.get(&working_a).await.unwrap();
+    // Freeze A mid-job: its lease lapses and etcd drops its claim.
+    a.signal(19); // SIGSTOP
+    eventually(within, "A's claim to expire", || async {
+        etcd.get(&working_a).await.is_none().then_some(())
+    })
+    .await;
+    let mut b = spawn_args(&worker_args(
+        &etcd.url(),
+        free_port(),
+        &["--sim-latency-ms", "200", "--lease-ttl-secs", "2"],
+    ));
+    wait_state(
+        &etcd,
+        &format!("/state/v2.0/networks/{net}"),
+        1,
+        "CREATE_COMPLETED",
+        within,
+    )
+    .await;
+    // Thaw A: it finds its claim gone and writes nothing.
+    a.signal(18); // SIGCONT
+    let addr = format!("127.0.0.1:{a_port}");
+    eventually(within, "A to notice its lost claim", || {
+        let addr = addr.clone();
+        async move {
+            let (_, body) = http_get(&addr, "/metrics").await?;
+            (metric(&body, "esi_worker_jobs_total{result=\"claim_lost\"}")? >= 1.0).then_some(())
+        }
+    })
+    .await;
+    let events = rec.events().await;
+    let state_puts: Vec<&(i64, bool, String, Vec<u8>)> = events
+        .iter()
+        .filter(|(_, p, k, _)| *p && k.starts_with("/state/"))
+        .collect();
+    assert_eq!(
+        state_puts.len(),
+        1,
+        "exactly one /state write: {state_puts:?}"
+    );
+    let b_claim = events
+        .iter()
+        .find(|(_, p, k, v)| *p && k.starts_with("/jobs/working/") && *v != reservation_a)
+        .expect("B claimed")
+        .0;
+    assert!(
+        state_puts[0].0 > b_claim,
+        "the result was written under B's claim"
+    );
+    // And a worker killed outright: its job is claimed again and completes.
+    etcd.put_json(&format!("/config/v2.0/networks/{net}"), &{
+        let mut c = gohan_step(LB, "CreateNetwork1_01")[0].1.clone();
+        c["version"] = json!(2);
+        c["body"]["name"] = json!("renamed");
+        c
+    })
+    .await;
+    b.sigkill().await;
+    let _c = spawn_args(&worker_args(
+        &etcd.url(),
+        free_port(),
+        &["--sim-latency-ms", "200", "--lease-ttl-secs", "2"],
+    ));
+    wait_state(
+        &etcd,
+        &format!("/state/v2.0/networks/{net}"),
+        2,
+        "MODIFY_COMPLETED",
+        within,
+    )
+    .await;
+    let versions: Vec<u64> = rec
+        .events()
+        .await
+        .iter()
+        .filter(|(_, p, k, _)| *p && k.starts_with("/state/"))
+        .map(|(.., v)| {
+            serde_json::from_slice::<Value>(v).unwrap()["version"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        versions,
+        vec![1, 2],
+        "one /state write per version, never backwards"
+    );
+    a.sigkill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_balancer_scenario_converges() {
+    let etcd = TestEtcd::start().await;
+    load_reference_templates(&etcd).await;
+    let _r = spawn_args(&reconciler_args(&etcd.url(), free_port()));
+    let _w = spawn_args(&worker_args(
+        &etcd.url(),
+        free_port(),
+        &["--sim-latency-ms", "20"],
+    ));
+    let order = read_json(reference().join("step_order.json"));
+    for step in order[LB].as_array().unwrap() {
+        let f = reference()
+            .join("scenarios")
+            .join(LB)
+            .join("01_Gohan")
+            .join(format!("{}.json", step.as_str().unwrap()));
+        let mut args = vec![
+            "config".to_string(),
+            "apply".into(),
+            "-f".into(),
+            f.display().to_string(),
+            "--etcd-endpoints".into(),
+            etcd.url(),
+        ];
+        args.extend(reference_catalog_args());
+        let (ok, _, err) = cli(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+        assert!(ok, "{step}: {err}");
+    }
+    let mut get = vec![
+        "get".to_string(),
+        "-o".into(),
+        "json".into(),
+        "--etcd-endpoints".into(),
+        etcd.url(),
+    ];
+    get.extend(reference_catalog_args());
+    let get: Vec<&str> = get.iter().map(String::as_str).collect();
+    let resources = eventually(
+        Duration::from_secs(90),
+        "every resource converged",
+        || async {
+            let (ok, out, _) = cli(&get).await;
+            let v: Value = serde_json::from_str(&out).ok()?;
+            let all = v["resources"].as_array()?.clone();
+            (ok && all.iter().all(|r| {
+                r["phase"] == "Converged" && r["next"].as_array().is_some_and(|n| n.is_empty())
+            }))
+            .then_some(all)
+        },
+    )
+    .await;
+    // Every config of the scenario is realised at its latest version.
+    let with_jobs: Vec<&Value> = resources
+        .iter()
+        .filter(|r| r["observed_version"].is_u64())
+        .collect();
+    assert!(
+        with_jobs.len() >= 15,
+        "{} resources with a state",
+        with_jobs.len()
+    );
+    for r in &with_jobs {
+        assert_eq!(r["observed_version"], r["desired_version"], "{r}");
+    }
+    assert!(etcd.keys("/jobs/").await.is_empty());
+}
