@@ -255,7 +255,7 @@ async fn a_worker_that_loses_its_claim_writes_nothing() {
     })
     .await;
     let events = rec.events().await;
-    let state_puts: Vec<&(i64, bool, String, Vec<u8>)> = events
+    let state_puts: Vec<&Recorded> = events
         .iter()
         .filter(|(_, p, k, _)| *p && k.starts_with("/state/"))
         .collect();

@@ -341,9 +341,12 @@ pub fn gohan_step(scenario: &str, step: &str) -> Vec<(String, Value)> {
     .collect()
 }
 
+/// One recorded change: (revision, is_put, key, value).
+pub type Recorded = (i64, bool, String, Vec<u8>);
+
 /// Every put and delete under `prefix` from now on, with its revision.
 pub struct Recorder {
-    events: std::sync::Arc<tokio::sync::Mutex<Vec<(i64, bool, String, Vec<u8>)>>>,
+    events: std::sync::Arc<tokio::sync::Mutex<Vec<Recorded>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -376,7 +379,7 @@ impl Recorder {
     }
 
     /// (revision, is_put, key, value) in order.
-    pub async fn events(&self) -> Vec<(i64, bool, String, Vec<u8>)> {
+    pub async fn events(&self) -> Vec<Recorded> {
         self.events.lock().await.clone()
     }
 
