@@ -86,7 +86,7 @@ async fn bad_input_gets_a_specific_error_and_writes_nothing() {
         ),
         (
             r#"{"key": "/state/v2.0/ports/x", "value": {"body": {}}}"#,
-            "is not a /config key",
+            "no /config records (skipped: /state/v2.0/ports/x)",
         ),
     ];
     for (text, want) in cases {
