@@ -127,15 +127,17 @@ async fn the_seed_scenario_yields_the_seed_records() {
         .next_back()
         .unwrap();
     assert_eq!(last, seed("4_job_state.json"));
-    assert!(
-        etcd.get(&job_state_key).await.is_none(),
-        "job_state is removed when the job ends"
-    );
-    assert!(
-        etcd.keys("/jobs/").await.is_empty(),
-        "jobs left behind: {:?}",
-        etcd.keys("/jobs/").await
-    );
+    eventually(
+        within,
+        "job_state to be removed at the job's end",
+        || async { etcd.get(&job_state_key).await.is_none().then_some(()) },
+    )
+    .await;
+    // The reconciler then finishes the job (removes all/ and finished/).
+    eventually(within, "the finished job to be removed", || async {
+        etcd.keys("/jobs/").await.is_empty().then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
