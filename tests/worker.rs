@@ -383,3 +383,123 @@ async fn the_load_balancer_scenario_converges() {
     }
     assert!(etcd.keys("/jobs/").await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_releases_running_jobs_after_the_grace_period() {
+    let etcd = TestEtcd::start().await;
+    load_reference_templates(&etcd).await;
+    let _r = spawn_args(&reconciler_args(&etcd.url(), free_port()));
+    let mut w = spawn_args(&worker_args(
+        &etcd.url(),
+        free_port(),
+        &["--sim-latency-ms", "4000", "--shutdown-grace-secs", "1"],
+    ));
+    apply_step(&etcd, "CreateNetwork1_01").await;
+    let within = Duration::from_secs(30);
+    let working = eventually(within, "the job to be claimed", || async {
+        etcd.keys("/jobs/working/").await.first().cloned()
+    })
+    .await;
+    let id = working.trim_start_matches("/jobs/working/").to_string();
+    w.signal(15); // SIGTERM
+    let status = tokio::time::timeout(within, w.child.wait())
+        .await
+        .expect("worker exits after its grace period")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    // The job is back in ready/, unclaimed, for another worker.
+    assert!(etcd.get(&working).await.is_none(), "claim left behind");
+    assert_eq!(
+        etcd.get(&format!("/jobs/ready/{id}")).await.as_deref(),
+        Some(&b"heat_worker"[..])
+    );
+    // A second worker adopts the stack operation the first started, and completes the job.
+    let _w2 = spawn_args(&worker_args(
+        &etcd.url(),
+        free_port(),
+        &["--sim-latency-ms", "50"],
+    ));
+    wait_state(
+        &etcd,
+        "/state/v2.0/networks/ce9a7a92-d11a-4fc6-8ae7-18061b62c98f",
+        1,
+        "CREATE_COMPLETED",
+        within,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_deleted_removes_what_gohan_would() {
+    let etcd = TestEtcd::start().await;
+    load_reference_templates(&etcd).await;
+    let mut args = reconciler_args(&etcd.url(), free_port());
+    args.push("--purge-deleted".into());
+    let _r = spawn_args(&args);
+    let _w = spawn_args(&worker_args(
+        &etcd.url(),
+        free_port(),
+        &["--sim-latency-ms", "50"],
+    ));
+    apply_step(&etcd, "CreateNetwork1_01").await;
+    let net = "ce9a7a92-d11a-4fc6-8ae7-18061b62c98f";
+    let within = Duration::from_secs(30);
+    wait_state(
+        &etcd,
+        &format!("/state/v2.0/networks/{net}"),
+        1,
+        "CREATE_COMPLETED",
+        within,
+    )
+    .await;
+    let (ok, out, err) = cli(&[
+        "config",
+        "delete",
+        &format!("network/{net}"),
+        "--etcd-endpoints",
+        &etcd.url(),
+        "--schemas",
+        &reference().join("schemas.json").display().to_string(),
+    ])
+    .await;
+    assert!(ok && out.contains("marked for deletion (v2)"), "{out}{err}");
+    // Deleted, then purged: config and stack record gone, /state records the delete.
+    eventually(within, "the config and stack record purged", || async {
+        let gone = etcd
+            .get(&format!("/config/v2.0/networks/{net}"))
+            .await
+            .is_none()
+            && etcd
+                .get(&format!("/esi-worker/heat_stacks/v2.0/networks/{net}"))
+                .await
+                .is_none();
+        gone.then_some(())
+    })
+    .await;
+    let state = etcd
+        .get_json(&format!("/state/v2.0/networks/{net}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            state["version"].clone(),
+            state["state"]["worker_state"].clone()
+        ),
+        (json!(2), json!("DELETE_COMPLETED"))
+    );
+    assert!(
+        etcd.keys("/esi-reconciler/").await.is_empty(),
+        "our status record outlived the resource"
+    );
+    let mut get = vec![
+        "get".to_string(),
+        "-o".into(),
+        "json".into(),
+        "--etcd-endpoints".into(),
+        etcd.url(),
+    ];
+    get.extend(reference_catalog_args());
+    let (_, out, _) = cli(&get.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["resources"][0]["phase"], "Converged", "{out}");
+}
