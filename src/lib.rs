@@ -5,6 +5,7 @@ pub mod demo;
 pub mod engine;
 pub mod esi;
 pub mod gohan;
+pub mod kubernetes;
 pub mod reconcile;
 pub mod store;
 pub mod telemetry;

@@ -42,6 +42,8 @@ pub enum Command {
     /// Manage heat templates in etcd.
     #[command(subcommand)]
     Templates(config::TemplatesCommand),
+    /// Print the EsiResource CustomResourceDefinition (YAML).
+    Crd,
     /// Run the demo on a private etcd: the "Update Loadbalancer Interface" story.
     Demo(demo::DemoArgs),
 }
@@ -50,7 +52,11 @@ pub async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let quiet_default = matches!(
         cli.command,
-        Command::Get(_) | Command::Plan(_) | Command::Config(_) | Command::Templates(_)
+        Command::Get(_)
+            | Command::Plan(_)
+            | Command::Config(_)
+            | Command::Templates(_)
+            | Command::Crd
     );
     let level = if quiet_default && cli.log_level == "info" {
         "warn"
@@ -66,5 +72,9 @@ pub async fn main() -> anyhow::Result<()> {
         Command::Config(a) => config::config(a).await,
         Command::Templates(c) => config::templates(c).await,
         Command::Demo(a) => demo::demo(a).await,
+        Command::Crd => {
+            print!("{}", esi_reconciler::kubernetes::crd::crd_yaml());
+            Ok(())
+        }
     }
 }
