@@ -3,6 +3,10 @@
 //! reconciler observed and did. The CRD is generated from these types
 //! (`esi-reconciler crd`) and checked into `crds/`.
 
+// `printcolumn(...)` is repeated once per column by design; clippy reads the
+// repeated `type_ = "string"` as a duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
