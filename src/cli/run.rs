@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use esi_reconciler::kubernetes::mirror::{KubeMirror, MirrorConfig};
 use esi_reconciler::reconcile::backoff::BackoffPolicy;
 use esi_reconciler::reconcile::controller::{Controller, ControllerConfig};
 use esi_reconciler::telemetry::Metrics;
@@ -24,6 +25,65 @@ pub struct RunArgs {
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, env = "ESI_METRICS_ADDR", default_value = "0.0.0.0:9090")]
     pub metrics_addr: SocketAddr,
+    #[command(flatten)]
+    pub mirror: MirrorArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MirrorArgs {
+    /// Namespace of the EsiResource mirrors (default: the pod's namespace in a
+    /// cluster, else `default`). The mirror is on when a kubeconfig or an
+    /// in-cluster config is found.
+    #[arg(long, env = "ESI_MIRROR_NAMESPACE")]
+    pub mirror_namespace: Option<String>,
+    /// Do not mirror resources into Kubernetes even if a config is found.
+    #[arg(long, env = "ESI_NO_MIRROR")]
+    pub no_mirror: bool,
+    /// Kubernetes writes per second, at most.
+    #[arg(long, env = "ESI_MIRROR_QPS", default_value_t = 50)]
+    pub mirror_qps: u32,
+}
+
+const IN_CLUSTER_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+/// Starts the Kubernetes mirror when Kubernetes is configured.
+async fn start_mirror(
+    args: &MirrorArgs,
+    catalog: Arc<esi_reconciler::esi::Catalog>,
+    controller: Arc<Controller>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    if args.no_mirror {
+        return Ok(vec![]);
+    }
+    let config = match kube::Config::infer().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(reason = %e, "Kubernetes mirror off: no kubeconfig or in-cluster config");
+            return Ok(vec![]);
+        }
+    };
+    let namespace = args
+        .mirror_namespace
+        .clone()
+        .or_else(|| {
+            std::fs::read_to_string(IN_CLUSTER_NAMESPACE)
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| config.default_namespace.clone());
+    let client = kube::Client::try_from(config)?;
+    let cfg = MirrorConfig {
+        namespace: namespace.clone(),
+        qps: args.mirror_qps.max(1),
+        ..MirrorConfig::default()
+    };
+    let mirror = KubeMirror::new(client, catalog, cfg);
+    if let Err(e) = mirror.check().await {
+        // Not fatal: reconciling goes on, and the mirror retries.
+        tracing::warn!(error = %e, %namespace, "Kubernetes mirror cannot list EsiResources yet (is the CRD installed?)");
+    }
+    tracing::info!(%namespace, "mirroring resources into EsiResources");
+    Ok(mirror.start(controller))
 }
 
 #[derive(Debug, Clone, Args)]
@@ -103,7 +163,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let cfg = args.tuning.config()?;
     let client = args.etcd.connect_lazily().await?;
     let metrics = Arc::new(Metrics::new());
-    let controller = Controller::new(client, catalog, cfg, metrics.clone());
+    let controller = Controller::new(client, catalog.clone(), cfg, metrics.clone());
+    let mirror_tasks = start_mirror(&args.mirror, catalog, controller.clone()).await?;
     let m = metrics.clone();
     let health = Health {
         encode: Arc::new(move || m.encode()),
@@ -117,6 +178,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     .await?;
     tracing::info!(%addr, endpoints = ?args.etcd.etcd_endpoints, "reconciler starting; serving /metrics /healthz /readyz");
     controller.run(shutdown_signal()).await;
+    for t in mirror_tasks {
+        t.abort();
+    }
     let _ = stop_tx.send(true);
     let _ = server.await;
     tracing::info!("stopped");

@@ -2,5 +2,6 @@
 //! each ESI resource for `kubectl`, and the mirror that keeps them current.
 
 pub mod crd;
+pub mod mirror;
 
 pub use crd::{EsiResource, EsiResourceSpec, EsiResourceStatus};

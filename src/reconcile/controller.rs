@@ -76,6 +76,26 @@ pub struct Controller {
     errors: Mutex<HashMap<ResourceRef, u32>>,
     /// Resources whose job waits for another resource, by that resource.
     deferred: Mutex<HashMap<ResourceRef, HashSet<ResourceRef>>>,
+    observer: std::sync::OnceLock<Arc<dyn Observer>>,
+}
+
+/// What one reconcile did, for an [`Observer`].
+pub enum Reconciled<'a> {
+    /// The plan had no action.
+    NoAction,
+    Outcome(&'a Outcome),
+    Error(&'a str),
+}
+
+/// Something that watches the controller work (the Kubernetes mirror) and
+/// may pause resources. Calls must not block: they run inside reconciles.
+pub trait Observer: Send + Sync {
+    /// Whether an operator paused this resource.
+    fn is_paused(&self, _r: &ResourceRef) -> bool {
+        false
+    }
+    /// A reconcile of `r` ended.
+    fn reconciled(&self, _r: &ResourceRef, _plan: &super::plan::Plan, _what: Reconciled<'_>) {}
 }
 
 impl Controller {
@@ -98,7 +118,40 @@ impl Controller {
             cfg,
             errors: Mutex::new(HashMap::new()),
             deferred: Mutex::new(HashMap::new()),
+            observer: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Attaches an observer (once).
+    pub fn set_observer(&self, o: Arc<dyn Observer>) {
+        let _ = self.observer.set(o);
+    }
+
+    /// Queues `r` for a reconcile.
+    pub fn enqueue(&self, r: ResourceRef) {
+        self.queue.schedule(r);
+    }
+
+    /// Clears `r`'s backoff (an operator asked to retry now) and reconciles it.
+    pub async fn retry_now(&self, r: &ResourceRef) -> Result<(), super::execute::ExecError> {
+        let o = Observed::from_world(&*self.world.read().await, r, now_ms());
+        if let Some(o) = o {
+            let p = super::plan::Plan {
+                phase: super::plan::Phase::BackingOff,
+                message: String::new(),
+                actions: vec![super::plan::Planned {
+                    action: super::action::Action::ClearBackoff,
+                    why: "retry requested".into(),
+                }],
+                requeue_after_ms: None,
+                status_rev: o.status.as_ref().map(|s| s.mod_rev).unwrap_or(0),
+            };
+            if let Outcome::Applied { revision, .. } = self.executor.execute(&o, &p).await? {
+                self.caught_up(revision).await;
+            }
+        }
+        self.queue.schedule(r.clone());
+        Ok(())
     }
 
     pub fn world(&self) -> Arc<RwLock<World>> {
@@ -297,6 +350,8 @@ impl Controller {
         let observed = Observed::from_world(&*self.world.read().await, r, now_ms());
         let Some(mut o) = observed else { return };
         o.purge_deleted = self.cfg.purge_deleted;
+        let observer = self.observer.get();
+        o.paused = observer.is_some_and(|ob| ob.is_paused(r));
         let p = plan(&o);
         self.world.write().await.set_phase(r, p.phase);
         if let Some(ms) = p.requeue_after_ms {
@@ -305,9 +360,19 @@ impl Controller {
         }
         if p.actions.is_empty() {
             self.metrics.reconciled("noop");
+            if let Some(ob) = observer {
+                ob.reconciled(r, &p, Reconciled::NoAction);
+            }
             return;
         }
-        match self.executor.execute(&o, &p).await {
+        let result = self.executor.execute(&o, &p).await;
+        if let Some(ob) = observer {
+            match &result {
+                Ok(outcome) => ob.reconciled(r, &p, Reconciled::Outcome(outcome)),
+                Err(e) => ob.reconciled(r, &p, Reconciled::Error(&e.to_string())),
+            }
+        }
+        match result {
             Ok(Outcome::Applied { revision, actions }) => {
                 for a in &actions {
                     self.metrics.action(a);

@@ -26,6 +26,7 @@ fn port(version: u64, marked: bool) -> Observed {
         ConfigSummary {
             version,
             marked,
+            tenant: None,
             template: Some(Arc::new(TemplateUse {
                 handler: "heat_worker".into(),
                 template: "port".into(),

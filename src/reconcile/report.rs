@@ -14,6 +14,7 @@ pub struct Report {
     #[serde(rename = "type")]
     pub rtype: String,
     pub id: String,
+    pub tenant: Option<String>,
     /// `Present`, `Absent` (marked for deletion) or `-` (no valid config).
     pub desired: &'static str,
     pub desired_version: Option<u64>,
@@ -51,6 +52,7 @@ impl Report {
         Report {
             rtype: o.rtype.clone(),
             id: o.resource.id.clone(),
+            tenant: cfg.and_then(|c| c.tenant.as_deref().map(str::to_string)),
             desired: match cfg {
                 Some(c) if c.marked => "Absent",
                 Some(_) => "Present",

@@ -49,6 +49,8 @@ pub struct TemplateUse {
 pub struct ConfigSummary {
     pub version: u64,
     pub marked: bool,
+    /// The body's `tenant_id`, interned.
+    pub tenant: Option<Arc<str>>,
     /// `None`: the mappings say this resource has no template (no job).
     pub template: Option<Arc<TemplateUse>>,
 }
@@ -319,6 +321,7 @@ impl World {
         Some(ResourceRef::new(plural, id))
     }
 
+    /// Interns a short, often repeated string (type names, tenants).
     fn intern_type(&mut self, singular: &str) -> Arc<str> {
         if let Some(t) = self.interned_types.get(singular) {
             return t.clone();
@@ -548,9 +551,16 @@ impl World {
             }
             TemplateChoice::None | TemplateChoice::Unmapped => None,
         };
+        let tenant = rec
+            .body
+            .fields
+            .get("tenant_id")
+            .and_then(serde_json::Value::as_str)
+            .map(|t| self.intern_type(t));
         Ok(ConfigSummary {
             version: rec.version,
             marked: rec.marked_for_deletion,
+            tenant,
             template,
         })
     }
