@@ -77,8 +77,8 @@ pub struct EsiResourceSpec {
     pub tenant: Option<String>,
     /// `Present`, or `Absent` once the config is marked for deletion.
     pub desired: Desired,
-    /// The config's version.
-    pub desired_version: u64,
+    /// The config's version. (Signed: Kubernetes knows `int64`, not `uint64`.)
+    pub desired_version: i64,
 }
 
 /// A condition, in the shape Kubernetes API conventions use.
@@ -102,7 +102,7 @@ pub struct Condition {
 pub struct EsiResourceStatus {
     /// Version of the `/state` record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_version: Option<u64>,
+    pub observed_version: Option<i64>,
     /// The heat stack's status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stack_status: Option<String>,
@@ -115,7 +115,7 @@ pub struct EsiResourceStatus {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
     /// Failed attempts in a row.
-    pub attempts: u32,
+    pub attempts: i32,
     /// When the next retry is due (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_retry: Option<String>,

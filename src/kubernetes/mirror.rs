@@ -26,7 +26,8 @@ use crate::esi::Catalog;
 use crate::esi::keys::ResourceRef;
 use crate::reconcile::controller::{Controller, Observer, Reconciled, now_ms};
 use crate::reconcile::execute::Outcome;
-use crate::reconcile::plan::{Phase, Plan};
+use crate::reconcile::observed::Observed;
+use crate::reconcile::plan::{Phase, Plan, plan};
 use crate::reconcile::report::Report;
 use crate::reconcile::world::World;
 
@@ -99,7 +100,7 @@ pub fn mirror_of(r: &Report, previous: &[Condition], now: u64) -> (EsiResource, 
             } else {
                 Desired::Present
             },
-            desired_version: r.desired_version.unwrap_or(0),
+            desired_version: r.desired_version.unwrap_or(0) as i64,
         },
     );
     obj.metadata.labels = Some(
@@ -128,12 +129,12 @@ pub fn mirror_of(r: &Report, previous: &[Condition], now: u64) -> (EsiResource, 
         }
     };
     let status = EsiResourceStatus {
-        observed_version: r.observed_version,
+        observed_version: r.observed_version.map(|v| v as i64),
         stack_status: r.stack_status.clone(),
         worker_state: r.worker_state.clone(),
         phase: r.phase.to_string(),
         message: r.message.clone(),
-        attempts: r.attempts,
+        attempts: r.attempts as i32,
         next_retry: rfc3339(r.next_retry_ms),
         last_action: r.last_action.clone(),
         last_action_time: rfc3339(r.last_action_ms),
@@ -325,7 +326,13 @@ impl KubeMirror {
             let pause = Duration::from_millis(1000 / self.cfg.qps.max(1) as u64);
             let mut live: HashSet<String> = HashSet::new();
             for r in names {
-                let report = Report::of(&*world.read().await, &r, now_ms());
+                let report = {
+                    let w = world.read().await;
+                    Observed::from_world(&w, &r, now_ms()).map(|mut o| {
+                        o.paused = self.is_paused(&r);
+                        Report::new(&o, &plan(&o))
+                    })
+                };
                 let Some(report) = report else {
                     // Gone from etcd: delete its mirror.
                     if let Some(name) = self.name_of(&r) {
@@ -481,6 +488,10 @@ impl Observer for KubeMirror {
                     .get(PAUSED_ANNOTATION)
                     .is_some_and(|v| v == "true")
             })
+    }
+
+    fn gone(&self, r: &ResourceRef) {
+        Self::lock(&self.dirty).insert(r.clone());
     }
 
     fn reconciled(&self, r: &ResourceRef, plan: &Plan, what: Reconciled<'_>) {

@@ -96,6 +96,8 @@ pub trait Observer: Send + Sync {
     }
     /// A reconcile of `r` ended.
     fn reconciled(&self, _r: &ResourceRef, _plan: &super::plan::Plan, _what: Reconciled<'_>) {}
+    /// Every record of `r` is gone from etcd.
+    fn gone(&self, _r: &ResourceRef) {}
 }
 
 impl Controller {
@@ -348,9 +350,15 @@ impl Controller {
 
     async fn reconcile(&self, r: &ResourceRef) {
         let observed = Observed::from_world(&*self.world.read().await, r, now_ms());
-        let Some(mut o) = observed else { return };
-        o.purge_deleted = self.cfg.purge_deleted;
         let observer = self.observer.get();
+        let Some(mut o) = observed else {
+            // Nothing of it is left in etcd.
+            if let Some(ob) = observer {
+                ob.gone(r);
+            }
+            return;
+        };
+        o.purge_deleted = self.cfg.purge_deleted;
         o.paused = observer.is_some_and(|ob| ob.is_paused(r));
         let p = plan(&o);
         self.world.write().await.set_phase(r, p.phase);

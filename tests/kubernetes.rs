@@ -1,0 +1,573 @@
+//! The CRD, the mirror and the Helm chart against a real kube-apiserver
+//! (built from Go modules by tests/k8s/build-tools.sh and started on
+//! loopback by tests/k8s/control-plane.sh).
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use common::*;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `export A=1 B=2` lines → pairs.
+fn parse_exports(text: &str) -> HashMap<String, String> {
+    text.split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches(['"', '\'']).to_string()))
+        .collect()
+}
+
+struct ControlPlane {
+    dir: tempfile::TempDir,
+    tools: HashMap<String, String>,
+    kubeconfig: PathBuf,
+    server: String,
+}
+
+impl ControlPlane {
+    async fn up() -> ControlPlane {
+        let build = tokio::process::Command::new("bash")
+            .arg(repo().join("tests/k8s/build-tools.sh"))
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            build.status.success(),
+            "build-tools.sh failed: {}",
+            String::from_utf8_lossy(&build.stderr)
+        );
+        let tools = parse_exports(&String::from_utf8_lossy(&build.stdout));
+        let dir = tempfile::Builder::new()
+            .prefix("esi-k8s-")
+            .tempdir()
+            .unwrap();
+        let up = tokio::process::Command::new("bash")
+            .arg(repo().join("tests/k8s/control-plane.sh"))
+            .arg("up")
+            .arg(dir.path())
+            .envs(&tools)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            up.status.success(),
+            "control plane did not start: {}",
+            String::from_utf8_lossy(&up.stderr)
+        );
+        let env = parse_exports(&String::from_utf8_lossy(&up.stdout));
+        ControlPlane {
+            kubeconfig: dir.path().join("kubeconfig"),
+            server: env["ESI_K8S_SERVER"].clone(),
+            dir,
+            tools,
+        }
+    }
+
+    async fn run(&self, tool: &str, args: &[&str]) -> (bool, String, String) {
+        let out = tokio::process::Command::new(&self.tools[tool])
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    async fn kubectl(&self, args: &[&str]) -> (bool, String, String) {
+        self.run("ESI_KUBECTL", args).await
+    }
+
+    async fn kubectl_ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.kubectl(args).await;
+        assert!(ok, "kubectl {args:?}: {err}");
+        out
+    }
+
+    async fn helm(&self, args: &[&str]) -> (bool, String, String) {
+        self.run("ESI_HELM", args).await
+    }
+
+    /// The mirror `name` in `ns` as JSON, if it exists.
+    async fn esr(&self, ns: &str, name: &str) -> Option<Value> {
+        let (ok, out, _) = self
+            .kubectl(&["get", "esr", "-n", ns, name, "-o", "json"])
+            .await;
+        if ok {
+            serde_json::from_str(&out).ok()
+        } else {
+            None
+        }
+    }
+
+    /// A kubeconfig for `token` against this apiserver.
+    fn kubeconfig_for(&self, token: &str, path: &Path) {
+        let admin = std::fs::read_to_string(&self.kubeconfig).unwrap();
+        let ca = admin
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("certificate-authority-data: "))
+            .unwrap()
+            .to_string();
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\n    namespace: esi\ncurrent-context: x\n",
+            self.server
+        );
+        std::fs::write(path, text).unwrap();
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .arg(repo().join("tests/k8s/control-plane.sh"))
+            .arg("down")
+            .arg(self.dir.path())
+            .output();
+    }
+}
+
+/// A reconciler process that mirrors into Kubernetes through `kubeconfig`.
+fn reconciler_with_kube(etcd: &str, kubeconfig: &Path, extra: &[&str]) -> Proc {
+    let mut args = reconciler_args(etcd, free_port());
+    args.extend(["--mirror-namespace".to_string(), "esi".into()]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_esi-reconciler"))
+        .args(&args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("ESI_LOG_LEVEL", "warn")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    Proc { child }
+}
+
+const NET: &str = "ce9a7a92-d11a-4fc6-8ae7-18061b62c98f";
+const NET2: &str = "168c1535-9001-49c7-bb05-21844570a83c";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrors_on_a_real_apiserver() {
+    let cp = ControlPlane::up().await;
+    let within = Duration::from_secs(60);
+    // The CRD is accepted (a structural schema) and established.
+    cp.kubectl_ok(&[
+        "apply",
+        "-f",
+        repo().join("crds/esiresource.yaml").to_str().unwrap(),
+    ])
+    .await;
+    cp.kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/esiresources.esi.reconciler.dev",
+    ])
+    .await;
+    cp.kubectl_ok(&["create", "namespace", "esi"]).await;
+
+    let etcd = TestEtcd::start().await;
+    load_reference_templates(&etcd).await;
+    for (k, v) in gohan_step("05_load_balancer", "CreateNetwork1_01")
+        .into_iter()
+        .chain(gohan_step("05_load_balancer", "CreateNetwork2_01"))
+    {
+        etcd.put_json(&k, &v).await;
+    }
+    let _r = reconciler_with_kube(
+        &etcd.url(),
+        &cp.kubeconfig,
+        &["--backoff-base-ms", "600000"],
+    );
+    let fail = format!("network_{NET2}");
+    let _w = spawn_args(&worker_args(
+        &etcd.url(),
+        free_port(),
+        &["--sim-latency-ms", "50", "--sim-fail", &fail],
+    ));
+
+    // The mirror appears, converged, and `kubectl get esr` shows its columns.
+    let name = format!("network-{NET}");
+    eventually(within, "the network's mirror converged", || async {
+        let o = cp.esr("esi", &name).await?;
+        (o["status"]["phase"] == "Converged" && o["status"]["observedVersion"] == 1).then_some(())
+    })
+    .await;
+    let table = cp.kubectl_ok(&["get", "esr", "-n", "esi"]).await;
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME", "TYPE", "ID", "DESIRED", "VERSION", "OBSERVED", "PHASE", "ATTEMPTS", "AGE"
+        ],
+        "{table}"
+    );
+    let row: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with(&name))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        &row[1..8],
+        ["network", NET, "Present", "1", "1", "Converged", "0"],
+        "{table}"
+    );
+    let o = cp.esr("esi", &name).await.unwrap();
+    assert_eq!(o["spec"]["tenant"], "fe3a4a1a72c04479bb6c19c2c0ccba4c");
+    let ready = o["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap()
+        .clone();
+    assert_eq!(ready["status"], "True");
+    assert!(ready["lastTransitionTime"].as_str().unwrap().ends_with('Z'));
+    let by_label = cp
+        .kubectl_ok(&[
+            "get",
+            "esr",
+            "-n",
+            "esi",
+            "-l",
+            "esi.reconciler.dev/type=network",
+            "-o",
+            "name",
+        ])
+        .await;
+    assert_eq!(by_label.lines().count(), 2, "{by_label}");
+    let none = cp
+        .kubectl_ok(&[
+            "get",
+            "esr",
+            "-n",
+            "esi",
+            "-l",
+            "esi.reconciler.dev/type=port",
+            "-o",
+            "name",
+        ])
+        .await;
+    assert!(none.trim().is_empty());
+
+    // Paused: a new config version is not acted on until unpaused.
+    cp.kubectl_ok(&[
+        "annotate",
+        "esr",
+        "-n",
+        "esi",
+        &name,
+        "esi.reconciler.dev/paused=true",
+    ])
+    .await;
+    eventually(within, "the pause to be seen", || async {
+        let o = cp.esr("esi", &name).await?;
+        (o["status"]["phase"] == "Paused").then_some(())
+    })
+    .await;
+    let mut cfg = gohan_step("05_load_balancer", "CreateNetwork1_01")[0]
+        .1
+        .clone();
+    cfg["version"] = json!(2);
+    cfg["body"]["name"] = json!("renamed");
+    etcd.put_json(&format!("/config/v2.0/networks/{NET}"), &cfg)
+        .await;
+    eventually(within, "the paused mirror to show v2 desired", || async {
+        let o = cp.esr("esi", &name).await?;
+        (o["spec"]["desiredVersion"] == 2 && o["status"]["phase"] == "Paused").then_some(())
+    })
+    .await;
+    assert!(
+        etcd.keys(&format!("/jobs/all/modify:heat_worker:network:{NET}:2:"))
+            .await
+            .is_empty(),
+        "a paused resource got a job"
+    );
+    cp.kubectl_ok(&[
+        "annotate",
+        "esr",
+        "-n",
+        "esi",
+        &name,
+        "esi.reconciler.dev/paused-",
+    ])
+    .await;
+    wait_state(
+        &etcd,
+        &format!("/state/v2.0/networks/{NET}"),
+        2,
+        "MODIFY_COMPLETED",
+        within,
+    )
+    .await;
+
+    // Failing, backing off for 10 minutes; retry-now retries at once.
+    let failing = format!("network-{NET2}");
+    eventually(within, "the failing network to back off", || async {
+        let o = cp.esr("esi", &failing).await?;
+        (o["status"]["phase"] == "BackingOff" && o["status"]["attempts"] == 1).then_some(())
+    })
+    .await;
+    let issued_before = etcd
+        .get_json(&format!("/esi-reconciler/v1/resources/networks/{NET2}"))
+        .await
+        .unwrap();
+    assert!(issued_before["next_retry_ms"].as_u64().unwrap() > 0);
+    cp.kubectl_ok(&[
+        "annotate",
+        "esr",
+        "-n",
+        "esi",
+        &failing,
+        "esi.reconciler.dev/retry-now=now",
+    ])
+    .await;
+    let rec = Recorder::start(&etcd, "/jobs/all/").await;
+    eventually(within, "a retry job after retry-now", || async {
+        (!rec
+            .revs(true, |k| k.contains(&format!(":network:{NET2}:1:")))
+            .await
+            .is_empty())
+        .then_some(())
+    })
+    .await;
+    eventually(within, "the retry-now annotation to be removed", || async {
+        let o = cp.esr("esi", &failing).await?;
+        o["metadata"]["annotations"]
+            .get("esi.reconciler.dev/retry-now")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+
+    // Events are recorded for actions (published on the mirror's next round).
+    eventually(within, "Reconciled and RetryRequested events", || async {
+        let (_, out, _) = cp
+            .kubectl(&["get", "events.events.k8s.io", "-n", "esi", "-o", "json"])
+            .await;
+        let events: Value = serde_json::from_str(&out).ok()?;
+        let reasons: Vec<&str> = events["items"]
+            .as_array()?
+            .iter()
+            .filter_map(|e| e["reason"].as_str())
+            .collect();
+        (reasons.contains(&"Reconciled") && reasons.contains(&"RetryRequested")).then_some(())
+    })
+    .await;
+
+    // A resource gone from etcd loses its mirror.
+    for p in [
+        "/config/v2.0/networks/",
+        "/state/v2.0/networks/",
+        "/esi-worker/heat_stacks/v2.0/networks/",
+        "/esi-reconciler/v1/resources/networks/",
+    ] {
+        etcd.client
+            .kv_client()
+            .delete(format!("{p}{NET}"), None)
+            .await
+            .unwrap();
+    }
+    eventually(within, "the mirror to be deleted", || async {
+        cp.esr("esi", &name).await.is_none().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chart_installs_and_its_service_account_suffices() {
+    let cp = ControlPlane::up().await;
+    let within = Duration::from_secs(60);
+    let chart = repo().join("charts/esi-reconciler");
+    let chart = chart.to_str().unwrap();
+    let (ok, out, err) = cp.helm(&["lint", chart]).await;
+    assert!(ok, "helm lint: {out}{err}");
+    let (ok, rendered, err) = cp
+        .helm(&[
+            "template",
+            "esi",
+            chart,
+            "-n",
+            "esi",
+            "--set",
+            "etcd.tlsSecret=etcd-tls",
+            "--set",
+            "serviceMonitor.enabled=true",
+        ])
+        .await;
+    assert!(ok, "helm template: {err}");
+    for want in [
+        "readOnlyRootFilesystem: true",
+        "runAsNonRoot: true",
+        "allowPrivilegeEscalation: false",
+        "type: RuntimeDefault",
+        "kind: PodDisruptionBudget",
+        "kind: ServiceMonitor",
+        "path: /readyz",
+        "automountServiceAccountToken: false",
+        "/etc/esi/etcd-tls/ca.crt",
+    ] {
+        assert!(rendered.contains(want), "rendered chart lacks {want:?}");
+    }
+    let (ok, _, err) = cp
+        .helm(&["template", "esi", chart, "--set", "worker.slots=0"])
+        .await;
+    assert!(
+        !ok && err.contains("slots"),
+        "values.schema.json did not reject slots=0: {err}"
+    );
+
+    let etcd = TestEtcd::start().await;
+    let (ok, out, err) = cp
+        .helm(&[
+            "install",
+            "esi",
+            chart,
+            "-n",
+            "esi",
+            "--create-namespace",
+            "--set",
+            &format!("etcd.endpoints={}", etcd.url()),
+            "--wait=false",
+        ])
+        .await;
+    assert!(ok, "helm install: {out}{err}");
+    cp.kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/esiresources.esi.reconciler.dev",
+    ])
+    .await;
+    for kind in [
+        "deployment/esi-esi-reconciler-reconciler",
+        "deployment/esi-esi-reconciler-worker",
+        "serviceaccount/esi-esi-reconciler",
+        "role/esi-esi-reconciler",
+        "rolebinding/esi-esi-reconciler",
+        "poddisruptionbudget/esi-esi-reconciler-reconciler",
+    ] {
+        cp.kubectl_ok(&["get", "-n", "esi", kind]).await;
+    }
+
+    // The chart's ServiceAccount may do no more than the mirror needs.
+    let can = cp
+        .kubectl_ok(&[
+            "auth",
+            "can-i",
+            "--list",
+            "-n",
+            "esi",
+            "--as",
+            "system:serviceaccount:esi:esi-esi-reconciler",
+        ])
+        .await;
+    let allowed: Vec<&str> = can
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|r| !r.starts_with('['))
+        .collect();
+    let expected = [
+        "esiresources.esi.reconciler.dev",
+        "esiresources.esi.reconciler.dev/status",
+        "events.events.k8s.io",
+        "selfsubjectreviews.authentication.k8s.io",
+        "selfsubjectaccessreviews.authorization.k8s.io",
+        "selfsubjectrulesreviews.authorization.k8s.io",
+    ];
+    for r in &allowed {
+        assert!(
+            expected.contains(r),
+            "the service account may access {r}:\n{can}"
+        );
+    }
+    assert!(
+        allowed.contains(&"esiresources.esi.reconciler.dev")
+            && allowed.contains(&"events.events.k8s.io"),
+        "{can}"
+    );
+
+    // Run the reconciler out of cluster as that ServiceAccount (TokenRequest),
+    // against an etcd holding the seed's records, with a worker.
+    let token = cp
+        .kubectl_ok(&[
+            "create",
+            "token",
+            "-n",
+            "esi",
+            "esi-esi-reconciler",
+            "--duration=1h",
+        ])
+        .await;
+    let sa_kubeconfig = cp.dir.path().join("sa.kubeconfig");
+    cp.kubeconfig_for(token.trim(), &sa_kubeconfig);
+    load_reference_templates(&etcd).await;
+    for step in ["CreateNetwork1_01", "CreateSubnet1_01"] {
+        for (k, v) in gohan_step("05_load_balancer", step) {
+            etcd.put_json(&k, &v).await;
+        }
+    }
+    for (stage, step) in [
+        ("03_HeatWorker", "CreateNetwork1_01"),
+        ("03_HeatWorker", "CreateSubnet1_01"),
+        ("03_HeatWorker", "CreateLoadbalancer_17"),
+    ] {
+        for r in read_json(
+            reference()
+                .join("scenarios/05_load_balancer")
+                .join(stage)
+                .join(format!("{step}.json")),
+        )
+        .as_array()
+        .unwrap()
+        {
+            let key = r["key"].as_str().unwrap();
+            if !key.starts_with("/esi-worker/job_state/") {
+                etcd.put_json(key, &r["value"]).await;
+            }
+        }
+    }
+    let seed = read_json(seed_records().join("1_config.json"));
+    etcd.put_json(seed["key"].as_str().unwrap(), &seed["value"])
+        .await;
+    let _r = reconciler_with_kube(&etcd.url(), &sa_kubeconfig, &[]);
+    let _w = spawn_args(&worker_args(
+        &etcd.url(),
+        free_port(),
+        &["--sim-latency-ms", "50"],
+    ));
+    let port = "db3bff62-cf93-48ce-8d6b-cfb2f7fd7dfc";
+    let row = eventually(
+        within,
+        "port db3bff62 Absent, v4, Converged in kubectl get esr -A",
+        || async {
+            let (_, out, _) = cp.kubectl(&["get", "esr", "-A"]).await;
+            out.lines()
+                .find(|l| l.contains(port))
+                .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+                .filter(|r| r[7] == "Converged")
+        },
+    )
+    .await;
+    assert_eq!(
+        &row[2..9],
+        ["port", port, "Absent", "4", "4", "Converged", "0"],
+        "{row:?}"
+    );
+    // Events were written with the ServiceAccount's rights too.
+    let events = cp
+        .kubectl_ok(&["get", "events.events.k8s.io", "-n", "esi", "-o", "name"])
+        .await;
+    assert!(!events.trim().is_empty(), "no events");
+}
