@@ -571,3 +571,35 @@ async fn the_chart_installs_and_its_service_account_suffices() {
         .await;
     assert!(!events.trim().is_empty(), "no events");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_apiserver_does_not_block_reconciling() {
+    let etcd = TestEtcd::start().await;
+    load_reference_templates(&etcd).await;
+    for (k, v) in gohan_step("05_load_balancer", "CreateNetwork1_01") {
+        etcd.put_json(&k, &v).await;
+    }
+    // A kubeconfig whose apiserver is not there.
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let dead = format!("https://127.0.0.1:{}", free_port());
+    std::fs::write(
+        &kubeconfig,
+        format!("apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {dead}\n    insecure-skip-tls-verify: true\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\n"),
+    )
+    .unwrap();
+    let _r = reconciler_with_kube(&etcd.url(), &kubeconfig, &[]);
+    let _w = spawn_args(&worker_args(
+        &etcd.url(),
+        free_port(),
+        &["--sim-latency-ms", "50"],
+    ));
+    wait_state(
+        &etcd,
+        &format!("/state/v2.0/networks/{NET}"),
+        1,
+        "CREATE_COMPLETED",
+        Duration::from_secs(30),
+    )
+    .await;
+}
