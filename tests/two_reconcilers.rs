@@ -32,6 +32,7 @@ async fn two_reconcilers_never_duplicate_a_job() {
         &json!({"state": {"worker_state": "CREATE_COMPLETED"}, "version": 1, "error": ""}),
     )
     .await;
+    etcd.put_json("/esi-worker/heat_stacks/v2.0/networks/n1", &json!({"id": "x", "stack_status": "CREATE_COMPLETE", "output": [{"output_key": "id", "output_value": "n1"}]})).await;
     etcd.put_json(
         "/config/v2.0/subnets/s1",
         &json!({"body": {"id": "s1", "network_id": "n1", "tenant_id": "t"}, "version": 1}),
@@ -42,6 +43,7 @@ async fn two_reconcilers_never_duplicate_a_job() {
         &json!({"state": {"worker_state": "CREATE_COMPLETED"}, "version": 1, "error": ""}),
     )
     .await;
+    etcd.put_json("/esi-worker/heat_stacks/v2.0/subnets/s1", &json!({"id": "x", "stack_status": "CREATE_COMPLETE", "output": [{"output_key": "id", "output_value": "s1"}]})).await;
 
     // Record every job ever created, from before the reconcilers start.
     let mut stream = etcd

@@ -18,7 +18,7 @@ use crate::esi::keys::{JobAction, JobSlot};
 
 use super::action::{Action, Issue};
 use super::observed::{Observed, ObservedJob, TemplateStatus};
-use super::world::{ConfigSummary, Parsed, StateSummary};
+use super::world::{ConfigSummary, Parsed, StackSummary, StateSummary};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub enum Phase {
@@ -108,8 +108,14 @@ pub fn target_action(o: &Observed, cfg: &ConfigSummary) -> JobAction {
     }
 }
 
-/// `/state` says the config is realised.
-pub fn is_converged(state: Option<&StateSummary>, cfg: &ConfigSummary) -> bool {
+/// `/state` says the config is realised, and (unless deleted) the heat stack
+/// record shows the stack in place. A lost stack record with a good `/state`
+/// is not converged: a `modify` job re-records it.
+pub fn is_converged(
+    state: Option<&StateSummary>,
+    stack: Option<&StackSummary>,
+    cfg: &ConfigSummary,
+) -> bool {
     let Some(s) = state else { return false };
     if s.version != cfg.version || !s.error.is_empty() {
         return false;
@@ -120,7 +126,8 @@ pub fn is_converged(state: Option<&StateSummary>, cfg: &ConfigSummary) -> bool {
         matches!(
             s.worker_state.as_str(),
             "CREATE_COMPLETED" | "MODIFY_COMPLETED"
-        )
+        ) && stack
+            .is_some_and(|st| matches!(st.status.as_str(), "CREATE_COMPLETE" | "UPDATE_COMPLETE"))
     }
 }
 
@@ -388,7 +395,7 @@ fn plan_valid(o: &Observed, p: &mut Plan) {
         TemplateStatus::Ready { handler, template } => (handler, template),
     };
     let action = target.unwrap_or(JobAction::Create);
-    if is_converged(state, cfg) {
+    if is_converged(state, o.stack.as_ref().and_then(Parsed::ok), cfg) {
         if live.is_empty() {
             if cfg.marked && o.purge_deleted {
                 p.push(

@@ -41,6 +41,7 @@ fn port(version: u64, marked: bool) -> Observed {
     o
 }
 
+/// `/state` as the worker writes it: with its heat stack record beside it.
 fn with_state(mut o: Observed, version: u64, worker_state: &str, error: &str) -> Observed {
     o.state = ok(
         20,
@@ -50,6 +51,19 @@ fn with_state(mut o: Observed, version: u64, worker_state: &str, error: &str) ->
             error: error.into(),
         },
     );
+    let stack = match worker_state {
+        "CREATE_COMPLETED" => Some("CREATE_COMPLETE"),
+        "MODIFY_COMPLETED" => Some("UPDATE_COMPLETE"),
+        _ => None,
+    };
+    if let (None, Some(status)) = (&o.stack, stack) {
+        o.stack = ok(
+            30,
+            StackSummary {
+                status: status.into(),
+            },
+        );
+    }
     o
 }
 
@@ -578,7 +592,7 @@ proptest! {
         match p.phase {
             Phase::Converged => {
                 let cfg = o.config.as_ref().unwrap().value.as_ref().unwrap();
-                prop_assert!(is_converged(o.state.as_ref().and_then(Parsed::ok), cfg));
+                prop_assert!(is_converged(o.state.as_ref().and_then(Parsed::ok), o.stack.as_ref().and_then(Parsed::ok), cfg));
             }
             Phase::Progressing => prop_assert!(!p.actions.is_empty() || o.jobs.iter().any(|j| j.all.is_some() || j.working.is_some())),
             Phase::BackingOff => prop_assert!(!p.actions.is_empty() || p.requeue_after_ms.is_some()),
@@ -622,4 +636,15 @@ fn purge_deleted_removes_config_once_deleted() {
         "",
     );
     assert_eq!(plan(&gone).phase, Phase::Converged);
+}
+
+#[test]
+fn a_lost_stack_record_is_recorded_again() {
+    let mut o = with_state(port(2, false), 2, "MODIFY_COMPLETED", "");
+    o.stack = None;
+    let p = plan(&o);
+    assert_eq!(
+        issued(&p).map(|i| (i.action, i.version)),
+        Some((JobAction::Modify, 2))
+    );
 }
