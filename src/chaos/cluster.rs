@@ -66,10 +66,22 @@ impl Cluster {
     pub async fn start(opts: ClusterOptions) -> anyhow::Result<Cluster> {
         let data_dir = tempfile::Builder::new().prefix("esi-chaos-").tempdir()?;
         let (client_port, peer_port) = (free_port()?, free_port()?);
-        let etcd = EtcdProcess::start_in(&data_dir.path().join("etcd"), client_port, peer_port).await?;
-        let client = connect_checked(&EtcdOptions::with_endpoints(vec![etcd.client_url.clone()])).await?;
+        let etcd =
+            EtcdProcess::start_in(&data_dir.path().join("etcd"), client_port, peer_port).await?;
+        let client =
+            connect_checked(&EtcdOptions::with_endpoints(vec![etcd.client_url.clone()])).await?;
         let proxy = Proxy::start(client_port).await?;
-        Ok(Cluster { etcd, client, data_dir, client_port, peer_port, opts, reconcilers: vec![], workers: vec![], proxy })
+        Ok(Cluster {
+            etcd,
+            client,
+            data_dir,
+            client_port,
+            peer_port,
+            opts,
+            reconcilers: vec![],
+            workers: vec![],
+            proxy,
+        })
     }
 
     fn spawn(&self, args: Vec<String>) -> anyhow::Result<Member> {
@@ -84,11 +96,18 @@ impl Cluster {
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()?;
-        Ok(Member { child, metrics: format!("127.0.0.1:{port}") })
+        Ok(Member {
+            child,
+            metrics: format!("127.0.0.1:{port}"),
+        })
     }
 
     pub fn start_reconciler(&mut self) -> anyhow::Result<()> {
-        let mut args = vec!["run".to_string(), "--etcd-endpoints".into(), self.etcd.client_url.clone()];
+        let mut args = vec![
+            "run".to_string(),
+            "--etcd-endpoints".into(),
+            self.etcd.client_url.clone(),
+        ];
         args.extend(self.opts.reconciler_args.clone());
         let m = self.spawn(args)?;
         self.reconcilers.push(m);
@@ -97,7 +116,11 @@ impl Cluster {
 
     /// A worker; `through_proxy` connects it via the cuttable proxy.
     pub fn start_worker(&mut self, through_proxy: bool) -> anyhow::Result<()> {
-        let url = if through_proxy { self.proxy.url() } else { self.etcd.client_url.clone() };
+        let url = if through_proxy {
+            self.proxy.url()
+        } else {
+            self.etcd.client_url.clone()
+        };
         let mut args = vec!["worker".to_string(), "--etcd-endpoints".into(), url];
         args.extend(self.opts.worker_args.clone());
         let m = self.spawn(args)?;
@@ -109,7 +132,12 @@ impl Cluster {
     pub async fn restart_etcd(&mut self, down_for: Duration) -> anyhow::Result<()> {
         self.etcd.kill().await;
         tokio::time::sleep(down_for).await;
-        self.etcd = EtcdProcess::start_in(&self.data_dir.path().join("etcd"), self.client_port, self.peer_port).await?;
+        self.etcd = EtcdProcess::start_in(
+            &self.data_dir.path().join("etcd"),
+            self.client_port,
+            self.peer_port,
+        )
+        .await?;
         Ok(())
     }
 }
@@ -131,13 +159,19 @@ impl Proxy {
         let (u, g) = (up.clone(), generation.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else { return };
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
                 if !u.load(Ordering::SeqCst) {
                     continue;
                 }
                 let mut cut = g.subscribe();
                 tokio::spawn(async move {
-                    let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await else { return };
+                    let Ok(mut out) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await
+                    else {
+                        return;
+                    };
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut out) => {}
                         _ = cut.changed() => {}
@@ -145,7 +179,12 @@ impl Proxy {
                 });
             }
         });
-        Ok(Proxy { port, up, generation, task })
+        Ok(Proxy {
+            port,
+            up,
+            generation,
+            task,
+        })
     }
 
     pub fn url(&self) -> String {

@@ -1,6 +1,7 @@
 //! The `esi-reconciler` command line.
 
 pub mod args;
+pub mod chaos;
 pub mod config;
 pub mod demo;
 pub mod inspect;
@@ -42,6 +43,8 @@ pub enum Command {
     /// Manage heat templates in etcd.
     #[command(subcommand)]
     Templates(config::TemplatesCommand),
+    /// Run fault drills against real processes and check that everything converges.
+    Chaos(chaos::ChaosArgs),
     /// Print the EsiResource CustomResourceDefinition (YAML).
     Crd,
     /// Run the demo on a private etcd: the "Update Loadbalancer Interface" story.
@@ -72,6 +75,7 @@ pub async fn main() -> anyhow::Result<()> {
         Command::Config(a) => config::config(a).await,
         Command::Templates(c) => config::templates(c).await,
         Command::Demo(a) => demo::demo(a).await,
+        Command::Chaos(a) => chaos::chaos(a).await,
         Command::Crd => {
             print!("{}", esi_reconciler::kubernetes::crd::crd_yaml());
             Ok(())

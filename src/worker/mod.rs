@@ -113,6 +113,7 @@ impl<E: Engine> Worker<E> {
         let slots = Arc::new(Semaphore::new(self.cfg.slots.max(1)));
         let freed = Arc::new(Notify::new());
         let (cancel_tx, cancel_rx) = watch::channel(false);
+        let (retry_tx, mut retry_rx) = mpsc::channel::<String>(1024);
         // Ready jobs, oldest first: (revision, id).
         let mut queue: BTreeSet<(i64, String)> = BTreeSet::new();
         let mut revs: HashMap<String, i64> = HashMap::new();
@@ -136,13 +137,21 @@ impl<E: Engine> Worker<E> {
                 let metrics = self.metrics.clone();
                 let cancel = cancel_rx.clone();
                 let freed = freed.clone();
+                let retry = retry_tx.clone();
                 tokio::spawn(async move {
-                    run_one(&client, &runner, &metrics, &job_id, lease, cancel).await;
+                    run_one(&client, &runner, &metrics, &job_id, lease, cancel, retry).await;
                     drop(permit);
                     freed.notify_one();
                 });
             }
             tokio::select! {
+                Some(id) = retry_rx.recv() => {
+                    // Back in line, unless it left ready/ meanwhile.
+                    if !revs.contains_key(&id) {
+                        revs.insert(id.clone(), 0);
+                        queue.insert((0, id));
+                    }
+                }
                 ev = rx.recv() => {
                     let Some(ev) = ev else { break };
                     match ev {
@@ -223,11 +232,19 @@ async fn run_one<E: Engine>(
     id: &JobId,
     lease: i64,
     cancel: watch::Receiver<bool>,
+    retry: mpsc::Sender<String>,
 ) {
     let c = match claim::claim(client, id, lease).await {
         Ok(Some(c)) => c,
         Ok(None) => {
             metrics.claim_conflicts.inc();
+            return;
+        }
+        Err(claim::ClaimError::Etcd(e)) => {
+            // etcd unreachable: the job is still ready; try it again soon.
+            tracing::warn!(job = %id, error = %crate::store::client::describe(&e), "cannot claim yet");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let _ = retry.send(id.to_string()).await;
             return;
         }
         Err(e) => {

@@ -1,0 +1,72 @@
+//! `esi-reconciler chaos`: the fault drills.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use esi_reconciler::chaos::{self, ChaosOptions, drills::DRILLS};
+
+#[derive(Debug, Clone, Args)]
+pub struct ChaosArgs {
+    /// Generated ports (with their networks and subnets), beside the
+    /// load-balancer story's resources.
+    #[arg(long, default_value_t = 200)]
+    pub ports: usize,
+    /// Drills to run, comma-separated (default: all). One of: worker-kill,
+    /// reconciler-kill, job-keys-deleted, state-deleted, stack-record-deleted,
+    /// etcd-restart, compaction, worker-hang, engine-fails, corrupt-records,
+    /// double-bump, two-reconcilers, network-cut.
+    #[arg(long, value_delimiter = ',')]
+    pub drills: Vec<String>,
+    /// Deadline, in seconds, for each convergence.
+    #[arg(long, default_value_t = 120)]
+    pub within_secs: u64,
+    /// Where to write the JSON report.
+    #[arg(long, default_value = "chaos-report.json")]
+    pub report: PathBuf,
+}
+
+pub async fn chaos(args: ChaosArgs) -> anyhow::Result<()> {
+    let drills: Vec<String> = if args.drills.is_empty() {
+        DRILLS.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.drills.clone()
+    };
+    for d in &drills {
+        anyhow::ensure!(
+            DRILLS.contains(&d.as_str()),
+            "unknown drill {d:?}; drills: {}",
+            DRILLS.join(", ")
+        );
+    }
+    let opts = ChaosOptions {
+        ports: args.ports,
+        drills: drills.clone(),
+        within: Duration::from_secs(args.within_secs),
+        binary: std::env::current_exe()?,
+    };
+    let mut results = vec![];
+    for d in &drills {
+        eprint!("drill {d:<22} ");
+        let r = chaos::run_drill(d, &opts).await;
+        eprintln!("{}", if r.passed { "pass" } else { "FAIL" });
+        results.push(r);
+    }
+    print!("{}", chaos::table(&results));
+    let report = serde_json::json!({"ports": args.ports, "drills": results});
+    std::fs::write(&args.report, serde_json::to_string_pretty(&report)?)?;
+    eprintln!("report written to {}", args.report.display());
+    let failed: Vec<&str> = results
+        .iter()
+        .filter(|r| !r.passed)
+        .map(|r| r.drill.as_str())
+        .collect();
+    anyhow::ensure!(
+        failed.is_empty(),
+        "{} drill(s) failed: {}",
+        failed.len(),
+        failed.join(", ")
+    );
+    Ok(())
+}
