@@ -70,8 +70,8 @@ async fn lists_in_pages_at_one_revision_then_watches() {
 #[tokio::test]
 async fn resumes_from_the_last_revision_after_a_broken_stream() {
     let etcd = TestEtcd::start().await;
-    let proxy = TcpProxy::start(&etcd.url()).await;
-    let client = connect(&EtcdOptions::with_endpoints(vec![proxy.addr.clone()]))
+    let proxy = TcpProxy::start(etcd.process.client_port()).await.unwrap();
+    let client = connect(&EtcdOptions::with_endpoints(vec![proxy.url()]))
         .await
         .unwrap();
     let (tx, mut rx) = mpsc::channel(64);
@@ -104,8 +104,8 @@ async fn resumes_from_the_last_revision_after_a_broken_stream() {
 #[tokio::test]
 async fn relists_when_its_revision_was_compacted() {
     let etcd = TestEtcd::start().await;
-    let proxy = TcpProxy::start(&etcd.url()).await;
-    let client = connect(&EtcdOptions::with_endpoints(vec![proxy.addr.clone()]))
+    let proxy = TcpProxy::start(etcd.process.client_port()).await.unwrap();
+    let client = connect(&EtcdOptions::with_endpoints(vec![proxy.url()]))
         .await
         .unwrap();
     let (tx, mut rx) = mpsc::channel(64);

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -70,28 +69,6 @@ async fn load(etcd: &TestEtcd) {
         ),
         (Some(3), Some("MODIFY_COMPLETED"))
     );
-}
-
-fn normalized_params(job: &Value) -> BTreeMap<String, Value> {
-    job["params"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            let mut res: Vec<String> = p["resources"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| r.to_string())
-                .collect();
-            res.sort();
-            res.dedup();
-            (
-                p["param"].as_str().unwrap().to_string(),
-                json!([p["type"], p["value"], res]),
-            )
-        })
-        .collect()
 }
 
 fn run_args(etcd: &str, metrics_port: u16) -> Vec<String> {
@@ -168,8 +145,8 @@ async fn seed_scenario_issues_one_fenced_logical_delete() {
     let job = etcd.get_json(&key).await.unwrap();
     let recorded = seed("2_job.json")["value"].clone();
     assert_eq!(
-        normalized_params(&job[1]),
-        normalized_params(&recorded[1]),
+        params_as_sets(&job[1]),
+        params_as_sets(&recorded[1]),
         "params differ from the seed's job"
     );
     for f in [

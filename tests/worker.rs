@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -16,28 +15,6 @@ async fn apply_step(etcd: &TestEtcd, step: &str) {
     for (key, value) in gohan_step(LB, step) {
         etcd.put_json(&key, &value).await;
     }
-}
-
-fn params_as_sets(job: &Value) -> BTreeMap<String, Value> {
-    job["params"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            let mut res: Vec<String> = p["resources"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| r.to_string())
-                .collect();
-            res.sort();
-            res.dedup();
-            (
-                p["param"].as_str().unwrap().to_string(),
-                json!([p["type"], p["value"], res]),
-            )
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

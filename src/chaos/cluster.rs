@@ -151,7 +151,7 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    async fn start(upstream_port: u16) -> anyhow::Result<Proxy> {
+    pub async fn start(upstream_port: u16) -> std::io::Result<Proxy> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
         let up = Arc::new(AtomicBool::new(true));

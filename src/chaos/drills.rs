@@ -271,15 +271,7 @@ pub async fn inject(name: &str, c: &mut Ctx) -> anyhow::Result<()> {
             // past its watch revision, then let it go on.
             c.cluster.reconcilers[0].signal(SIGSTOP);
             c.bump(20).await?;
-            let rev = c
-                .cluster
-                .client
-                .kv_client()
-                .get("/", Some(GetOptions::new().with_count_only()))
-                .await?
-                .header()
-                .map(|h| h.revision())
-                .unwrap_or(0);
+            let rev = crate::store::current_revision(&c.cluster.client).await?;
             c.cluster.client.kv_client().compact(rev, None).await?;
             c.cluster.client.maintenance_client().defragment().await?;
             c.cluster.reconcilers[0].signal(SIGCONT);

@@ -105,14 +105,7 @@ async fn drill(name: &str, opts: &ChaosOptions, out: &mut DrillResult) -> anyhow
     })
     .await?;
     drills::load_templates(&cluster).await?;
-    let from = cluster
-        .client
-        .kv_client()
-        .get("/", Some(etcd_client::GetOptions::new().with_count_only()))
-        .await?
-        .header()
-        .map(|h| h.revision())
-        .unwrap_or(0);
+    let from = crate::store::current_revision(&cluster.client).await?;
     let ledger = Ledger::start(cluster.client.clone(), from);
     let mut c = Ctx {
         cluster,
@@ -151,15 +144,7 @@ async fn drill(name: &str, opts: &ChaosOptions, out: &mut DrillResult) -> anyhow
     c.converged().await?;
     out.converge_ms = Some((t0.elapsed() - injected.min(t0.elapsed())).as_millis() as u64);
     // Let the ledger catch up with the last writes before judging.
-    let now = c
-        .cluster
-        .client
-        .kv_client()
-        .get("/", Some(etcd_client::GetOptions::new().with_count_only()))
-        .await?
-        .header()
-        .map(|h| h.revision())
-        .unwrap_or(0);
+    let now = crate::store::current_revision(&c.cluster.client).await?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while ledger.entries().await.last().map(|e| e.rev).unwrap_or(0) < now
         && Instant::now() < deadline
@@ -212,7 +197,7 @@ async fn reported_invalid(addr: &str) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut best = 0.0;
     while Instant::now() < deadline {
-        if let Some(body) = http_get(addr, "/metrics").await {
+        if let Some((_, body)) = crate::telemetry::server::fetch(addr, "/metrics").await {
             let v = body.lines().find_map(|l| {
                 l.strip_prefix("esi_reconciler_invalid_records ")
                     .and_then(|v| v.trim().parse::<f64>().ok())
@@ -225,17 +210,6 @@ async fn reported_invalid(addr: &str) -> f64 {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     best
-}
-
-async fn http_get(addr: &str, path: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.ok()?;
-    String::from_utf8(buf).ok()
 }
 
 /// The table the command prints.

@@ -260,13 +260,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         )
         .run(stopped(stop_rx.clone())),
     );
-    let from = client
-        .kv_client()
-        .get("/", Some(etcd_client::GetOptions::new().with_count_only()))
-        .await?
-        .header()
-        .map(|h| h.revision())
-        .unwrap_or(0);
+    let from = esi_reconciler::store::current_revision(&client).await?;
     let captured = Arc::new(Mutex::new(Captured::default()));
     let watcher = tokio::spawn(progress(
         client.clone(),

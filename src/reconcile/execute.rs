@@ -90,6 +90,13 @@ fn unclaimed(job: &JobId, all_rev: i64) -> Vec<Compare> {
     ]
 }
 
+/// Deletes these keys of a job, each fenced at the revision it was read at.
+fn delete_at(job: &JobId, keys: &[(JobSlot, i64)]) -> (Vec<Compare>, Vec<TxnOp>) {
+    keys.iter()
+        .map(|(slot, rev)| (at(job.slot_key(*slot), *rev), del(job.slot_key(*slot))))
+        .unzip()
+}
+
 fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> TxnOp {
     TxnOp::put(key, value, None)
 }
@@ -242,12 +249,9 @@ impl Executor {
                 all_rev,
                 queued,
             } => {
-                let mut c = unclaimed(job, *all_rev);
-                let mut ops = vec![del(job.slot_key(JobSlot::All))];
-                for (slot, rev) in queued {
-                    c.push(at(job.slot_key(*slot), *rev));
-                    ops.push(del(job.slot_key(*slot)));
-                }
+                let (mut c, mut ops) = delete_at(job, queued);
+                c.extend(unclaimed(job, *all_rev));
+                ops.push(del(job.slot_key(JobSlot::All)));
                 Built::Txn(c, ops)
             }
             Action::FinishJob {
@@ -356,12 +360,8 @@ impl Executor {
                 Built::Txn(c, ops)
             }
             Action::DropStrays { job, keys } => {
-                let mut c = vec![absent(job.slot_key(JobSlot::All))];
-                let mut ops = vec![];
-                for (slot, rev) in keys {
-                    c.push(at(job.slot_key(*slot), *rev));
-                    ops.push(del(job.slot_key(*slot)));
-                }
+                let (mut c, ops) = delete_at(job, keys);
+                c.push(absent(job.slot_key(JobSlot::All)));
                 Built::Txn(c, ops)
             }
             Action::RecordFailure {

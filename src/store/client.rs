@@ -136,3 +136,12 @@ pub async fn connect(opts: &EtcdOptions) -> Result<Client, StoreError> {
             source,
         })
 }
+
+/// etcd's current revision.
+pub async fn current_revision(client: &Client) -> Result<i64, etcd_client::Error> {
+    let resp = client
+        .kv_client()
+        .get("/", Some(etcd_client::GetOptions::new().with_count_only()))
+        .await?;
+    Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
+}

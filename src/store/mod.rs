@@ -5,5 +5,5 @@ pub mod client;
 pub mod embedded;
 pub mod mirror;
 
-pub use client::{EtcdOptions, StoreError, connect, connect_checked};
+pub use client::{EtcdOptions, StoreError, connect, connect_checked, current_revision};
 pub use mirror::{Change, Kv, MirrorEvent};

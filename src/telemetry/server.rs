@@ -71,3 +71,22 @@ pub async fn serve(
 pub fn is_ready(ready: &AtomicBool) -> bool {
     ready.load(Ordering::Relaxed)
 }
+
+/// GETs `path` from one of these servers (`addr` is host:port) and returns
+/// the status and body: a minimal client for probes, drills and tests.
+pub async fn fetch(addr: &str, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}

@@ -194,20 +194,7 @@ pub fn reference_catalog_args() -> Vec<String> {
 
 /// GET `http://{addr}{path}`; returns (status, body), or None if unreachable.
 pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((status, body))
+    esi_reconciler::telemetry::server::fetch(addr, path).await
 }
 
 /// The value of a Prometheus sample line `name{labels} value` (labels as written).
@@ -218,68 +205,9 @@ pub fn metric(body: &str, name_and_labels: &str) -> Option<f64> {
     })
 }
 
-/// A loopback TCP proxy in front of a server: `cut()` drops every
-/// connection and refuses new ones until `restore()`.
-pub struct TcpProxy {
-    pub addr: String,
-    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    generation: tokio::sync::watch::Sender<u64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl TcpProxy {
-    pub async fn start(upstream: &str) -> TcpProxy {
-        use std::sync::atomic::Ordering;
-        let upstream = upstream.trim_start_matches("http://").to_string();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let (generation, _) = tokio::sync::watch::channel(0u64);
-        let (u, g) = (up.clone(), generation.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    return;
-                };
-                if !u.load(Ordering::SeqCst) {
-                    continue;
-                }
-                let target = upstream.clone();
-                let mut cut = g.subscribe();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut.changed() => {}
-                    }
-                });
-            }
-        });
-        TcpProxy {
-            addr: format!("http://{addr}"),
-            up,
-            generation,
-            task,
-        }
-    }
-
-    pub fn cut(&self) {
-        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
-        self.generation.send_modify(|g| *g += 1);
-    }
-
-    pub fn restore(&self) {
-        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-impl Drop for TcpProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+/// A loopback TCP proxy that can cut every connection (the drills' proxy).
+#[allow(unused_imports)]
+pub use esi_reconciler::chaos::cluster::Proxy as TcpProxy;
 
 pub fn free_port() -> u16 {
     esi_reconciler::store::embedded::free_port().unwrap()
@@ -418,4 +346,27 @@ pub async fn wait_state(
         },
     )
     .await
+}
+
+/// A job's params by name, as (type, value, resources as a sorted set).
+pub fn params_as_sets(job: &Value) -> std::collections::BTreeMap<String, Value> {
+    job["params"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let mut res: Vec<String> = p["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r.to_string())
+                .collect();
+            res.sort();
+            res.dedup();
+            (
+                p["param"].as_str().unwrap().to_string(),
+                serde_json::json!([p["type"], p["value"], res]),
+            )
+        })
+        .collect()
 }
