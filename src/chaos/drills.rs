@@ -280,15 +280,25 @@ pub async fn inject(name: &str, c: &mut Ctx) -> anyhow::Result<()> {
             ));
         }
         "worker-hang" => {
+            // One worker whose jobs time out after 3 s (its heat_timeout,
+            // capped) holds the claims; it hangs for 5 s, past that timeout
+            // and past its 2 s lease, while a second worker takes over.
+            c.cluster.workers[0].kill().await;
+            c.cluster.workers.clear();
+            let plain = c.cluster.opts.worker_args.clone();
+            c.cluster
+                .opts
+                .worker_args
+                .extend(["--job-timeout-cap-secs".to_string(), "3".into()]);
             c.cluster.start_worker(false)?;
+            c.cluster.opts.worker_args = plain;
             c.bump(20).await?;
             c.wait_key("/jobs/working/").await?;
             c.cluster.workers[0].signal(SIGSTOP);
-            tokio::time::sleep(Duration::from_secs(4)).await;
+            c.cluster.start_worker(false)?;
+            tokio::time::sleep(Duration::from_secs(5)).await;
             c.cluster.workers[0].signal(SIGCONT);
-            c.notes.push(
-                "a worker frozen 4 s (past its 2 s lease) mid-job, a second worker running".into(),
-            );
+            c.notes.push("a worker hung 5 s mid-job, past its 3 s job timeout and 2 s lease; a second worker took over".into());
         }
         "engine-fails" => {
             c.cluster.workers[0].kill().await;
