@@ -71,22 +71,6 @@ async fn load(etcd: &TestEtcd) {
     );
 }
 
-fn run_args(etcd: &str, metrics_port: u16) -> Vec<String> {
-    let mut a = vec![
-        "run".to_string(),
-        "--etcd-endpoints".into(),
-        etcd.into(),
-        "--metrics-addr".into(),
-        format!("127.0.0.1:{metrics_port}"),
-    ];
-    a.extend(reference_catalog_args());
-    a
-}
-
-fn spawn(args: &[String]) -> Proc {
-    Proc::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>())
-}
-
 /// Waits until a freshly started reconciler has loaded etcd and planned
 /// the port (it counts a reconcile), so "nothing changed" is a real result.
 async fn wait_reconciled(metrics_port: u16) {
@@ -123,8 +107,8 @@ async fn seed_scenario_issues_one_fenced_logical_delete() {
     let etcd = TestEtcd::start().await;
     load(&etcd).await;
     let port = free_port();
-    let args = run_args(&etcd.url(), port);
-    let mut reconciler = spawn(&args);
+    let args = reconciler_args(&etcd.url(), port);
+    let mut reconciler = spawn_args(&args);
 
     let prefix = format!("/jobs/all/logical_delete:heat_worker:port:{PORT}:4:");
     let key = eventually(
@@ -171,7 +155,7 @@ async fn seed_scenario_issues_one_fenced_logical_delete() {
     // SIGKILL and restart, twice: still exactly one job.
     for _ in 0..2 {
         reconciler.sigkill().await;
-        reconciler = spawn(&args);
+        reconciler = spawn_args(&args);
         wait_reconciled(port).await;
         assert_eq!(
             jobs_of_port(&etcd).await,

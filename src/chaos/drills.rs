@@ -91,22 +91,8 @@ impl Ctx {
     pub async fn wait_key(&self, prefix: &str) -> anyhow::Result<String> {
         let deadline = Instant::now() + self.within;
         loop {
-            let resp = self
-                .cluster
-                .client
-                .kv_client()
-                .get(
-                    prefix,
-                    Some(
-                        GetOptions::new()
-                            .with_prefix()
-                            .with_keys_only()
-                            .with_limit(1),
-                    ),
-                )
-                .await?;
-            if let Some(kv) = resp.kvs().first() {
-                return Ok(kv.key_str()?.to_string());
+            if let Some(k) = self.keys(prefix, 1).await?.pop() {
+                return Ok(k);
             }
             anyhow::ensure!(
                 Instant::now() < deadline,
