@@ -1,6 +1,7 @@
 //! esi-reconciler: a level-triggered reconciler for ESI, the etcd-based
 //! orchestration system. See README.md for the architecture.
 
+pub mod bench;
 pub mod chaos;
 pub mod demo;
 pub mod engine;

@@ -168,3 +168,35 @@ async fn templates_load_then_plan_explains_the_next_action() {
     assert_eq!(v["resources"][0]["phase"], "Progressing");
     assert_eq!(v["resources"][0]["desired_version"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_measures_every_figure_at_a_small_scale() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("bench.json");
+    let (ok, out, err) = cli(&[
+        "bench",
+        "--scale",
+        "40",
+        "--changes",
+        "20",
+        "--change-rate",
+        "20",
+        "--idle-secs",
+        "2",
+        "--report",
+        report.to_str().unwrap(),
+    ])
+    .await;
+    assert!(ok, "{out}{err}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert!(r["txn_per_s"].as_f64().unwrap() > 0.0);
+    assert!(r["cold_start_s"].as_f64().unwrap() > 0.0);
+    assert!(r["ratio_to_limit"].as_f64().unwrap() > 0.0);
+    assert_eq!(r["ready_latency"]["samples"], 20);
+    assert_eq!(r["converged_latency"]["samples"], 20);
+    assert!(r["reconciler_rss_kib"].as_u64().unwrap() > 0);
+    // Converged and idle: neither process spins.
+    assert!(r["idle_worker_cpu_pct"].as_f64().unwrap() < 20.0, "{r}");
+    assert!(r["idle_reconciler_cpu_pct"].as_f64().unwrap() < 20.0, "{r}");
+    assert!(out.contains("ratio to the limit"), "{out}");
+}

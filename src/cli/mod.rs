@@ -1,6 +1,7 @@
 //! The `esi-reconciler` command line.
 
 pub mod args;
+pub mod bench;
 pub mod chaos;
 pub mod config;
 pub mod demo;
@@ -45,6 +46,8 @@ pub enum Command {
     Templates(config::TemplatesCommand),
     /// Run fault drills against real processes and check that everything converges.
     Chaos(chaos::ChaosArgs),
+    /// Measure scale, speed and memory against the limit of a local etcd.
+    Bench(bench::BenchArgs),
     /// Print the EsiResource CustomResourceDefinition (YAML).
     Crd,
     /// Run the demo on a private etcd: the "Update Loadbalancer Interface" story.
@@ -76,6 +79,7 @@ pub async fn main() -> anyhow::Result<()> {
         Command::Templates(c) => config::templates(c).await,
         Command::Demo(a) => demo::demo(a).await,
         Command::Chaos(a) => chaos::chaos(a).await,
+        Command::Bench(a) => bench::bench(a).await,
         Command::Crd => {
             print!("{}", esi_reconciler::kubernetes::crd::crd_yaml());
             Ok(())

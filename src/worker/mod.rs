@@ -93,7 +93,7 @@ impl<E: Engine> Worker<E> {
     }
 
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
-        let (lease_tx, lease_rx) = watch::channel(0i64);
+        let (lease_tx, mut lease_rx) = watch::channel(0i64);
         let m = self.metrics.clone();
         let keeper = tokio::spawn(claim::keep_lease(
             self.client.clone(),
@@ -121,7 +121,9 @@ impl<E: Engine> Worker<E> {
         tokio::pin!(shutdown);
         loop {
             // Start as many ready jobs as there are free slots.
-            while !queue.is_empty() && *lease_rx.borrow() != 0 {
+            // Marks the lease seen, so `changed()` below waits for a new one.
+            let lease = *lease_rx.borrow_and_update();
+            while !queue.is_empty() && lease != 0 {
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
                     break;
                 };
@@ -131,7 +133,6 @@ impl<E: Engine> Worker<E> {
                     continue;
                 };
                 let _ = rev;
-                let lease = *lease_rx.borrow();
                 let runner = self.runner.clone();
                 let client = self.client.clone();
                 let metrics = self.metrics.clone();
@@ -196,7 +197,7 @@ impl<E: Engine> Worker<E> {
                     self.metrics.ready_jobs.set(queue.len() as i64);
                 }
                 _ = freed.notified() => {}
-                _ = lease_changed(&lease_rx) => {}
+                _ = lease_rx.changed() => {}
                 _ = &mut shutdown => break,
             }
         }
@@ -218,11 +219,6 @@ impl<E: Engine> Worker<E> {
         }
         tracing::info!("worker stopped");
     }
-}
-
-async fn lease_changed(rx: &watch::Receiver<i64>) {
-    let mut rx = rx.clone();
-    let _ = rx.changed().await;
 }
 
 async fn run_one<E: Engine>(

@@ -1,0 +1,503 @@
+//! `esi-reconciler bench`: scale, speed and memory measured against the
+//! physical limit of the etcd it runs on, in the same run, so the figures
+//! mean something on any machine.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, Compare, CompareOp, EventType, GetOptions, Txn, TxnOp, WatchOptions};
+use serde::Serialize;
+use serde_json::json;
+use tokio::process::{Child, Command};
+use tokio::sync::Mutex;
+
+use crate::chaos::scenario::Scenario;
+use crate::esi::Catalog;
+use crate::reconcile::snapshot;
+use crate::store::embedded::{EtcdProcess, free_port};
+use crate::store::{EtcdOptions, connect_checked};
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Generated ports (with their networks and subnets).
+    pub scale: usize,
+    /// Config changes in the steady-state phase, and their rate per second.
+    pub changes: usize,
+    pub change_rate: f64,
+    pub idle_secs: u64,
+    /// Client concurrency for the limit, as the product uses.
+    pub concurrency: usize,
+    pub binary: PathBuf,
+}
+
+/// Transactions one resource's creation takes from the reconciler and the
+/// worker: issue, claim, job_state `{}`, results, cleanup, finish.
+pub const WRITES_PER_RESOURCE: f64 = 6.0;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Percentiles {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub samples: usize,
+}
+
+fn percentiles(mut v: Vec<f64>) -> Percentiles {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| {
+        v.get(((v.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    Percentiles {
+        p50_ms: at(0.5),
+        p99_ms: at(0.99),
+        max_ms: v.last().copied().unwrap_or(f64::NAN),
+        samples: v.len(),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct BenchReport {
+    pub machine: String,
+    pub scale: usize,
+    pub resources: usize,
+    pub txn_per_s: f64,
+    pub writes_per_resource: f64,
+    pub range_pages_per_s: f64,
+    pub cold_start_s: f64,
+    pub resources_per_s: f64,
+    pub ratio_to_limit: f64,
+    pub ready_latency: Option<Percentiles>,
+    pub converged_latency: Option<Percentiles>,
+    pub reconciler_rss_kib: u64,
+    pub worker_rss_kib: u64,
+    pub empty_reconciler_rss_kib: u64,
+    pub empty_worker_rss_kib: u64,
+    pub reconciler_bytes_per_resource: f64,
+    pub worker_bytes_per_resource: f64,
+    pub idle_secs: u64,
+    pub idle_reconciler_cpu_pct: f64,
+    pub idle_worker_cpu_pct: f64,
+    pub resync_s: f64,
+    /// (seconds since start, resources with /state) during the cold start.
+    pub convergence: Vec<(f64, usize)>,
+}
+
+fn proc_status(pid: u32, field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = s.rsplit_once(')')?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+async fn count(client: &Client, prefix: &str) -> anyhow::Result<usize> {
+    Ok(client
+        .kv_client()
+        .get(
+            prefix,
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await?
+        .count() as usize)
+}
+
+fn spawn(binary: &PathBuf, args: &[String]) -> anyhow::Result<Child> {
+    Ok(Command::new(binary)
+        .args(args)
+        .env("ESI_LOG_LEVEL", "error")
+        .env("ESI_NO_MIRROR", "true")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?)
+}
+
+fn processes(binary: &PathBuf, etcd: &str) -> anyhow::Result<(Child, Child)> {
+    let r = spawn(
+        binary,
+        &[
+            "run".into(),
+            "--etcd-endpoints".into(),
+            etcd.into(),
+            "--metrics-addr".into(),
+            format!("127.0.0.1:{}", free_port()?),
+        ],
+    )?;
+    let w = spawn(
+        binary,
+        &[
+            "worker".into(),
+            "--etcd-endpoints".into(),
+            etcd.into(),
+            "--metrics-addr".into(),
+            format!("127.0.0.1:{}", free_port()?),
+            "--sim-latency-ms".into(),
+            "0".into(),
+            "--slots".into(),
+            "32".into(),
+        ],
+    )?;
+    Ok((r, w))
+}
+
+/// Transactions per second of job-sized writes (a compare and two puts of
+/// ~1 KiB), at the given concurrency.
+async fn txn_limit(client: &Client, n: usize, concurrency: usize) -> anyhow::Result<f64> {
+    let value = vec![b'x'; 1024];
+    let start = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = vec![];
+    for _ in 0..concurrency {
+        let (c, next, value) = (client.clone(), next.clone(), value.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    return Ok::<_, etcd_client::Error>(());
+                }
+                let k = format!("/bench/all/{i}");
+                let txn = Txn::new()
+                    .when(vec![Compare::create_revision(
+                        k.clone(),
+                        CompareOp::Equal,
+                        0,
+                    )])
+                    .and_then(vec![
+                        TxnOp::put(k, value.clone(), None),
+                        TxnOp::put(format!("/bench/ready/{i}"), "heat_worker", None),
+                    ]);
+                c.kv_client().txn(txn).await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    client
+        .kv_client()
+        .delete(
+            "/bench/",
+            Some(etcd_client::DeleteOptions::new().with_prefix()),
+        )
+        .await?;
+    Ok(rate)
+}
+
+/// Paginated range reads (1000 keys a page) of `/config/` per second.
+async fn range_limit(client: &Client, seconds: f64) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let mut pages = 0usize;
+    let mut from = b"/config/".to_vec();
+    while start.elapsed().as_secs_f64() < seconds {
+        let resp = client
+            .kv_client()
+            .get(
+                from.clone(),
+                Some(GetOptions::new().with_range("/config0").with_limit(1000)),
+            )
+            .await?;
+        pages += 1;
+        match resp.kvs().last() {
+            Some(kv) if resp.more() => {
+                from = kv.key().to_vec();
+                from.push(0);
+            }
+            _ => from = b"/config/".to_vec(),
+        }
+    }
+    Ok(pages as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn load(client: &Client, scenario: &Scenario) -> anyhow::Result<()> {
+    for t in crate::demo::templates() {
+        let id = t
+            .get("id")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string();
+        crate::gohan::apply(
+            client,
+            &format!("{}{id}", crate::esi::keys::TEMPLATES),
+            t,
+            false,
+        )
+        .await?;
+    }
+    for chunk in scenario.items.chunks(100) {
+        let ops: Vec<TxnOp> = chunk
+            .iter()
+            .map(|i| {
+                TxnOp::put(
+                    i.r.config_key(),
+                    serde_json::to_vec(
+                        &json!({"body": i.body, "version": 1, "marked_for_deletion": false}),
+                    )
+                    .unwrap_or_default(),
+                    None,
+                )
+            })
+            .collect();
+        client.kv_client().txn(Txn::new().and_then(ops)).await?;
+    }
+    Ok(())
+}
+
+/// Runs every measurement, printing progress to stderr.
+pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
+    let mut rep = BenchReport {
+        scale: opts.scale,
+        writes_per_resource: WRITES_PER_RESOURCE,
+        idle_secs: opts.idle_secs,
+        ..Default::default()
+    };
+    rep.machine = format!(
+        "{} cores, {} MiB, {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        proc_status_mem().unwrap_or(0) / 1024,
+        std::process::Command::new("etcd")
+            .arg("--version")
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string())
+            .unwrap_or_default()
+    );
+    let etcd = EtcdProcess::start().await?;
+    let client =
+        connect_checked(&EtcdOptions::with_endpoints(vec![etcd.client_url.clone()])).await?;
+    eprintln!(
+        "limit: job-sized transactions at concurrency {}",
+        opts.concurrency
+    );
+    rep.txn_per_s = txn_limit(&client, 20_000, opts.concurrency).await?;
+
+    eprintln!("memory: empty processes");
+    let (mut r, mut w) = processes(&opts.binary, &etcd.client_url)?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    rep.empty_reconciler_rss_kib = proc_status(r.id().unwrap_or(0), "VmRSS:").unwrap_or(0);
+    rep.empty_worker_rss_kib = proc_status(w.id().unwrap_or(0), "VmRSS:").unwrap_or(0);
+    let _ = r.kill().await;
+    let _ = w.kill().await;
+
+    let scenario = Scenario::generate(opts.scale);
+    rep.resources = scenario.items.len();
+    eprintln!("loading {} resources", rep.resources);
+    load(&client, &scenario).await?;
+    rep.range_pages_per_s = range_limit(&client, 3.0).await?;
+
+    eprintln!("cold start: reconciler and worker (sim engine, no latency)");
+    let start = Instant::now();
+    let (r, w) = processes(&opts.binary, &etcd.client_url)?;
+    loop {
+        let states = count(&client, "/state/").await?;
+        let jobs = count(&client, "/jobs/all/").await?;
+        rep.convergence
+            .push((start.elapsed().as_secs_f64(), states));
+        if states >= rep.resources && jobs == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(1800),
+            "not converged in 30 minutes ({states}/{})",
+            rep.resources
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    rep.cold_start_s = start.elapsed().as_secs_f64();
+    rep.resources_per_s = rep.resources as f64 / rep.cold_start_s;
+    rep.ratio_to_limit = rep.resources_per_s / (rep.txn_per_s / WRITES_PER_RESOURCE);
+    eprintln!("converged in {:.1}s", rep.cold_start_s);
+
+    eprintln!(
+        "steady state: {} changes at {}/s",
+        opts.changes, opts.change_rate
+    );
+    let (ready, converged) = steady(&client, &scenario, opts).await?;
+    rep.ready_latency = Some(percentiles(ready));
+    rep.converged_latency = Some(percentiles(converged));
+
+    let (rp, wp) = (r.id().unwrap_or(0), w.id().unwrap_or(0));
+    rep.reconciler_rss_kib = proc_status(rp, "VmRSS:").unwrap_or(0);
+    rep.worker_rss_kib = proc_status(wp, "VmRSS:").unwrap_or(0);
+    rep.reconciler_bytes_per_resource = (rep
+        .reconciler_rss_kib
+        .saturating_sub(rep.empty_reconciler_rss_kib)
+        * 1024) as f64
+        / rep.resources as f64;
+    rep.worker_bytes_per_resource = (rep.worker_rss_kib.saturating_sub(rep.empty_worker_rss_kib)
+        * 1024) as f64
+        / rep.resources as f64;
+
+    eprintln!("idle: {} s with everything converged", opts.idle_secs);
+    let (r0, w0) = (cpu_secs(rp).unwrap_or(0.0), cpu_secs(wp).unwrap_or(0.0));
+    tokio::time::sleep(Duration::from_secs(opts.idle_secs)).await;
+    rep.idle_reconciler_cpu_pct =
+        (cpu_secs(rp).unwrap_or(0.0) - r0) / opts.idle_secs as f64 * 100.0;
+    rep.idle_worker_cpu_pct = (cpu_secs(wp).unwrap_or(0.0) - w0) / opts.idle_secs as f64 * 100.0;
+
+    eprintln!("resync: a full list at this scale");
+    let t = Instant::now();
+    let world = snapshot::load(&client, Arc::new(Catalog::load(None, None)?), 1000).await?;
+    rep.resync_s = t.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        world.resource_count() >= rep.resources,
+        "relist saw {} resources",
+        world.resource_count()
+    );
+    drop((r, w));
+    Ok(rep)
+}
+
+fn proc_status_mem() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// When a change was seen in `ready/` and in `/state`.
+type Seen = (Option<Instant>, Option<Instant>);
+
+/// Config changes at a fixed rate; latency from each `/config` write to its
+/// job in `ready/` and to its `/state` at the new version.
+async fn steady(
+    client: &Client,
+    scenario: &Scenario,
+    opts: &BenchOptions,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let seen: Arc<Mutex<HashMap<String, Seen>>> = Arc::default();
+    let mut stream = client
+        .watch_client()
+        .watch(
+            "/jobs/ready/",
+            Some(WatchOptions::new().with_range("/state0")),
+        )
+        .await?;
+    let s = seen.clone();
+    let watcher = tokio::spawn(async move {
+        while let Ok(Some(resp)) = stream.message().await {
+            let now = Instant::now();
+            let mut seen = s.lock().await;
+            for ev in resp.events() {
+                if ev.event_type() != EventType::Put {
+                    continue;
+                }
+                let Some(kv) = ev.kv() else { continue };
+                let key = String::from_utf8_lossy(kv.key());
+                if let Some(id) = key.strip_prefix("/jobs/ready/") {
+                    // modify:heat_worker:port:{id}:{version}:{suffix}
+                    let parts: Vec<&str> = id.split(':').collect();
+                    if parts.len() >= 6 {
+                        seen.entry(format!("{}:{}", parts[3], parts[4]))
+                            .or_default()
+                            .0
+                            .get_or_insert(now);
+                    }
+                } else if let Some(rest) = key.strip_prefix("/state/v2.0/ports/") {
+                    let v: serde_json::Value =
+                        serde_json::from_slice(kv.value()).unwrap_or_default();
+                    if let Some(ver) = v["version"].as_u64() {
+                        seen.entry(format!("{rest}:{ver}"))
+                            .or_default()
+                            .1
+                            .get_or_insert(now);
+                    }
+                }
+            }
+        }
+    });
+    let ports = scenario.ports();
+    let mut written: Vec<(String, Instant)> = vec![];
+    let period = Duration::from_secs_f64(1.0 / opts.change_rate.max(0.1));
+    let mut tick = tokio::time::interval(period);
+    for i in 0..opts.changes {
+        tick.tick().await;
+        let p = ports[i % ports.len()];
+        let version = 2 + (i / ports.len()) as u64;
+        let mut body = p.body.clone();
+        body.insert("description".into(), json!(format!("change {i}")));
+        let v = json!({"body": body, "version": version, "marked_for_deletion": false});
+        let t0 = Instant::now();
+        client
+            .kv_client()
+            .put(p.r.config_key(), serde_json::to_vec(&v)?, None)
+            .await?;
+        written.push((format!("{}:{version}", p.r.id), t0));
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let done = {
+            let seen = seen.lock().await;
+            written
+                .iter()
+                .all(|(k, _)| seen.get(k).is_some_and(|(r, s)| r.is_some() && s.is_some()))
+        };
+        if done || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    watcher.abort();
+    let seen = seen.lock().await;
+    let mut ready = vec![];
+    let mut converged = vec![];
+    for (k, t0) in &written {
+        if let Some((r, s)) = seen.get(k) {
+            if let Some(r) = r {
+                ready.push(r.duration_since(*t0).as_secs_f64() * 1000.0);
+            }
+            if let Some(s) = s {
+                converged.push(s.duration_since(*t0).as_secs_f64() * 1000.0);
+            }
+        }
+    }
+    Ok((ready, converged))
+}
+
+/// The table the command prints.
+pub fn table(r: &BenchReport) -> String {
+    let p = |x: &Option<Percentiles>| {
+        x.as_ref()
+            .map(|p| {
+                format!(
+                    "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples)",
+                    p.p50_ms, p.p99_ms, p.max_ms, p.samples
+                )
+            })
+            .unwrap_or_default()
+    };
+    [
+        format!("machine                       {}", r.machine),
+        format!("resources                     {} ({} generated ports + networks, subnets, story)", r.resources, r.scale),
+        format!("etcd limit                    {:.0} txn/s (job-sized), {:.0} range pages/s (1000 keys)", r.txn_per_s, r.range_pages_per_s),
+        format!("writes per resource           {:.0} transactions (issue, claim, job_state, results, cleanup, finish)", r.writes_per_resource),
+        format!("cold start                    {:.1} s, {:.0} resources/s", r.cold_start_s, r.resources_per_s),
+        format!("ratio to the limit            {:.2} (goal >= 0.8)", r.ratio_to_limit),
+        format!("config -> ready               {}", p(&r.ready_latency)),
+        format!("config -> /state converged    {}", p(&r.converged_latency)),
+        format!("RSS reconciler / worker       {} KiB / {} KiB (empty: {} / {} KiB)", r.reconciler_rss_kib, r.worker_rss_kib, r.empty_reconciler_rss_kib, r.empty_worker_rss_kib),
+        format!("bytes per resource            reconciler {:.0}, worker {:.0} (goal < 1024)", r.reconciler_bytes_per_resource, r.worker_bytes_per_resource),
+        format!("idle CPU over {} s            reconciler {:.2}%, worker {:.2}% (goal < 1%)", r.idle_secs, r.idle_reconciler_cpu_pct, r.idle_worker_cpu_pct),
+        format!("full relist                   {:.2} s", r.resync_s),
+    ]
+    .join("\n")
+        + "\n"
+}

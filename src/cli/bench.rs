@@ -1,0 +1,45 @@
+//! `esi-reconciler bench`: scale, speed and memory against etcd's own limit.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use esi_reconciler::bench::{self, BenchOptions};
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Generated ports (each with its share of networks and subnets).
+    #[arg(long, default_value_t = 10_000)]
+    pub scale: usize,
+    /// Config changes in the steady-state phase.
+    #[arg(long, default_value_t = 1000)]
+    pub changes: usize,
+    /// Config changes per second in the steady-state phase.
+    #[arg(long, default_value_t = 50.0)]
+    pub change_rate: f64,
+    /// Seconds of idleness to measure CPU over.
+    #[arg(long, default_value_t = 60)]
+    pub idle_secs: u64,
+    /// Client concurrency for the etcd limit.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Where to write the JSON report.
+    #[arg(long, default_value = "bench-report.json")]
+    pub report: PathBuf,
+}
+
+pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let opts = BenchOptions {
+        scale: args.scale,
+        changes: args.changes,
+        change_rate: args.change_rate,
+        idle_secs: args.idle_secs,
+        concurrency: args.concurrency,
+        binary: std::env::current_exe()?,
+    };
+    let report = bench::run(&opts).await?;
+    print!("{}", bench::table(&report));
+    std::fs::write(&args.report, serde_json::to_string_pretty(&report)?)?;
+    eprintln!("report written to {}", args.report.display());
+    Ok(())
+}
