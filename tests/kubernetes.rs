@@ -512,35 +512,7 @@ async fn the_chart_installs_and_its_service_account_suffices() {
         .await;
     let sa_kubeconfig = cp.dir.path().join("sa.kubeconfig");
     cp.kubeconfig_for(token.trim(), &sa_kubeconfig);
-    load_reference_templates(&etcd).await;
-    for step in ["CreateNetwork1_01", "CreateSubnet1_01"] {
-        for (k, v) in gohan_step("05_load_balancer", step) {
-            etcd.put_json(&k, &v).await;
-        }
-    }
-    for (stage, step) in [
-        ("03_HeatWorker", "CreateNetwork1_01"),
-        ("03_HeatWorker", "CreateSubnet1_01"),
-        ("03_HeatWorker", "CreateLoadbalancer_17"),
-    ] {
-        for r in read_json(
-            reference()
-                .join("scenarios/05_load_balancer")
-                .join(stage)
-                .join(format!("{step}.json")),
-        )
-        .as_array()
-        .unwrap()
-        {
-            let key = r["key"].as_str().unwrap();
-            if !key.starts_with("/esi-worker/job_state/") {
-                etcd.put_json(key, &r["value"]).await;
-            }
-        }
-    }
-    let seed = read_json(seed_records().join("1_config.json"));
-    etcd.put_json(seed["key"].as_str().unwrap(), &seed["value"])
-        .await;
+    load_seed_world(&etcd).await;
     let _r = reconciler_with_kube(&etcd.url(), &sa_kubeconfig, &[]);
     let _w = spawn_args(&worker_args(
         &etcd.url(),

@@ -17,47 +17,8 @@ fn seed(name: &str) -> Value {
     read_json(seed_records().join(name))
 }
 
-fn scenario_records(stage: &str, step: &str) -> Vec<Value> {
-    read_json(
-        reference()
-            .join("scenarios/05_load_balancer")
-            .join(stage)
-            .join(format!("{step}.json")),
-    )
-    .as_array()
-    .unwrap()
-    .clone()
-}
-
 async fn load(etcd: &TestEtcd) {
-    for t in ["port", "network", "subnet"] {
-        let v = read_json(reference().join(format!("heat_templates/{t}.json")));
-        etcd.put_json(v["key"].as_str().unwrap(), &v["value"]).await;
-    }
-    // Converged network and subnet, as Gohan and the worker left them.
-    for (stage, step) in [
-        ("01_Gohan", "CreateNetwork1_01"),
-        ("01_Gohan", "CreateSubnet1_01"),
-        ("03_HeatWorker", "CreateNetwork1_01"),
-        ("03_HeatWorker", "CreateSubnet1_01"),
-    ] {
-        for r in scenario_records(stage, step) {
-            let key = r["key"].as_str().unwrap();
-            if !key.starts_with("/esi-worker/job_state/") {
-                etcd.put_json(key, &r["value"]).await;
-            }
-        }
-    }
-    // The port: the seed's config (v4, marked) and its state and stack at v3.
-    let cfg = seed("1_config.json");
-    etcd.put_json(cfg["key"].as_str().unwrap(), &cfg["value"])
-        .await;
-    for r in scenario_records("03_HeatWorker", "CreateLoadbalancer_17") {
-        let key = r["key"].as_str().unwrap();
-        if !key.starts_with("/esi-worker/job_state/") {
-            etcd.put_json(key, &r["value"]).await;
-        }
-    }
+    load_seed_world(etcd).await;
     let state = etcd
         .get_json(&format!("/state/v2.0/ports/{PORT}"))
         .await

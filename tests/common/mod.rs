@@ -370,3 +370,40 @@ pub fn params_as_sets(job: &Value) -> std::collections::BTreeMap<String, Value> 
         })
         .collect()
 }
+
+/// Loads what the heat worker recorded at one step (heat stacks and `/state`;
+/// not `job_state`, which the worker removes when a job ends).
+pub async fn load_worker_results(etcd: &TestEtcd, scenario: &str, step: &str) {
+    let path = reference()
+        .join("scenarios")
+        .join(scenario)
+        .join("03_HeatWorker")
+        .join(format!("{step}.json"));
+    for r in read_json(path).as_array().unwrap() {
+        let key = r["key"].as_str().unwrap();
+        if !key.starts_with("/esi-worker/job_state/") {
+            etcd.put_json(key, &r["value"]).await;
+        }
+    }
+}
+
+/// The seed's world: the port, network and subnet templates; the converged
+/// network and subnet the port references; the seed's config of port
+/// `db3bff62-…` (v4, marked for deletion) and its state and stack at v3.
+pub async fn load_seed_world(etcd: &TestEtcd) {
+    const LB: &str = "05_load_balancer";
+    for t in ["port", "network", "subnet"] {
+        let v = read_json(reference().join(format!("heat_templates/{t}.json")));
+        etcd.put_json(v["key"].as_str().unwrap(), &v["value"]).await;
+    }
+    for step in ["CreateNetwork1_01", "CreateSubnet1_01"] {
+        for (k, v) in gohan_step(LB, step) {
+            etcd.put_json(&k, &v).await;
+        }
+        load_worker_results(etcd, LB, step).await;
+    }
+    let cfg = read_json(seed_records().join("1_config.json"));
+    etcd.put_json(cfg["key"].as_str().unwrap(), &cfg["value"])
+        .await;
+    load_worker_results(etcd, LB, "CreateLoadbalancer_17").await;
+}
