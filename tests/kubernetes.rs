@@ -138,7 +138,7 @@ impl Drop for ControlPlane {
 
 /// A reconciler process that mirrors into Kubernetes through `kubeconfig`.
 fn reconciler_with_kube(etcd: &str, kubeconfig: &Path, extra: &[&str]) -> Proc {
-    let mut args = reconciler_args(etcd, free_port());
+    let mut args = reconciler_args(etcd, ANY_PORT);
     args.extend(["--mirror-namespace".to_string(), "esi".into()]);
     args.extend(extra.iter().map(|s| s.to_string()));
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_esi-reconciler"))
@@ -191,7 +191,7 @@ async fn mirrors_on_a_real_apiserver() {
     let fail = format!("network_{NET2}");
     let _w = spawn_args(&worker_args(
         &etcd.url(),
-        free_port(),
+        ANY_PORT,
         &["--sim-latency-ms", "50", "--sim-fail", &fail],
     ));
 
@@ -516,7 +516,7 @@ async fn the_chart_installs_and_its_service_account_suffices() {
     let _r = reconciler_with_kube(&etcd.url(), &sa_kubeconfig, &[]);
     let _w = spawn_args(&worker_args(
         &etcd.url(),
-        free_port(),
+        ANY_PORT,
         &["--sim-latency-ms", "50"],
     ));
     let port = "db3bff62-cf93-48ce-8d6b-cfb2f7fd7dfc";
@@ -563,7 +563,7 @@ async fn an_unreachable_apiserver_does_not_block_reconciling() {
     let _r = reconciler_with_kube(&etcd.url(), &kubeconfig, &[]);
     let _w = spawn_args(&worker_args(
         &etcd.url(),
-        free_port(),
+        ANY_PORT,
         &["--sim-latency-ms", "50"],
     ));
     wait_state(

@@ -22,10 +22,10 @@ async fn the_seed_scenario_yields_the_seed_records() {
     let etcd = TestEtcd::start().await;
     load_reference_templates(&etcd).await;
     let rec = Recorder::start(&etcd, "/").await;
-    let _r = spawn_args(&reconciler_args(&etcd.url(), free_port()));
+    let _r = spawn_args(&reconciler_args(&etcd.url(), ANY_PORT));
     let _w = spawn_args(&worker_args(
         &etcd.url(),
-        free_port(),
+        ANY_PORT,
         &["--sim-latency-ms", "50"],
     ));
     let within = Duration::from_secs(30);
@@ -122,10 +122,10 @@ async fn creation_honours_dependencies() {
     let etcd = TestEtcd::start().await;
     load_reference_templates(&etcd).await;
     let rec = Recorder::start(&etcd, "/jobs/").await;
-    let _r = spawn_args(&reconciler_args(&etcd.url(), free_port()));
+    let _r = spawn_args(&reconciler_args(&etcd.url(), ANY_PORT));
     let _w = spawn_args(&worker_args(
         &etcd.url(),
-        free_port(),
+        ANY_PORT,
         &["--sim-latency-ms", "400"],
     ));
     // Network, subnet and port all at once.
@@ -188,7 +188,7 @@ async fn a_worker_that_loses_its_claim_writes_nothing() {
     let etcd = TestEtcd::start().await;
     load_reference_templates(&etcd).await;
     let rec = Recorder::start(&etcd, "/").await;
-    let _r = spawn_args(&reconciler_args(&etcd.url(), free_port()));
+    let _r = spawn_args(&reconciler_args(&etcd.url(), ANY_PORT));
     let a_port = free_port();
     let mut a = spawn_args(&worker_args(
         &etcd.url(),
@@ -211,7 +211,7 @@ async fn a_worker_that_loses_its_claim_writes_nothing() {
     .await;
     let mut b = spawn_args(&worker_args(
         &etcd.url(),
-        free_port(),
+        ANY_PORT,
         &["--sim-latency-ms", "200", "--lease-ttl-secs", "2"],
     ));
     wait_state(
@@ -263,7 +263,7 @@ async fn a_worker_that_loses_its_claim_writes_nothing() {
     b.sigkill().await;
     let _c = spawn_args(&worker_args(
         &etcd.url(),
-        free_port(),
+        ANY_PORT,
         &["--sim-latency-ms", "200", "--lease-ttl-secs", "2"],
     ));
     wait_state(
@@ -297,10 +297,10 @@ async fn a_worker_that_loses_its_claim_writes_nothing() {
 async fn the_load_balancer_scenario_converges() {
     let etcd = TestEtcd::start().await;
     load_reference_templates(&etcd).await;
-    let _r = spawn_args(&reconciler_args(&etcd.url(), free_port()));
+    let _r = spawn_args(&reconciler_args(&etcd.url(), ANY_PORT));
     let _w = spawn_args(&worker_args(
         &etcd.url(),
-        free_port(),
+        ANY_PORT,
         &["--sim-latency-ms", "20"],
     ));
     let order = read_json(reference().join("step_order.json"));
@@ -365,10 +365,10 @@ async fn the_load_balancer_scenario_converges() {
 async fn sigterm_releases_running_jobs_after_the_grace_period() {
     let etcd = TestEtcd::start().await;
     load_reference_templates(&etcd).await;
-    let _r = spawn_args(&reconciler_args(&etcd.url(), free_port()));
+    let _r = spawn_args(&reconciler_args(&etcd.url(), ANY_PORT));
     let mut w = spawn_args(&worker_args(
         &etcd.url(),
-        free_port(),
+        ANY_PORT,
         &["--sim-latency-ms", "4000", "--shutdown-grace-secs", "1"],
     ));
     apply_step(&etcd, "CreateNetwork1_01").await;
@@ -393,7 +393,7 @@ async fn sigterm_releases_running_jobs_after_the_grace_period() {
     // A second worker adopts the stack operation the first started, and completes the job.
     let _w2 = spawn_args(&worker_args(
         &etcd.url(),
-        free_port(),
+        ANY_PORT,
         &["--sim-latency-ms", "50"],
     ));
     wait_state(
@@ -410,12 +410,12 @@ async fn sigterm_releases_running_jobs_after_the_grace_period() {
 async fn purge_deleted_removes_what_gohan_would() {
     let etcd = TestEtcd::start().await;
     load_reference_templates(&etcd).await;
-    let mut args = reconciler_args(&etcd.url(), free_port());
+    let mut args = reconciler_args(&etcd.url(), ANY_PORT);
     args.push("--purge-deleted".into());
     let _r = spawn_args(&args);
     let _w = spawn_args(&worker_args(
         &etcd.url(),
-        free_port(),
+        ANY_PORT,
         &["--sim-latency-ms", "50"],
     ));
     apply_step(&etcd, "CreateNetwork1_01").await;

@@ -16,7 +16,7 @@ use tokio::sync::Mutex;
 use crate::chaos::scenario::Scenario;
 use crate::esi::Catalog;
 use crate::reconcile::snapshot;
-use crate::store::embedded::{EtcdProcess, free_port};
+use crate::store::embedded::EtcdProcess;
 use crate::store::{EtcdOptions, connect_checked};
 
 #[derive(Debug, Clone)]
@@ -132,7 +132,7 @@ fn processes(binary: &PathBuf, etcd: &str) -> anyhow::Result<(Child, Child)> {
             "--etcd-endpoints".into(),
             etcd.into(),
             "--metrics-addr".into(),
-            format!("127.0.0.1:{}", free_port()?),
+            "127.0.0.1:0".into(),
         ],
     )?;
     let w = spawn(
@@ -142,7 +142,7 @@ fn processes(binary: &PathBuf, etcd: &str) -> anyhow::Result<(Child, Child)> {
             "--etcd-endpoints".into(),
             etcd.into(),
             "--metrics-addr".into(),
-            format!("127.0.0.1:{}", free_port()?),
+            "127.0.0.1:0".into(),
             "--sim-latency-ms".into(),
             "0".into(),
             "--slots".into(),

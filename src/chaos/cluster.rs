@@ -29,6 +29,9 @@ pub struct ClusterOptions {
 pub struct Member {
     pub child: Child,
     pub metrics: String,
+    /// Its stderr.
+    pub log: PathBuf,
+    pub role: String,
 }
 
 impl Member {
@@ -60,6 +63,8 @@ pub struct Cluster {
     pub reconcilers: Vec<Member>,
     pub workers: Vec<Member>,
     pub proxy: Proxy,
+    /// Members started so far (names their logs).
+    spawned: usize,
 }
 
 impl Cluster {
@@ -81,41 +86,89 @@ impl Cluster {
             reconcilers: vec![],
             workers: vec![],
             proxy,
+            spawned: 0,
         })
     }
 
-    fn spawn(&self, args: Vec<String>) -> anyhow::Result<Member> {
-        let port = free_port()?;
-        let child = Command::new(&self.opts.binary)
-            .args(&args)
-            .arg("--metrics-addr")
-            .arg(format!("127.0.0.1:{port}"))
-            .env("ESI_LOG_LEVEL", "error")
-            .env("ESI_NO_MIRROR", "true")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()?;
-        Ok(Member {
-            child,
-            metrics: format!("127.0.0.1:{port}"),
-        })
+    /// Starts one of our processes and waits until it is ready (`/readyz`).
+    /// Its stderr goes to a log in the cluster's directory, so a member
+    /// that dies is reported with its last words. The metrics port is
+    /// picked free here and bound by the child a moment later; another
+    /// socket can take it in between, so a child that exits before it
+    /// serves is started again on another port (three tries).
+    async fn spawn(&mut self, role: &str, args: Vec<String>) -> anyhow::Result<Member> {
+        let mut last = String::new();
+        for _ in 0..3 {
+            self.spawned += 1;
+            let log = self
+                .data_dir
+                .path()
+                .join(format!("{role}-{}.log", self.spawned));
+            let port = free_port()?;
+            let addr = format!("127.0.0.1:{port}");
+            let mut child = Command::new(&self.opts.binary)
+                .args(&args)
+                .arg("--metrics-addr")
+                .arg(&addr)
+                .env("ESI_LOG_LEVEL", "warn")
+                .env("ESI_NO_MIRROR", "true")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log)?)
+                .kill_on_drop(true)
+                .spawn()?;
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(status) = child.try_wait()? {
+                    last = format!("{role} exited ({status}): {}", tail(&log));
+                    break;
+                }
+                let ready = crate::telemetry::server::fetch(&addr, "/readyz").await;
+                if matches!(ready, Some((200, _))) {
+                    return Ok(Member {
+                        child,
+                        metrics: addr,
+                        log,
+                        role: role.to_string(),
+                    });
+                }
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "{role} was not ready on {addr} within 30 s: {}",
+                    tail(&log)
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        anyhow::bail!("{last}")
     }
 
-    pub fn start_reconciler(&mut self) -> anyhow::Result<()> {
+    /// Members that have exited, with the end of their logs (for a
+    /// failure message: a drill that waits on a dead process says so).
+    pub fn dead_members(&mut self) -> Vec<String> {
+        self.reconcilers
+            .iter_mut()
+            .chain(self.workers.iter_mut())
+            .filter_map(|m| {
+                let status = m.child.try_wait().ok().flatten()?;
+                Some(format!("{} exited ({status}): {}", m.role, tail(&m.log)))
+            })
+            .collect()
+    }
+
+    pub async fn start_reconciler(&mut self) -> anyhow::Result<()> {
         let mut args = vec![
             "run".to_string(),
             "--etcd-endpoints".into(),
             self.etcd.client_url.clone(),
         ];
         args.extend(self.opts.reconciler_args.clone());
-        let m = self.spawn(args)?;
+        let m = self.spawn("reconciler", args).await?;
         self.reconcilers.push(m);
         Ok(())
     }
 
     /// A worker; `through_proxy` connects it via the cuttable proxy.
-    pub fn start_worker(&mut self, through_proxy: bool) -> anyhow::Result<()> {
+    pub async fn start_worker(&mut self, through_proxy: bool) -> anyhow::Result<()> {
         let url = if through_proxy {
             self.proxy.url()
         } else {
@@ -123,7 +176,7 @@ impl Cluster {
         };
         let mut args = vec!["worker".to_string(), "--etcd-endpoints".into(), url];
         args.extend(self.opts.worker_args.clone());
-        let m = self.spawn(args)?;
+        let m = self.spawn("worker", args).await?;
         self.workers.push(m);
         Ok(())
     }
@@ -140,6 +193,16 @@ impl Cluster {
         .await?;
         Ok(())
     }
+}
+
+/// The last lines of a member's log, on one line.
+fn tail(log: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(3).collect();
+    if lines.is_empty() {
+        return "(no output)".into();
+    }
+    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
 }
 
 /// A loopback TCP proxy in front of etcd that can cut every connection.

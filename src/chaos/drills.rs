@@ -133,7 +133,7 @@ impl Ctx {
 
     /// Waits until every resource is converged at its latest config (the
     /// corrupt ones Invalid); returns how long that took.
-    pub async fn converged(&self) -> anyhow::Result<Duration> {
+    pub async fn converged(&mut self) -> anyhow::Result<Duration> {
         let start = Instant::now();
         let deadline = start + self.within;
         loop {
@@ -164,11 +164,17 @@ impl Ctx {
                 return Ok(start.elapsed());
             }
             if Instant::now() >= deadline {
+                let dead = self.cluster.dead_members();
                 anyhow::bail!(
-                    "not converged within {:?}: {} stuck, e.g. {}",
+                    "not converged within {:?}: {} stuck, e.g. {}{}",
                     self.within,
                     stuck.len(),
-                    stuck[..stuck.len().min(3)].join("; ")
+                    stuck[..stuck.len().min(3)].join("; "),
+                    if dead.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; {}", dead.join("; "))
+                    }
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -184,7 +190,7 @@ pub async fn inject(name: &str, c: &mut Ctx) -> anyhow::Result<()> {
             c.wait_key("/jobs/working/").await?;
             c.cluster.workers[0].kill().await;
             c.notes.push("worker SIGKILLed holding a claim".into());
-            c.cluster.start_worker(false)?;
+            c.cluster.start_worker(false).await?;
         }
         "reconciler-kill" => {
             c.bump(20).await?;
@@ -192,7 +198,7 @@ pub async fn inject(name: &str, c: &mut Ctx) -> anyhow::Result<()> {
             c.cluster.reconcilers[0].kill().await;
             c.notes
                 .push("reconciler SIGKILLed while issuing jobs".into());
-            c.cluster.start_reconciler()?;
+            c.cluster.start_reconciler().await?;
         }
         "job-keys-deleted" => {
             // Slow the worker down so jobs sit in every slot, then delete by hand.
@@ -276,12 +282,12 @@ pub async fn inject(name: &str, c: &mut Ctx) -> anyhow::Result<()> {
                 .opts
                 .worker_args
                 .extend(["--job-timeout-cap-secs".to_string(), "3".into()]);
-            c.cluster.start_worker(false)?;
+            c.cluster.start_worker(false).await?;
             c.cluster.opts.worker_args = plain;
             c.bump(20).await?;
             c.wait_key("/jobs/working/").await?;
             c.cluster.workers[0].signal(SIGSTOP);
-            c.cluster.start_worker(false)?;
+            c.cluster.start_worker(false).await?;
             tokio::time::sleep(Duration::from_secs(5)).await;
             c.cluster.workers[0].signal(SIGCONT);
             c.notes.push("a worker hung 5 s mid-job, past its 3 s job timeout and 2 s lease; a second worker took over".into());
@@ -292,7 +298,7 @@ pub async fn inject(name: &str, c: &mut Ctx) -> anyhow::Result<()> {
                 .opts
                 .worker_args
                 .extend(["--sim-fail-first".to_string(), "4".into()]);
-            c.cluster.start_worker(false)?;
+            c.cluster.start_worker(false).await?;
             c.bump(3).await?;
             c.notes
                 .push("the engine fails 3 operations of every stack after its first".into());

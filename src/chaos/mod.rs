@@ -124,11 +124,11 @@ async fn drill(name: &str, opts: &ChaosOptions, out: &mut DrillResult) -> anyhow
     for item in c.scenario.items.clone() {
         c.put_config(&item, false).await?;
     }
-    c.cluster.start_reconciler()?;
+    c.cluster.start_reconciler().await?;
     if name == "two-reconcilers" {
-        c.cluster.start_reconciler()?;
+        c.cluster.start_reconciler().await?;
     }
-    c.cluster.start_worker(name == "network-cut")?;
+    c.cluster.start_worker(name == "network-cut").await?;
     let baseline = c
         .converged()
         .await

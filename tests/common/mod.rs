@@ -209,6 +209,12 @@ pub fn metric(body: &str, name_and_labels: &str) -> Option<f64> {
 #[allow(unused_imports)]
 pub use esi_reconciler::chaos::cluster::Proxy as TcpProxy;
 
+/// A metrics port for processes whose metrics a test does not read: the
+/// OS picks it at bind time, so it can never be taken in between.
+#[allow(dead_code)]
+pub const ANY_PORT: u16 = 0;
+
+/// A port free now, for a process whose address the test needs to know.
 pub fn free_port() -> u16 {
     esi_reconciler::store::embedded::free_port().unwrap()
 }
