@@ -15,6 +15,7 @@ fn opts(page_size: i64) -> MirrorOptions {
         start: "/config/".into(),
         end: "/state0".into(),
         page_size,
+        list_prefixes: vec![],
     }
 }
 
@@ -61,6 +62,38 @@ async fn lists_in_pages_at_one_revision_then_watches() {
         MirrorEvent::Changes { revision, changes } => {
             assert_eq!(revision, rev + 1);
             assert!(matches!(&changes[..], [Change::Put(kv)] if kv.key == "/state/v2.0/ports/p1"));
+        }
+        other => panic!("{other:?}"),
+    }
+    task.abort();
+}
+
+#[tokio::test]
+async fn lists_only_its_prefixes_each_paged_and_still_watches_the_span() {
+    let etcd = TestEtcd::start().await;
+    for i in 0..3 {
+        etcd.put(&format!("/state/v2.0/ports/p{i}"), "{}").await;
+        etcd.put(&format!("/config/v2.0/ports/p{i}"), "{}").await;
+    }
+    etcd.put("/gohan/ignored", "x").await;
+    let (tx, mut rx) = mpsc::channel(8);
+    let mut o = opts(2);
+    // Out of order on purpose: the list reads them in key order.
+    o.list_prefixes = vec!["/state/".into(), "/config/".into()];
+    let task = tokio::spawn(mirror::run(etcd.client.clone(), o, tx));
+    let (rev, keys, pages) = collect_list(&mut rx).await;
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted, "in key order");
+    assert_eq!(keys.len(), 6, "{keys:?}");
+    assert!(!keys.iter().any(|k| k.starts_with("/gohan/")));
+    assert_eq!(pages, 4, "two pages per prefix");
+    // The watch covers the whole span, between the prefixes too.
+    etcd.put("/gohan/seen", "y").await;
+    match next(&mut rx).await {
+        MirrorEvent::Changes { revision, changes } => {
+            assert_eq!(revision, rev + 1);
+            assert!(matches!(&changes[..], [Change::Put(kv)] if kv.key == "/gohan/seen"));
         }
         other => panic!("{other:?}"),
     }

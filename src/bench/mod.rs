@@ -2,6 +2,8 @@
 //! physical limit of the etcd it runs on, in the same run, so the figures
 //! mean something on any machine.
 
+pub mod plot;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,8 +34,11 @@ pub struct BenchOptions {
     pub binary: PathBuf,
 }
 
-/// Transactions one resource's creation takes from the reconciler and the
-/// worker: issue, claim, job_state `{}`, results, cleanup, finish.
+/// Transactions one resource's creation needs: the reconciler's issue,
+/// the worker's claim (which also sets `job_state` to `{}`), the sim
+/// engine's stack record, the worker's results and cleanup, and the
+/// reconciler's finish. A job that waits for its dependencies takes one
+/// more (its release); the ratio does not count it, the measured writes do.
 pub const WRITES_PER_RESOURCE: f64 = 6.0;
 
 #[derive(Debug, Clone, Serialize)]
@@ -66,24 +71,77 @@ pub struct BenchReport {
     pub resources: usize,
     pub txn_per_s: f64,
     pub writes_per_resource: f64,
+    /// etcd revisions the cold start took, per resource: the writes the
+    /// product actually made, the sim engine's stack records included.
+    pub writes_per_resource_seen: f64,
+    /// CPU seconds the cold start took: reconciler, worker, etcd.
+    pub cold_start_cpu_s: [f64; 3],
+    /// etcd CPU per write (ms): in the limit, and in the cold start
+    /// (where reads, watchers and larger values come with each write).
+    pub etcd_cpu_ms_per_write: [f64; 2],
     pub range_pages_per_s: f64,
     pub cold_start_s: f64,
     pub resources_per_s: f64,
     pub ratio_to_limit: f64,
     pub ready_latency: Option<Percentiles>,
     pub converged_latency: Option<Percentiles>,
-    pub reconciler_rss_kib: u64,
-    pub worker_rss_kib: u64,
-    pub empty_reconciler_rss_kib: u64,
-    pub empty_worker_rss_kib: u64,
+    /// Resident memory once converged and idle, and of empty processes.
+    pub reconciler: Memory,
+    pub worker: Memory,
+    pub empty_reconciler: Memory,
+    pub empty_worker: Memory,
+    /// VmRSS above the empty process, per resource.
     pub reconciler_bytes_per_resource: f64,
     pub worker_bytes_per_resource: f64,
+    /// The same for anonymous memory only (heap and stacks; not the
+    /// binary's code pages, which a busy process faults in once).
+    pub reconciler_anon_bytes_per_resource: f64,
+    pub worker_anon_bytes_per_resource: f64,
     pub idle_secs: u64,
     pub idle_reconciler_cpu_pct: f64,
     pub idle_worker_cpu_pct: f64,
     pub resync_s: f64,
-    /// (seconds since start, resources with /state) during the cold start.
-    pub convergence: Vec<(f64, usize)>,
+    /// The cold start, sampled: what the PNG plot shows.
+    pub convergence: Vec<Sample>,
+}
+
+/// One sample of the cold start.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Sample {
+    /// Seconds since the reconciler and worker started.
+    pub t_s: f64,
+    /// Resources with a `/state` record.
+    pub states: usize,
+    /// Jobs in flight (`/jobs/all/`).
+    pub jobs: usize,
+}
+
+/// Resident memory of a process, from `/proc/{pid}/status`.
+#[derive(Debug, Clone, Copy, Serialize, Default)]
+pub struct Memory {
+    pub rss_kib: u64,
+    pub anon_kib: u64,
+}
+
+impl Memory {
+    fn of(pid: Option<u32>) -> Memory {
+        let pid = pid.unwrap_or(0);
+        Memory {
+            rss_kib: proc_status(pid, "VmRSS:").unwrap_or(0),
+            anon_kib: proc_status(pid, "RssAnon:").unwrap_or(0),
+        }
+    }
+
+    /// Bytes per resource above `empty`: (all of VmRSS, anonymous only).
+    fn per_resource(&self, empty: &Memory, resources: usize) -> (f64, f64) {
+        let per = |now: u64, base: u64| {
+            (now.saturating_sub(base) * 1024) as f64 / resources.max(1) as f64
+        };
+        (
+            per(self.rss_kib, empty.rss_kib),
+            per(self.anon_kib, empty.anon_kib),
+        )
+    }
 }
 
 fn proc_status(pid: u32, field: &str) -> Option<u64> {
@@ -221,7 +279,7 @@ async fn range_limit(client: &Client, seconds: f64) -> anyhow::Result<f64> {
     Ok(pages as f64 / start.elapsed().as_secs_f64())
 }
 
-async fn load(client: &Client, scenario: &Scenario) -> anyhow::Result<()> {
+pub async fn load(client: &Client, scenario: &Scenario) -> anyhow::Result<()> {
     for t in crate::demo::templates() {
         let id = t
             .get("id")
@@ -287,13 +345,16 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         "limit: job-sized transactions at concurrency {}",
         opts.concurrency
     );
+    let etcd_cpu0 = etcd.pid().and_then(cpu_secs).unwrap_or(0.0);
     rep.txn_per_s = txn_limit(&client, 20_000, opts.concurrency).await?;
+    rep.etcd_cpu_ms_per_write[0] =
+        (etcd.pid().and_then(cpu_secs).unwrap_or(0.0) - etcd_cpu0) * 1000.0 / 20_000.0;
 
     eprintln!("memory: empty processes");
     let (mut r, mut w) = processes(&opts.binary, &etcd.client_url)?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    rep.empty_reconciler_rss_kib = proc_status(r.id().unwrap_or(0), "VmRSS:").unwrap_or(0);
-    rep.empty_worker_rss_kib = proc_status(w.id().unwrap_or(0), "VmRSS:").unwrap_or(0);
+    rep.empty_reconciler = Memory::of(r.id());
+    rep.empty_worker = Memory::of(w.id());
     let _ = r.kill().await;
     let _ = w.kill().await;
 
@@ -304,24 +365,47 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     rep.range_pages_per_s = range_limit(&client, 3.0).await?;
 
     eprintln!("cold start: reconciler and worker (sim engine, no latency)");
+    let rev0 = crate::store::current_revision(&client).await?;
     let start = Instant::now();
     let (r, w) = processes(&opts.binary, &etcd.client_url)?;
+    let cpu = |pid: Option<u32>| pid.and_then(cpu_secs).unwrap_or(0.0);
+    let etcd_cpu0 = cpu(etcd.pid());
+    let mut told = Instant::now();
     loop {
         let states = count(&client, "/state/").await?;
         let jobs = count(&client, "/jobs/all/").await?;
-        rep.convergence
-            .push((start.elapsed().as_secs_f64(), states));
+        let t_s = start.elapsed().as_secs_f64();
+        rep.convergence.push(Sample { t_s, states, jobs });
         if states >= rep.resources && jobs == 0 {
             break;
+        }
+        if told.elapsed() >= Duration::from_secs(5) {
+            told = Instant::now();
+            eprintln!(
+                "  {t_s:.0} s: {states} of {} resources with /state, {jobs} jobs in flight",
+                rep.resources
+            );
         }
         anyhow::ensure!(
             start.elapsed() < Duration::from_secs(1800),
             "not converged in 30 minutes ({states}/{})",
             rep.resources
         );
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        // Counting scans the keys: poll less often at scale, so the
+        // measurement does not load the etcd it measures.
+        tokio::time::sleep(Duration::from_millis(if rep.resources > 20_000 {
+            1000
+        } else {
+            250
+        }))
+        .await;
     }
     rep.cold_start_s = start.elapsed().as_secs_f64();
+    rep.cold_start_cpu_s = [cpu(r.id()), cpu(w.id()), cpu(etcd.pid()) - etcd_cpu0];
+    rep.writes_per_resource_seen =
+        (crate::store::current_revision(&client).await? - rev0) as f64 / rep.resources as f64;
+    rep.etcd_cpu_ms_per_write[1] = rep.cold_start_cpu_s[2] * 1000.0
+        / (rep.writes_per_resource_seen * rep.resources as f64).max(1.0);
     rep.resources_per_s = rep.resources as f64 / rep.cold_start_s;
     rep.ratio_to_limit = rep.resources_per_s / (rep.txn_per_s / WRITES_PER_RESOURCE);
     eprintln!("converged in {:.1}s", rep.cold_start_s);
@@ -335,23 +419,26 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     rep.converged_latency = Some(percentiles(converged));
 
     let (rp, wp) = (r.id().unwrap_or(0), w.id().unwrap_or(0));
-    rep.reconciler_rss_kib = proc_status(rp, "VmRSS:").unwrap_or(0);
-    rep.worker_rss_kib = proc_status(wp, "VmRSS:").unwrap_or(0);
-    rep.reconciler_bytes_per_resource = (rep
-        .reconciler_rss_kib
-        .saturating_sub(rep.empty_reconciler_rss_kib)
-        * 1024) as f64
-        / rep.resources as f64;
-    rep.worker_bytes_per_resource = (rep.worker_rss_kib.saturating_sub(rep.empty_worker_rss_kib)
-        * 1024) as f64
-        / rep.resources as f64;
-
     eprintln!("idle: {} s with everything converged", opts.idle_secs);
     let (r0, w0) = (cpu_secs(rp).unwrap_or(0.0), cpu_secs(wp).unwrap_or(0.0));
     tokio::time::sleep(Duration::from_secs(opts.idle_secs)).await;
     rep.idle_reconciler_cpu_pct =
         (cpu_secs(rp).unwrap_or(0.0) - r0) / opts.idle_secs as f64 * 100.0;
     rep.idle_worker_cpu_pct = (cpu_secs(wp).unwrap_or(0.0) - w0) / opts.idle_secs as f64 * 100.0;
+
+    // Memory after the idle period: what the processes hold once converged.
+    rep.reconciler = Memory::of(Some(rp));
+    rep.worker = Memory::of(Some(wp));
+    (
+        rep.reconciler_bytes_per_resource,
+        rep.reconciler_anon_bytes_per_resource,
+    ) = rep
+        .reconciler
+        .per_resource(&rep.empty_reconciler, rep.resources);
+    (
+        rep.worker_bytes_per_resource,
+        rep.worker_anon_bytes_per_resource,
+    ) = rep.worker.per_resource(&rep.empty_worker, rep.resources);
 
     eprintln!("resync: a full list at this scale");
     let t = Instant::now();
@@ -472,6 +559,42 @@ async fn steady(
     Ok((ready, converged))
 }
 
+/// The cold start as a PNG line chart: resources converged and jobs in
+/// flight over time, against the total.
+pub fn convergence_png(r: &BenchReport) -> Result<Vec<u8>, plot::PlotError> {
+    let states: Vec<(f64, f64)> = r
+        .convergence
+        .iter()
+        .map(|s| (s.t_s, s.states as f64))
+        .collect();
+    let jobs: Vec<(f64, f64)> = r
+        .convergence
+        .iter()
+        .map(|s| (s.t_s, s.jobs as f64))
+        .collect();
+    let title = format!(
+        "Cold start of {} resources: {:.0} s, {:.0} per second",
+        r.resources, r.cold_start_s, r.resources_per_s
+    );
+    let total = format!("all {} resources", r.resources);
+    plot::render_png(&plot::Chart {
+        title: &title,
+        x_label: "seconds since reconciler and worker started",
+        y_label: "resources",
+        series: vec![
+            plot::Series {
+                label: "with /state (converged)",
+                points: &states,
+            },
+            plot::Series {
+                label: "jobs in flight",
+                points: &jobs,
+            },
+        ],
+        target: Some((r.resources as f64, &total)),
+    })
+}
+
 /// The table the command prints.
 pub fn table(r: &BenchReport) -> String {
     let p = |x: &Option<Percentiles>| {
@@ -488,16 +611,55 @@ pub fn table(r: &BenchReport) -> String {
         format!("machine                       {}", r.machine),
         format!("resources                     {} ({} generated ports + networks, subnets, story)", r.resources, r.scale),
         format!("etcd limit                    {:.0} txn/s (job-sized), {:.0} range pages/s (1000 keys)", r.txn_per_s, r.range_pages_per_s),
-        format!("writes per resource           {:.0} transactions (issue, claim, job_state, results, cleanup, finish)", r.writes_per_resource),
-        format!("cold start                    {:.1} s, {:.0} resources/s", r.cold_start_s, r.resources_per_s),
+        format!("writes per resource           {:.0} transactions needed (issue, claim, engine record, results, cleanup, finish)", r.writes_per_resource),
+        format!("cold start                    {:.1} s, {:.0} resources/s, {:.1} etcd writes per resource", r.cold_start_s, r.resources_per_s, r.writes_per_resource_seen),
+        format!("cold start CPU                reconciler {:.1} s, worker {:.1} s, etcd {:.1} s", r.cold_start_cpu_s[0], r.cold_start_cpu_s[1], r.cold_start_cpu_s[2]),
+        format!("etcd CPU per write            {:.3} ms in the limit, {:.3} ms in the cold start", r.etcd_cpu_ms_per_write[0], r.etcd_cpu_ms_per_write[1]),
         format!("ratio to the limit            {:.2} (goal >= 0.8)", r.ratio_to_limit),
         format!("config -> ready               {}", p(&r.ready_latency)),
         format!("config -> /state converged    {}", p(&r.converged_latency)),
-        format!("RSS reconciler / worker       {} KiB / {} KiB (empty: {} / {} KiB)", r.reconciler_rss_kib, r.worker_rss_kib, r.empty_reconciler_rss_kib, r.empty_worker_rss_kib),
-        format!("bytes per resource            reconciler {:.0}, worker {:.0} (goal < 1024)", r.reconciler_bytes_per_resource, r.worker_bytes_per_resource),
+        format!("RSS reconciler / worker       {} KiB / {} KiB (empty: {} / {} KiB), anonymous {} / {} KiB (empty: {} / {} KiB)", r.reconciler.rss_kib, r.worker.rss_kib, r.empty_reconciler.rss_kib, r.empty_worker.rss_kib, r.reconciler.anon_kib, r.worker.anon_kib, r.empty_reconciler.anon_kib, r.empty_worker.anon_kib),
+        format!("RSS per resource              reconciler {:.0} B, worker {:.0} B (goal < 1024); anonymous only: {:.0} B, {:.0} B", r.reconciler_bytes_per_resource, r.worker_bytes_per_resource, r.reconciler_anon_bytes_per_resource, r.worker_anon_bytes_per_resource),
         format!("idle CPU over {} s            reconciler {:.2}%, worker {:.2}% (goal < 1%)", r.idle_secs, r.idle_reconciler_cpu_pct, r.idle_worker_cpu_pct),
         format!("full relist                   {:.2} s", r.resync_s),
     ]
     .join("\n")
         + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_ranks_of_the_sorted_samples() {
+        let p = percentiles((1..=100).rev().map(f64::from).collect());
+        assert_eq!(
+            (p.p50_ms, p.p99_ms, p.max_ms, p.samples),
+            (51.0, 99.0, 100.0, 100)
+        );
+        assert!(percentiles(vec![]).p99_ms.is_nan());
+    }
+
+    #[test]
+    fn the_cold_start_plots_as_a_png() {
+        let mut r = BenchReport {
+            resources: 10,
+            cold_start_s: 2.0,
+            resources_per_s: 5.0,
+            ..Default::default()
+        };
+        for i in 0..=4 {
+            r.convergence.push(Sample {
+                t_s: f64::from(i) * 0.5,
+                states: (i * 5).min(10) as usize,
+                jobs: (4 - i) as usize,
+            });
+        }
+        let png = convergence_png(&r).unwrap();
+        assert_eq!(&png[1..4], b"PNG");
+        // No samples is an error, not a panic or an empty image.
+        r.convergence.clear();
+        assert!(convergence_png(&r).is_err());
+    }
 }

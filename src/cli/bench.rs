@@ -26,6 +26,9 @@ pub struct BenchArgs {
     /// Where to write the JSON report.
     #[arg(long, default_value = "bench-report.json")]
     pub report: PathBuf,
+    /// Where to write the plot of the cold start (PNG).
+    #[arg(long, default_value = "bench-convergence.png")]
+    pub plot: PathBuf,
 }
 
 pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
@@ -41,5 +44,8 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     print!("{}", bench::table(&report));
     std::fs::write(&args.report, serde_json::to_string_pretty(&report)?)?;
     eprintln!("report written to {}", args.report.display());
+    let png = bench::convergence_png(&report)?;
+    std::fs::write(&args.plot, png)?;
+    eprintln!("plot written to {}", args.plot.display());
     Ok(())
 }

@@ -2,8 +2,10 @@
 //! OpenStack. Stacks go `{ACTION}_IN_PROGRESS` and, after a configurable
 //! latency, `{ACTION}_COMPLETE` or `{ACTION}_FAILED`; outputs come from the
 //! rendered template's `outputs`. Stacks live in etcd under
-//! `/esi-sim/v1/stacks/{name}` with the time their operation ends, so they
-//! survive a worker restart and need no background task.
+//! `/~esi-sim/v1/stacks/{name}` with the time their operation ends, so they
+//! survive a worker restart and need no background task. The `~` puts them
+//! after `/state`, outside the span the reconciler watches: engine-internal
+//! writes are never sent to it (Heat's stacks are not in etcd either).
 //!
 //! Faults: fail a share of operations, fail the first K operations of each
 //! stack, fail or hang stacks whose name (or one of whose template
@@ -20,7 +22,7 @@ use super::hot::{self, Scope};
 use super::{Engine, EngineError, StackInfo, StackSpec};
 use crate::esi::records::StackOutput;
 
-pub const PREFIX: &str = "/esi-sim/v1/stacks/";
+pub const PREFIX: &str = "/~esi-sim/v1/stacks/";
 
 #[derive(Debug, Clone, Default)]
 pub struct SimOptions {
@@ -276,5 +278,14 @@ impl Engine for SimEngine {
 
     async fn get_stack(&self, name: &str) -> Result<Option<StackInfo>, EngineError> {
         Ok(self.load(name).await?.map(|s| s.info(now_ms())))
+    }
+}
+
+#[cfg(test)]
+mod prefix_tests {
+    #[test]
+    fn sim_stacks_are_outside_the_reconcilers_watch() {
+        use crate::esi::keys::{WATCH_END, WATCH_START};
+        assert!(!(WATCH_START..WATCH_END).contains(&super::PREFIX));
     }
 }

@@ -24,6 +24,7 @@ use super::observed::Observed;
 use super::plan::{Phase, plan};
 use super::queue::Queue;
 use super::snapshot::mirror_options;
+use super::sparse::Sparse;
 use super::world::{Touched, World};
 
 #[derive(Debug, Clone)]
@@ -188,7 +189,12 @@ impl Controller {
             };
             let me = self.clone();
             tokio::spawn(async move {
-                me.reconcile(&r).await;
+                // The slot is held until the world has seen the reconcile's
+                // own write: freeing it earlier was measured to double
+                // etcd's work (plans from views that lag, failing fences).
+                if let Some(revision) = me.reconcile(&r).await {
+                    me.caught_up(revision).await;
+                }
                 me.queue.done(&r);
                 drop(permit);
             });
@@ -210,16 +216,18 @@ impl Controller {
     fn schedule(&self, touched: Touched, world: &World) {
         for r in touched.resources {
             // Whatever waited for this resource may go on now.
-            let waiting = self.lock_deferred().remove(&r);
+            let waiting = {
+                let mut deferred = self.lock_deferred();
+                let waiting = deferred.remove(&r);
+                if waiting.is_some() {
+                    deferred.shrink_if_sparse();
+                }
+                waiting
+            };
             for w in waiting.into_iter().flatten() {
                 self.queue.schedule(w);
             }
             self.queue.schedule(r);
-        }
-        if touched.waiting_may_release {
-            for r in world.resources_with_waiting_jobs() {
-                self.queue.schedule(r);
-            }
         }
         if let Some(t) = touched.template {
             for r in world.resources_using_template(&t) {
@@ -348,7 +356,9 @@ impl Controller {
         self.cfg.backoff.delay(*n)
     }
 
-    async fn reconcile(&self, r: &ResourceRef) {
+    /// Plans and acts for one resource; returns the revision of its own
+    /// last write, which the world must reach before it is planned again.
+    async fn reconcile(&self, r: &ResourceRef) -> Option<i64> {
         let observed = Observed::from_world(&*self.world.read().await, r, now_ms());
         let observer = self.observer.get();
         let Some(mut o) = observed else {
@@ -356,7 +366,7 @@ impl Controller {
             if let Some(ob) = observer {
                 ob.gone(r);
             }
-            return;
+            return None;
         };
         o.purge_deleted = self.cfg.purge_deleted;
         o.paused = observer.is_some_and(|ob| ob.is_paused(r));
@@ -371,7 +381,7 @@ impl Controller {
             if let Some(ob) = observer {
                 ob.reconciled(r, &p, Reconciled::NoAction);
             }
-            return;
+            return None;
         }
         let result = self.executor.execute(&o, &p).await;
         if let Some(ob) = observer {
@@ -390,11 +400,13 @@ impl Controller {
                 }
                 tracing::info!(resource = %r, phase = %p.phase, actions = ?actions, "applied");
                 self.metrics.reconciled("applied");
-                self.errors
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(r);
-                self.caught_up(revision).await;
+                {
+                    let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+                    if errors.remove(r).is_some() {
+                        errors.shrink_if_sparse();
+                    }
+                }
+                Some(revision)
             }
             Ok(Outcome::Conflict {
                 revision,
@@ -404,8 +416,9 @@ impl Controller {
                 applied.iter().for_each(|a| self.metrics.action(a));
                 tracing::debug!(resource = %r, action, "fence failed: view was stale; planning again");
                 self.metrics.reconciled("conflict");
-                self.caught_up(revision).await;
+                // Planned again once the world has caught up.
                 self.queue.schedule(r.clone());
+                Some(revision)
             }
             Ok(Outcome::Deferred {
                 reason,
@@ -420,6 +433,7 @@ impl Controller {
                 self.metrics.reconciled("deferred");
                 self.executor.note_error(&o, &reason).await;
                 self.queue.schedule_after(r.clone(), self.error_delay(r));
+                None
             }
             Err(e) => {
                 let reason = match &e {
@@ -431,6 +445,7 @@ impl Controller {
                 self.metrics.reconciled("error");
                 self.executor.note_error(&o, &e.to_string()).await;
                 self.queue.schedule_after(r.clone(), self.error_delay(r));
+                None
             }
         }
     }

@@ -20,3 +20,4 @@ pub mod once;
 pub mod queue;
 pub mod report;
 pub mod snapshot;
+pub mod sparse;

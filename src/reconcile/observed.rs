@@ -169,7 +169,14 @@ impl Observed {
             state: e.state.clone(),
             stack: e.stack.clone(),
             job_state: e.job_state.clone(),
-            status: e.status.clone(),
+            status: e.status.as_ref().map(|p| Parsed {
+                mod_rev: p.mod_rev,
+                value: p
+                    .value
+                    .as_ref()
+                    .map(|s| s.to_status())
+                    .map_err(Clone::clone),
+            }),
             jobs,
             now_ms,
             paused: false,

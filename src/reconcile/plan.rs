@@ -94,10 +94,10 @@ pub fn target_action(o: &Observed, cfg: &ConfigSummary) -> JobAction {
         .stack
         .as_ref()
         .and_then(Parsed::ok)
-        .is_some_and(|s| !s.status.starts_with("DELETE") && s.status != "CREATE_FAILED");
+        .is_some_and(|s| !s.status.starts_with("DELETE") && &*s.status != "CREATE_FAILED");
     let created = o.state.as_ref().and_then(Parsed::ok).is_some_and(|s| {
         matches!(
-            s.worker_state.as_str(),
+            &*s.worker_state,
             "CREATE_COMPLETED" | "MODIFY_COMPLETED" | "MODIFY_FAILED"
         )
     });
@@ -121,13 +121,10 @@ pub fn is_converged(
         return false;
     }
     if cfg.marked {
-        s.worker_state == "DELETE_COMPLETED"
+        &*s.worker_state == "DELETE_COMPLETED"
     } else {
-        matches!(
-            s.worker_state.as_str(),
-            "CREATE_COMPLETED" | "MODIFY_COMPLETED"
-        ) && stack
-            .is_some_and(|st| matches!(st.status.as_str(), "CREATE_COMPLETE" | "UPDATE_COMPLETE"))
+        matches!(&*s.worker_state, "CREATE_COMPLETED" | "MODIFY_COMPLETED")
+            && stack.is_some_and(|st| matches!(&*st.status, "CREATE_COMPLETE" | "UPDATE_COMPLETE"))
     }
 }
 
@@ -310,14 +307,14 @@ fn plan_valid(o: &Observed, p: &mut Plan) {
         let recorded = state.is_some_and(|s| {
             s.version > j.id.version
                 || (s.version == j.id.version
-                    && (s.worker_state == action.completed_state()
-                        || s.worker_state == action.failed_state()))
+                    && (&*s.worker_state == action.completed_state()
+                        || &*s.worker_state == action.failed_state()))
         });
         let stack_done = o
             .stack
             .as_ref()
             .and_then(Parsed::ok)
-            .is_some_and(|s| s.status == action.stack_complete());
+            .is_some_and(|s| &*s.status == action.stack_complete());
         let job_state_done =
             o.job_state.as_ref().and_then(Parsed::ok).is_some_and(|js| {
                 js.orchestration_state.as_deref() == Some(action.stack_complete())
@@ -362,7 +359,7 @@ fn plan_valid(o: &Observed, p: &mut Plan) {
             o.job_state.is_some(),
             !o.jobs.is_empty(),
         ];
-        let deleted = state.is_some_and(|s| s.worker_state == "DELETE_COMPLETED");
+        let deleted = state.is_some_and(|s| &*s.worker_state == "DELETE_COMPLETED");
         if deleted && o.stack.is_none() && o.job_state.is_none() && o.jobs.is_empty() {
             p.set(Phase::Converged, "deleted; its config was removed");
         } else if left.iter().any(|x| *x) {
@@ -467,9 +464,9 @@ fn plan_valid(o: &Observed, p: &mut Plan) {
             .map(|st| st.attempts)
             .unwrap_or(0);
         let error = if s.error.is_empty() {
-            s.worker_state.clone()
+            s.worker_state.to_string()
         } else {
-            s.error.clone()
+            s.error.to_string()
         };
         if !counted {
             p.push(

@@ -12,6 +12,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::sync::Notify;
+
+use super::sparse::Sparse;
 use tokio::time::Instant;
 
 struct Inner<K> {
@@ -92,6 +94,7 @@ impl<K: Clone + Ord + Hash + Eq> Queue<K> {
                     Some((at, seq, k)) if at <= Instant::now() => {
                         g.due.remove(&(at, seq, k.clone()));
                         g.queued.remove(&k);
+                        g.queued.shrink_if_sparse();
                         g.running.insert(k.clone());
                         return k;
                     }
@@ -115,6 +118,8 @@ impl<K: Clone + Ord + Hash + Eq> Queue<K> {
     pub fn done(&self, k: &K) {
         let mut g = self.lock();
         g.running.remove(k);
+        g.running.shrink_if_sparse();
+        g.dirty.shrink_if_sparse();
         if let Some(at) = g.dirty.remove(k) {
             Self::enqueue(&mut g, k.clone(), at);
             drop(g);

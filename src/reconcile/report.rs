@@ -60,12 +60,12 @@ impl Report {
             },
             desired_version: cfg.map(|c| c.version),
             observed_version: state.map(|s| s.version),
-            worker_state: state.map(|s| s.worker_state.clone()),
+            worker_state: state.map(|s| s.worker_state.to_string()),
             stack_status: o
                 .stack
                 .as_ref()
                 .and_then(Parsed::ok)
-                .map(|s| s.status.clone()),
+                .map(|s| s.status.to_string()),
             phase: p.phase,
             message: p.message.clone(),
             attempts: status.attempts,

@@ -7,7 +7,9 @@ use etcd_client::Client;
 use tokio::sync::mpsc;
 
 use crate::esi::Catalog;
-use crate::esi::keys::{WATCH_END, WATCH_START};
+use crate::esi::keys::{
+    CONFIG, HEAT_STACKS, JOB_STATE, JOBS, RECONCILER, STATE, WATCH_END, WATCH_START,
+};
 use crate::store::mirror::{self, MirrorEvent, MirrorOptions};
 use crate::store::{Change, StoreError};
 
@@ -18,6 +20,9 @@ pub fn mirror_options(page_size: i64) -> MirrorOptions {
         start: WATCH_START.to_string(),
         end: WATCH_END.to_string(),
         page_size,
+        list_prefixes: [CONFIG, RECONCILER, HEAT_STACKS, JOB_STATE, JOBS, STATE]
+            .map(String::from)
+            .to_vec(),
     }
 }
 

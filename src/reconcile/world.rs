@@ -19,6 +19,7 @@ use crate::esi::records::{
 use crate::store::{Change, Kv};
 
 use super::plan::Phase;
+use super::sparse::Sparse;
 
 use super::status::ResourceStatus;
 
@@ -55,11 +56,16 @@ pub struct ConfigSummary {
     pub template: Option<Arc<TemplateUse>>,
 }
 
+// The summaries below hold the few fields planning needs, with repeated
+// strings (states, statuses) interned and rare ones boxed: the world holds
+// one entry per resource, and is benchmarked at 100k of them.
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct StateSummary {
     pub version: u64,
-    pub worker_state: String,
-    pub error: String,
+    /// Interned: a handful of values repeat across every resource.
+    pub worker_state: Arc<str>,
+    pub error: Box<str>,
 }
 
 impl StateSummary {
@@ -70,12 +76,46 @@ impl StateSummary {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct StackSummary {
-    pub status: String,
+    /// Interned.
+    pub status: Arc<str>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobStateSummary {
-    pub orchestration_state: Option<String>,
+    /// Interned.
+    pub orchestration_state: Option<Arc<str>>,
+}
+
+/// What the world keeps of our own status record: inline, with its one
+/// repeated string interned, so a converged resource costs no allocation
+/// here. Fields of the record this version does not know are not kept
+/// (the record is ours; the next write drops them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusSummary {
+    pub attempts: u32,
+    pub version: u64,
+    pub next_retry_ms: u64,
+    pub failure_revision: i64,
+    pub last_action: Arc<str>,
+    pub last_action_ms: u64,
+    /// `None`: no error (the common case, no allocation).
+    pub last_error: Option<Box<str>>,
+}
+
+impl StatusSummary {
+    /// The record form, for planning and writing.
+    pub fn to_status(&self) -> ResourceStatus {
+        ResourceStatus {
+            attempts: self.attempts,
+            version: self.version,
+            next_retry_ms: self.next_retry_ms,
+            failure_revision: self.failure_revision,
+            last_action: self.last_action.to_string(),
+            last_action_ms: self.last_action_ms,
+            last_error: self.last_error.as_deref().unwrap_or_default().to_string(),
+            extra: Default::default(),
+        }
+    }
 }
 
 /// Everything recorded for one resource.
@@ -86,7 +126,7 @@ pub struct Entry {
     pub state: Option<Parsed<StateSummary>>,
     pub stack: Option<Parsed<StackSummary>>,
     pub job_state: Option<Parsed<JobStateSummary>>,
-    pub status: Option<Parsed<ResourceStatus>>,
+    pub status: Option<Parsed<StatusSummary>>,
     /// Ids of this resource's jobs that have any key under `/jobs/`.
     pub jobs: Vec<String>,
     /// The phase its last plan found (set by the controller).
@@ -161,8 +201,6 @@ pub struct TemplateEntry {
 #[derive(Debug, Default)]
 pub struct Touched {
     pub resources: Vec<ResourceRef>,
-    /// A job ended: every resource waiting on dependencies may move on.
-    pub waiting_may_release: bool,
     /// A template changed: resources using it may move on.
     pub template: Option<String>,
 }
@@ -177,8 +215,11 @@ pub struct World {
     unparsed: BTreeMap<String, String>,
     /// (type, id) → jobs whose params reference that resource.
     referenced_by: HashMap<(String, String), HashSet<String>>,
+    /// Job id → jobs whose `dependency` names it: who may move on when it
+    /// ends, found without scanning every waiting job.
+    dependents: HashMap<String, HashSet<String>>,
     interned: HashSet<Arc<TemplateUse>>,
-    interned_types: HashSet<Arc<str>>,
+    interned_strs: HashSet<Arc<str>>,
 }
 
 impl World {
@@ -191,8 +232,9 @@ impl World {
             templates: HashMap::new(),
             unparsed: BTreeMap::new(),
             referenced_by: HashMap::new(),
+            dependents: HashMap::new(),
             interned: HashSet::new(),
-            interned_types: HashSet::new(),
+            interned_strs: HashSet::new(),
         }
     }
 
@@ -239,10 +281,13 @@ impl World {
     }
 
     /// Resources that currently have a job waiting on dependencies.
-    pub fn resources_with_waiting_jobs(&self) -> Vec<ResourceRef> {
-        self.jobs
-            .values()
-            .filter(|j| j.waiting.is_some())
+    /// Resources with a job that waits for job `id`.
+    fn resources_waiting_for(&self, id: &str) -> Vec<ResourceRef> {
+        self.dependents
+            .get(id)
+            .into_iter()
+            .flatten()
+            .filter_map(|j| self.jobs.get(j))
             .filter_map(|j| self.resource_of_job(&j.id))
             .collect()
     }
@@ -295,19 +340,15 @@ impl World {
         jobs
     }
 
-    fn index_references(&mut self, job: &str, doc: Option<&JobDoc>, add: bool) {
-        for r in doc.map(|d| d.references.as_slice()).unwrap_or_default() {
-            if add {
-                self.referenced_by
-                    .entry(r.clone())
-                    .or_default()
-                    .insert(job.to_string());
-            } else if let Some(set) = self.referenced_by.get_mut(r) {
-                set.remove(job);
-                if set.is_empty() {
-                    self.referenced_by.remove(r);
-                }
-            }
+    /// Adds or removes a job document's entries in the reverse indexes
+    /// (what it references, what it waits for).
+    fn index_job(&mut self, job: &str, doc: Option<&JobDoc>, add: bool) {
+        let Some(doc) = doc else { return };
+        for r in &doc.references {
+            index(&mut self.referenced_by, r, job, add);
+        }
+        for d in &doc.dependency {
+            index(&mut self.dependents, d, job, add);
         }
     }
 
@@ -321,13 +362,18 @@ impl World {
         Some(ResourceRef::new(plural, id))
     }
 
-    /// Interns a short, often repeated string (type names, tenants).
-    fn intern_type(&mut self, singular: &str) -> Arc<str> {
-        if let Some(t) = self.interned_types.get(singular) {
+    /// Interns a short, often repeated string (type names, tenants,
+    /// states). Bounded, so odd values written by hand cannot grow it
+    /// without end: past the bound a value is simply allocated.
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        const MAX_INTERNED: usize = 4096;
+        if let Some(t) = self.interned_strs.get(s) {
             return t.clone();
         }
-        let t: Arc<str> = Arc::from(singular);
-        self.interned_types.insert(t.clone());
+        let t: Arc<str> = Arc::from(s);
+        if self.interned_strs.len() < MAX_INTERNED {
+            self.interned_strs.insert(t.clone());
+        }
         t
     }
 
@@ -348,7 +394,7 @@ impl World {
         self.catalog
             .mappings
             .is_mapped(&singular)
-            .then(|| self.intern_type(&singular))
+            .then(|| self.intern(&singular))
     }
 
     fn entry_mut(&mut self, r: &ResourceRef, rtype: Arc<str>) -> &mut Entry {
@@ -361,6 +407,7 @@ impl World {
     fn prune(&mut self, r: &ResourceRef) {
         if self.resources.get(r).is_some_and(Entry::is_empty) {
             self.resources.remove(r);
+            self.resources.shrink_if_sparse();
         }
     }
 
@@ -429,8 +476,8 @@ impl World {
                 let value = records::parse::<StateRecord>("state", &kv.value)
                     .map(|s| StateSummary {
                         version: s.version,
-                        worker_state: s.state.worker_state,
-                        error: s.error,
+                        worker_state: self.intern(&s.state.worker_state),
+                        error: s.error.into(),
                     })
                     .map_err(|e| e.to_string());
                 self.entry_mut(&r, rtype).state = Some(Parsed {
@@ -445,7 +492,7 @@ impl World {
                 };
                 let value = records::parse::<HeatStack>("heat stack", &kv.value)
                     .map(|s| StackSummary {
-                        status: s.stack_status,
+                        status: self.intern(&s.stack_status),
                     })
                     .map_err(|e| e.to_string());
                 self.entry_mut(&r, rtype).stack = Some(Parsed {
@@ -460,7 +507,7 @@ impl World {
                 };
                 let value = records::parse::<JobState>("job state", &kv.value)
                     .map(|s| JobStateSummary {
-                        orchestration_state: s.orchestration_state,
+                        orchestration_state: s.orchestration_state.map(|o| self.intern(&o)),
                     })
                     .map_err(|e| e.to_string());
                 self.entry_mut(&r, rtype).job_state = Some(Parsed {
@@ -474,6 +521,15 @@ impl World {
                     return touched;
                 };
                 let value = records::parse::<ResourceStatus>("reconciler status", &kv.value)
+                    .map(|s| StatusSummary {
+                        attempts: s.attempts,
+                        version: s.version,
+                        next_retry_ms: s.next_retry_ms,
+                        failure_revision: s.failure_revision,
+                        last_action: self.intern(&s.last_action),
+                        last_action_ms: s.last_action_ms,
+                        last_error: (!s.last_error.is_empty()).then(|| s.last_error.into()),
+                    })
                     .map_err(|e| e.to_string());
                 self.entry_mut(&r, rtype).status = Some(Parsed {
                     mod_rev: rev,
@@ -521,12 +577,15 @@ impl World {
                     JobSlot::Working => job.working = Some((rev, kv.lease)),
                     JobSlot::Finished => {
                         job.finished = Some(rev);
-                        touched.waiting_may_release = true;
+                        // Whatever waits for this job may move on.
+                        touched
+                            .resources
+                            .extend(self.resources_waiting_for(&id_str));
                     }
                 }
                 if let Some((old, new)) = reindex {
-                    self.index_references(&id_str, old.as_ref(), false);
-                    self.index_references(&id_str, new.as_ref(), true);
+                    self.index_job(&id_str, old.as_ref(), false);
+                    self.index_job(&id_str, new.as_ref(), true);
                 }
                 let e = self.entry_mut(&r, rtype);
                 if !e.jobs.contains(&id_str) {
@@ -556,7 +615,7 @@ impl World {
             .fields
             .get("tenant_id")
             .and_then(serde_json::Value::as_str)
-            .map(|t| self.intern_type(t));
+            .map(|t| self.intern(t));
         Ok(ConfigSummary {
             version: rec.version,
             marked: rec.marked_for_deletion,
@@ -601,22 +660,31 @@ impl World {
                 };
                 let mut unindex = None;
                 match slot {
-                    JobSlot::All => {
-                        unindex = job.all.take().and_then(|o| o.value.ok());
-                        touched.waiting_may_release = true;
-                    }
+                    JobSlot::All => unindex = job.all.take().and_then(|o| o.value.ok()),
                     JobSlot::Waiting => job.waiting = None,
                     JobSlot::Ready => job.ready = None,
                     JobSlot::Working => job.working = None,
                     JobSlot::Finished => job.finished = None,
                 }
                 let empty = job.is_empty();
-                self.index_references(&id_str, unindex.as_ref(), false);
+                if slot == JobSlot::All {
+                    // Whatever waits for this job may move on.
+                    touched
+                        .resources
+                        .extend(self.resources_waiting_for(&id_str));
+                }
+                self.index_job(&id_str, unindex.as_ref(), false);
                 if empty {
                     self.jobs.remove(&id_str);
+                    self.jobs.shrink_if_sparse();
                     if let Some(r) = self.resource_of_job(&id) {
                         if let Some(e) = self.resources.get_mut(&r) {
                             e.jobs.retain(|j| j != &id_str);
+                            if e.jobs.is_empty() {
+                                // Give the buffer back: most resources
+                                // have no job most of the time.
+                                e.jobs = Vec::new();
+                            }
                         }
                         self.prune(&r);
                     }
@@ -627,5 +695,100 @@ impl World {
             }
         }
         touched
+    }
+}
+/// Adds `job` to (or removes it from) the set under `key`; empty sets go.
+fn index<K>(map: &mut HashMap<K, HashSet<String>>, key: &K, job: &str, add: bool)
+where
+    K: std::hash::Hash + Eq + Clone,
+{
+    if add {
+        map.entry(key.clone()).or_default().insert(job.to_string());
+    } else if let Some(set) = map.get_mut(key) {
+        set.remove(job);
+        if set.is_empty() {
+            map.remove(key);
+            map.shrink_if_sparse();
+        } else {
+            set.shrink_if_sparse();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn kv(key: &str, value: serde_json::Value, rev: i64) -> Kv {
+        Kv {
+            key: key.to_string(),
+            value: match value {
+                serde_json::Value::String(s) => s.into_bytes(),
+                v => serde_json::to_vec(&v).unwrap(),
+            },
+            mod_revision: rev,
+            lease: 0,
+        }
+    }
+
+    fn job(id: &str, rtype: &str, rid: &str, dependency: &[&str]) -> serde_json::Value {
+        json!(["heat_worker", {
+            "id": id, "job_name": format!("{rtype}:{rid}:1"), "handler": "heat_worker",
+            "action": "create", "resource_type": rtype, "resource_id": rid, "version": 1,
+            "is_first": true, "is_last": true, "on_failure": "fail",
+            "dependency": dependency, "resource_input": {}, "params": []
+        }, 0])
+    }
+
+    /// A world with network n1's job in flight and port p1's job waiting
+    /// for it (and port p2 with no job).
+    fn waiting_world() -> (World, String) {
+        let mut w = World::new(Arc::new(crate::esi::Catalog::load(None, None).unwrap()));
+        let net = "create:heat_worker:network:n1:1:aaaaa";
+        let port = "create:heat_worker:port:p1:1:bbbbb";
+        w.put(&kv(
+            &format!("/jobs/all/{net}"),
+            job(net, "network", "n1", &[]),
+            2,
+        ));
+        w.put(&kv(
+            &format!("/jobs/all/{port}"),
+            job(port, "port", "p1", &[net]),
+            3,
+        ));
+        w.put(&kv(
+            &format!("/jobs/waiting/{port}"),
+            json!("heat_worker"),
+            3,
+        ));
+        w.put(&kv(
+            "/config/v2.0/ports/p2",
+            json!({"body": {"id": "p2"}, "version": 1}),
+            4,
+        ));
+        (w, net.to_string())
+    }
+
+    #[test]
+    fn a_finished_job_touches_exactly_the_resources_waiting_for_it() {
+        let (mut w, net) = waiting_world();
+        let t = w.put(&kv(&format!("/jobs/finished/{net}"), json!(""), 5));
+        let p1 = ResourceRef::new("ports", "p1");
+        assert!(t.resources.contains(&p1), "{:?}", t.resources);
+        assert!(!t.resources.contains(&ResourceRef::new("ports", "p2")));
+    }
+
+    #[test]
+    fn a_deleted_job_touches_the_resources_waiting_for_it_and_leaves_no_index() {
+        let (mut w, net) = waiting_world();
+        let t = w.delete(&format!("/jobs/all/{net}"));
+        assert!(t.resources.contains(&ResourceRef::new("ports", "p1")));
+        // Once the waiting job goes too, nothing is left indexed.
+        let port = "create:heat_worker:port:p1:1:bbbbb";
+        w.delete(&format!("/jobs/waiting/{port}"));
+        w.delete(&format!("/jobs/all/{port}"));
+        assert!(w.dependents.is_empty(), "{:?}", w.dependents);
+        assert!(w.referenced_by.is_empty());
     }
 }

@@ -126,6 +126,11 @@ impl EtcdProcess {
         ))
     }
 
+    /// The etcd process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
     pub fn client_port(&self) -> u16 {
         self.client_url
             .rsplit(':')

@@ -56,9 +56,37 @@ pub enum MirrorEvent {
 
 #[derive(Debug, Clone)]
 pub struct MirrorOptions {
+    /// The span watched: `[start, end)`.
     pub start: String,
     pub end: String,
     pub page_size: i64,
+    /// The parts of the span a list reads, each paged on its own (empty:
+    /// the whole span). etcd counts the rest of the range on every page, so
+    /// a list of n keys in one range costs about n²/page key visits; the
+    /// prefixes a mirror keeps, listed apart, cost Σnᵢ²/page, and keys it
+    /// would ignore are not read at all.
+    pub list_prefixes: Vec<String>,
+}
+
+impl MirrorOptions {
+    /// The ranges a list reads, in key order.
+    fn list_ranges(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        if self.list_prefixes.is_empty() {
+            return vec![(
+                self.start.clone().into_bytes(),
+                self.end.clone().into_bytes(),
+            )];
+        }
+        let mut prefixes = self.list_prefixes.clone();
+        prefixes.sort();
+        prefixes
+            .into_iter()
+            .map(|p| {
+                let end = crate::esi::keys::prefix_end(&p);
+                (p.into_bytes(), end)
+            })
+            .collect()
+    }
 }
 
 /// Lists `[start, end)` at a pinned revision, page by page, into `out`.
@@ -68,33 +96,35 @@ pub async fn list(
     opts: &MirrorOptions,
     out: &mpsc::Sender<MirrorEvent>,
 ) -> Result<Option<i64>, etcd_client::Error> {
-    let mut from = opts.start.as_bytes().to_vec();
     let mut revision = 0i64;
-    loop {
-        let mut o = GetOptions::new()
-            .with_range(opts.end.as_bytes().to_vec())
-            .with_limit(opts.page_size);
-        if revision > 0 {
-            o = o.with_revision(revision);
-        }
-        let resp = client.get(from.clone(), Some(o)).await?;
-        if revision == 0 {
-            revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-            if out.send(MirrorEvent::ListStart { revision }).await.is_err() {
+    for (start, end) in opts.list_ranges() {
+        let mut from = start;
+        loop {
+            let mut o = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(opts.page_size);
+            if revision > 0 {
+                o = o.with_revision(revision);
+            }
+            let resp = client.get(from.clone(), Some(o)).await?;
+            if revision == 0 {
+                revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+                if out.send(MirrorEvent::ListStart { revision }).await.is_err() {
+                    return Ok(None);
+                }
+            }
+            let kvs = resp.kvs();
+            if let Some(last) = kvs.last() {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            let page: Vec<Kv> = kvs.iter().filter_map(Kv::from_etcd).collect();
+            if !page.is_empty() && out.send(MirrorEvent::ListPage(page)).await.is_err() {
                 return Ok(None);
             }
-        }
-        let kvs = resp.kvs();
-        if let Some(last) = kvs.last() {
-            from = last.key().to_vec();
-            from.push(0);
-        }
-        let page: Vec<Kv> = kvs.iter().filter_map(Kv::from_etcd).collect();
-        if !page.is_empty() && out.send(MirrorEvent::ListPage(page)).await.is_err() {
-            return Ok(None);
-        }
-        if !resp.more() || kvs.is_empty() {
-            break;
+            if !resp.more() || kvs.is_empty() {
+                break;
+            }
         }
     }
     if out.send(MirrorEvent::ListEnd { revision }).await.is_err() {

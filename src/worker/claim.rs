@@ -1,5 +1,7 @@
 //! Claiming a ready job, the ESI way, in one transaction: create
-//! `/jobs/working/{id}` bound to our lease and delete `/jobs/ready/{id}`.
+//! `/jobs/working/{id}` bound to our lease, delete `/jobs/ready/{id}` and
+//! set the resource's `job_state` to `{}` (ESI's worker writes that right
+//! after its claim; one transaction saves etcd a write per job).
 //! Every later write of the job compares the working key's create revision
 //! with the claim's: a worker whose lease expired (and so whose claim etcd
 //! deleted) writes nothing.
@@ -54,9 +56,15 @@ fn reservation() -> String {
     )
 }
 
-/// Tries to claim `id` under `lease`. `Ok(None)`: somebody else has it, or
-/// it is no longer ready.
-pub async fn claim(client: &Client, id: &JobId, lease: i64) -> Result<Option<Claim>, ClaimError> {
+/// Tries to claim `id` under `lease`, setting `job_state_key` (when the
+/// resource type is known) to `{}`. `Ok(None)`: somebody else has it, or it
+/// is no longer ready.
+pub async fn claim(
+    client: &Client,
+    id: &JobId,
+    lease: i64,
+    job_state_key: Option<String>,
+) -> Result<Option<Claim>, ClaimError> {
     let mut kv = client.kv_client();
     let all_key = id.slot_key(JobSlot::All);
     let resp = kv.get(all_key.clone(), None).await?;
@@ -77,14 +85,19 @@ pub async fn claim(client: &Client, id: &JobId, lease: i64) -> Result<Option<Cla
             Compare::create_revision(working.clone(), CompareOp::Equal, 0),
             Compare::mod_revision(all_key, CompareOp::Equal, all.mod_revision()),
         ])
-        .and_then(vec![
-            TxnOp::put(
-                working,
-                reservation.clone(),
-                Some(PutOptions::new().with_lease(lease)),
-            ),
-            TxnOp::delete(ready, None),
-        ]);
+        .and_then(
+            vec![
+                TxnOp::put(
+                    working,
+                    reservation.clone(),
+                    Some(PutOptions::new().with_lease(lease)),
+                ),
+                TxnOp::delete(ready, None),
+            ]
+            .into_iter()
+            .chain(job_state_key.map(|k| TxnOp::put(k, "{}", None)))
+            .collect::<Vec<_>>(),
+        );
     let resp = kv.txn(txn).await?;
     if !resp.succeeded() {
         return Ok(None);

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use crate::engine::{Engine, StackInfo, StackSpec};
 use crate::esi::Catalog;
-use crate::esi::keys::{JobAction, JobSlot, ResourceRef, TEMPLATES};
+use crate::esi::keys::{JobAction, JobId, JobSlot, ResourceRef, TEMPLATES};
 use crate::esi::mapping::select::TemplateChoice;
 use crate::esi::records::{self, ConfigRecord, HeatTemplate, Job, StackOutput, StateRecord};
 
@@ -69,6 +69,12 @@ impl<E: Engine> JobRunner<E> {
         }
     }
 
+    /// The `job_state` key of the job's resource, when its type is known.
+    pub fn job_state_key(&self, id: &JobId) -> Option<String> {
+        let plural = self.catalog.schemas.plural_of(&id.resource_type)?;
+        Some(ResourceRef::new(plural, id.resource_id.clone()).job_state_key())
+    }
+
     async fn fenced(&self, c: &Claim, ops: Vec<TxnOp>) -> Result<bool, etcd_client::Error> {
         Ok(self
             .client
@@ -94,13 +100,8 @@ impl<E: Engine> JobRunner<E> {
                 )
                 .await;
         };
+        // The claim set job_state to `{}`.
         let r = ResourceRef::new(plural, job.resource_id.clone());
-        if !self
-            .fenced(c, vec![TxnOp::put(r.job_state_key(), "{}", None)])
-            .await?
-        {
-            return Ok(JobOutcome::ClaimLost);
-        }
         let work = match self.prepare(job, &r).await {
             Ok(w) => w,
             Err(reason) => return self.finish(c, Some(&r), reason, None).await,

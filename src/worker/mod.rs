@@ -108,6 +108,7 @@ impl<E: Engine> Worker<E> {
             start: JOBS_READY.to_string(),
             end: String::from_utf8(prefix_end(JOBS_READY)).unwrap_or_default(),
             page_size: 1000,
+            list_prefixes: vec![],
         };
         let mirror = tokio::spawn(mirror::run(self.client.clone(), opts, tx));
         let slots = Arc::new(Semaphore::new(self.cfg.slots.max(1)));
@@ -230,7 +231,7 @@ async fn run_one<E: Engine>(
     cancel: watch::Receiver<bool>,
     retry: mpsc::Sender<String>,
 ) {
-    let c = match claim::claim(client, id, lease).await {
+    let c = match claim::claim(client, id, lease, runner.job_state_key(id)).await {
         Ok(Some(c)) => c,
         Ok(None) => {
             metrics.claim_conflicts.inc();
