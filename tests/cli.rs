@@ -173,6 +173,7 @@ async fn templates_load_then_plan_explains_the_next_action() {
 async fn bench_measures_every_figure_at_a_small_scale() {
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("bench.json");
+    let plot = dir.path().join("bench.png");
     let (ok, out, err) = cli(&[
         "bench",
         "--scale",
@@ -185,16 +186,33 @@ async fn bench_measures_every_figure_at_a_small_scale() {
         "2",
         "--report",
         report.to_str().unwrap(),
+        "--plot",
+        plot.to_str().unwrap(),
     ])
     .await;
     assert!(ok, "{out}{err}");
+    let png = std::fs::read(&plot).unwrap();
+    assert_eq!(&png[1..4], b"PNG", "the cold start is plotted");
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     assert!(r["txn_per_s"].as_f64().unwrap() > 0.0);
     assert!(r["cold_start_s"].as_f64().unwrap() > 0.0);
     assert!(r["ratio_to_limit"].as_f64().unwrap() > 0.0);
     assert_eq!(r["ready_latency"]["samples"], 20);
     assert_eq!(r["converged_latency"]["samples"], 20);
-    assert!(r["reconciler_rss_kib"].as_u64().unwrap() > 0);
+    assert!(r["reconciler"]["rss_kib"].as_u64().unwrap() > 0);
+    assert!(r["worker"]["anon_kib"].as_u64().unwrap() > 0);
+    let samples = r["convergence"].as_array().unwrap();
+    let last = samples.last().unwrap();
+    assert_eq!(
+        last["states"], r["resources"],
+        "the timeline ends converged"
+    );
+    assert_eq!(last["jobs"], 0);
+    // Every resource's creation took at least the needed writes.
+    assert!(
+        r["writes_per_resource_seen"].as_f64().unwrap() >= 5.0,
+        "{r}"
+    );
     // Converged and idle: neither process spins.
     assert!(r["idle_worker_cpu_pct"].as_f64().unwrap() < 20.0, "{r}");
     assert!(r["idle_reconciler_cpu_pct"].as_f64().unwrap() < 20.0, "{r}");
