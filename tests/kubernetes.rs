@@ -537,11 +537,15 @@ async fn the_chart_installs_and_its_service_account_suffices() {
         ["port", port, "Absent", "4", "4", "Converged", "0"],
         "{row:?}"
     );
-    // Events were written with the ServiceAccount's rights too.
-    let events = cp
-        .kubectl_ok(&["get", "events.events.k8s.io", "-n", "esi", "-o", "name"])
-        .await;
-    assert!(!events.trim().is_empty(), "no events");
+    // Events were written with the ServiceAccount's rights too (they are
+    // sent apart from the status, so they may come a moment later).
+    eventually(within, "an Event in namespace esi", || async {
+        let (_, out, _) = cp
+            .kubectl(&["get", "events.events.k8s.io", "-n", "esi", "-o", "name"])
+            .await;
+        (!out.trim().is_empty()).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
