@@ -22,12 +22,7 @@ async fn the_seed_scenario_yields_the_seed_records() {
     let etcd = TestEtcd::start().await;
     load_reference_templates(&etcd).await;
     let rec = Recorder::start(&etcd, "/").await;
-    let _r = spawn_args(&reconciler_args(&etcd.url(), ANY_PORT));
-    let _w = spawn_args(&worker_args(
-        &etcd.url(),
-        ANY_PORT,
-        &["--sim-latency-ms", "50"],
-    ));
+    let (_r, _w) = spawn_reconciler_and_worker(&etcd.url(), &["--sim-latency-ms", "50"]);
     let within = Duration::from_secs(30);
     let state = |id: &str, plural: &str| format!("/state/v2.0/{plural}/{id}");
     // The story of port db3bff62, one step at a time, as recorded.
@@ -122,12 +117,7 @@ async fn creation_honours_dependencies() {
     let etcd = TestEtcd::start().await;
     load_reference_templates(&etcd).await;
     let rec = Recorder::start(&etcd, "/jobs/").await;
-    let _r = spawn_args(&reconciler_args(&etcd.url(), ANY_PORT));
-    let _w = spawn_args(&worker_args(
-        &etcd.url(),
-        ANY_PORT,
-        &["--sim-latency-ms", "400"],
-    ));
+    let (_r, _w) = spawn_reconciler_and_worker(&etcd.url(), &["--sim-latency-ms", "400"]);
     // Network, subnet and port all at once.
     for step in [
         "CreateNetwork1_01",
@@ -297,12 +287,7 @@ async fn a_worker_that_loses_its_claim_writes_nothing() {
 async fn the_load_balancer_scenario_converges() {
     let etcd = TestEtcd::start().await;
     load_reference_templates(&etcd).await;
-    let _r = spawn_args(&reconciler_args(&etcd.url(), ANY_PORT));
-    let _w = spawn_args(&worker_args(
-        &etcd.url(),
-        ANY_PORT,
-        &["--sim-latency-ms", "20"],
-    ));
+    let (_r, _w) = spawn_reconciler_and_worker(&etcd.url(), &["--sim-latency-ms", "20"]);
     let order = read_json(reference().join("step_order.json"));
     for step in order[LB].as_array().unwrap() {
         let f = reference()
@@ -365,12 +350,10 @@ async fn the_load_balancer_scenario_converges() {
 async fn sigterm_releases_running_jobs_after_the_grace_period() {
     let etcd = TestEtcd::start().await;
     load_reference_templates(&etcd).await;
-    let _r = spawn_args(&reconciler_args(&etcd.url(), ANY_PORT));
-    let mut w = spawn_args(&worker_args(
+    let (_r, mut w) = spawn_reconciler_and_worker(
         &etcd.url(),
-        ANY_PORT,
         &["--sim-latency-ms", "4000", "--shutdown-grace-secs", "1"],
-    ));
+    );
     apply_step(&etcd, "CreateNetwork1_01").await;
     let within = Duration::from_secs(30);
     let working = eventually(within, "the job to be claimed", || async {

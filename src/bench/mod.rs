@@ -562,16 +562,10 @@ async fn steady(
 /// The cold start as a PNG line chart: resources converged and jobs in
 /// flight over time, against the total.
 pub fn convergence_png(r: &BenchReport) -> Result<Vec<u8>, plot::PlotError> {
-    let states: Vec<(f64, f64)> = r
-        .convergence
-        .iter()
-        .map(|s| (s.t_s, s.states as f64))
-        .collect();
-    let jobs: Vec<(f64, f64)> = r
-        .convergence
-        .iter()
-        .map(|s| (s.t_s, s.jobs as f64))
-        .collect();
+    let over_time = |y: fn(&Sample) -> usize| -> Vec<(f64, f64)> {
+        r.convergence.iter().map(|s| (s.t_s, y(s) as f64)).collect()
+    };
+    let (states, jobs) = (over_time(|s| s.states), over_time(|s| s.jobs));
     let title = format!(
         "Cold start of {} resources: {:.0} s, {:.0} per second",
         r.resources, r.cold_start_s, r.resources_per_s

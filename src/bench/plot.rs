@@ -1041,31 +1041,4 @@ mod tests {
             }
         }
     }
-
-    /// Writes a sample to `PLOT_SAMPLE` (default /tmp/plot-sample.png) to
-    /// look at: `cargo test --lib bench::plot::tests::write_sample -- --ignored`.
-    #[test]
-    #[ignore = "writes a file for a human to look at"]
-    fn write_sample() {
-        let ports = convergence(11004.0, 40);
-        let networks: Vec<(f64, f64)> = convergence(4000.0, 40)
-            .into_iter()
-            .map(|(t, y)| (t, (y * 1.1).min(4000.0)))
-            .collect();
-        let chart = chart(
-            vec![
-                Series {
-                    label: "ports",
-                    points: &ports,
-                },
-                Series {
-                    label: "networks (x1)",
-                    points: &networks,
-                },
-            ],
-            Some((11004.0, "total = 11004")),
-        );
-        let path = std::env::var("PLOT_SAMPLE").unwrap_or_else(|_| "/tmp/plot-sample.png".into());
-        std::fs::write(&path, render_png(&chart).unwrap()).unwrap();
-    }
 }

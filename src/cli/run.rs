@@ -170,19 +170,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         encode: Arc::new(move || m.encode()),
         ready: controller.ready_flag(),
     };
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut rx = stop_rx.clone();
-    let (addr, server) = serve(args.metrics_addr, health, async move {
-        let _ = rx.wait_for(|s| *s).await;
-    })
-    .await?;
-    tracing::info!(%addr, endpoints = ?args.etcd.etcd_endpoints, "reconciler starting; serving /metrics /healthz /readyz");
+    let server = serve(args.metrics_addr, health).await?;
+    tracing::info!(addr = %server.addr, endpoints = ?args.etcd.etcd_endpoints, "reconciler starting; serving /metrics /healthz /readyz");
     controller.run(shutdown_signal()).await;
     for t in mirror_tasks {
         t.abort();
     }
-    let _ = stop_tx.send(true);
-    let _ = server.await;
+    server.stop().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -121,15 +121,9 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         encode: Arc::new(move || metrics.encode()),
         ready: worker.ready_flag(),
     };
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut rx = stop_rx.clone();
-    let (addr, server) = serve(args.metrics_addr, health, async move {
-        let _ = rx.wait_for(|s| *s).await;
-    })
-    .await?;
-    tracing::info!(%addr, engine = ?args.engine, slots = args.slots, "worker starting; serving /metrics /healthz /readyz");
+    let server = serve(args.metrics_addr, health).await?;
+    tracing::info!(addr = %server.addr, engine = ?args.engine, slots = args.slots, "worker starting; serving /metrics /healthz /readyz");
     worker.run(shutdown_signal()).await;
-    let _ = stop_tx.send(true);
-    let _ = server.await;
+    server.stop().await;
     Ok(())
 }

@@ -43,13 +43,28 @@ async fn readyz(State(h): State<Health>) -> (StatusCode, &'static str) {
     }
 }
 
-/// Binds `addr` and serves until `shutdown` resolves. Returns the bound
-/// address (useful with port 0).
-pub async fn serve(
-    addr: SocketAddr,
-    health: Health,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+/// A running server; [`Serving::stop`] ends it gracefully.
+pub struct Serving {
+    /// The bound address (useful with port 0).
+    pub addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Serving {
+    /// Stops accepting, finishes requests in flight and waits for the end.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// Binds `addr` and serves until [`Serving::stop`].
+pub async fn serve(addr: SocketAddr, health: Health) -> std::io::Result<Serving> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        let _ = stopped.await;
+    };
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -65,7 +80,11 @@ pub async fn serve(
             tracing::error!(error = %e, "metrics server failed");
         }
     });
-    Ok((bound, task))
+    Ok(Serving {
+        addr: bound,
+        stop,
+        task,
+    })
 }
 
 pub fn is_ready(ready: &AtomicBool) -> bool {

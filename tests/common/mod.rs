@@ -250,6 +250,16 @@ pub fn spawn_args(args: &[String]) -> Proc {
     Proc::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
+/// A reconciler and a worker (sim engine, plus `worker_extra` flags) on
+/// `etcd`, with the reference catalog and metrics ports nobody reads.
+#[allow(dead_code)]
+pub fn spawn_reconciler_and_worker(etcd: &str, worker_extra: &[&str]) -> (Proc, Proc) {
+    (
+        spawn_args(&reconciler_args(etcd, ANY_PORT)),
+        spawn_args(&worker_args(etcd, ANY_PORT, worker_extra)),
+    )
+}
+
 /// Loads the 47 reference heat templates.
 pub async fn load_reference_templates(etcd: &TestEtcd) {
     for entry in std::fs::read_dir(reference().join("heat_templates")).unwrap() {
