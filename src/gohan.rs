@@ -3,7 +3,8 @@
 //! completed). Used by `config apply`, `config delete`, `templates load` and
 //! the demo. Each write is a transaction fenced on the record it read.
 
-use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
+use crate::store::Etcd;
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use serde_json::{Map, Value};
 
 use crate::esi::records::{self, Body, ConfigRecord, RecordError};
@@ -43,8 +44,8 @@ impl std::fmt::Display for Written {
     }
 }
 
-async fn read(client: &Client, key: &str) -> Result<Option<(ConfigRecord, i64)>, GohanError> {
-    let resp = client.kv_client().get(key, None).await?;
+async fn read(client: &Etcd, key: &str) -> Result<Option<(ConfigRecord, i64)>, GohanError> {
+    let resp = client.get(key, None).await?;
     match resp.kvs().first() {
         None => Ok(None),
         Some(kv) => {
@@ -60,7 +61,7 @@ async fn read(client: &Client, key: &str) -> Result<Option<(ConfigRecord, i64)>,
 }
 
 async fn write_fenced(
-    client: &Client,
+    client: &Etcd,
     key: &str,
     rev: i64,
     rec: &ConfigRecord,
@@ -69,13 +70,13 @@ async fn write_fenced(
     let txn = Txn::new()
         .when(vec![Compare::mod_revision(key, CompareOp::Equal, rev)])
         .and_then(vec![TxnOp::put(key, value, None)]);
-    Ok(client.kv_client().txn(txn).await?.succeeded())
+    Ok(client.txn(txn).await?.succeeded())
 }
 
 /// Creates or updates the config at `key` with `body`; `marked` marks it
 /// for deletion instead. An identical, unmarked body is left unchanged.
 pub async fn apply(
-    client: &Client,
+    client: &Etcd,
     key: &str,
     body: Map<String, Value>,
     marked: bool,
@@ -133,7 +134,7 @@ pub async fn apply(
 }
 
 /// Marks the config at `key` for deletion, bumping its version.
-pub async fn mark_deleted(client: &Client, key: &str) -> Result<Written, GohanError> {
+pub async fn mark_deleted(client: &Etcd, key: &str) -> Result<Written, GohanError> {
     let Some((cur, _)) = read(client, key).await? else {
         return Err(GohanError::NotFound(key.to_string()));
     };

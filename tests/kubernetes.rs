@@ -372,11 +372,7 @@ async fn mirrors_on_a_real_apiserver() {
         "/esi-worker/heat_stacks/v2.0/networks/",
         "/esi-reconciler/v1/resources/networks/",
     ] {
-        etcd.client
-            .kv_client()
-            .delete(format!("{p}{NET}"), None)
-            .await
-            .unwrap();
+        etcd.client.delete(format!("{p}{NET}"), None).await.unwrap();
     }
     eventually(within, "the mirror to be deleted", || async {
         cp.esr("esi", &name).await.is_none().then_some(())

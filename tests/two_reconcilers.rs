@@ -48,10 +48,10 @@ async fn two_reconcilers_never_duplicate_a_job() {
     // Record every job ever created, from before the reconcilers start.
     let mut stream = etcd
         .client
-        .watch_client()
         .watch("/jobs/all/", Some(WatchOptions::new().with_prefix()))
         .await
-        .unwrap();
+        .unwrap()
+        .stream;
     let created = tokio::spawn(async move {
         let mut seen: HashMap<(String, String, u64, String), Vec<String>> = HashMap::new();
         while let Ok(Ok(Some(resp))) =

@@ -448,7 +448,7 @@ async fn purge_deleted_removes_what_gohan_would() {
         (json!(2), json!("DELETE_COMPLETED"))
     );
     assert!(
-        etcd.keys("/esi-reconciler/").await.is_empty(),
+        etcd.keys("/esi-reconciler/v1/resources/").await.is_empty(),
         "our status record outlived the resource"
     );
     let mut get = vec![

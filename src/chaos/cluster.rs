@@ -4,15 +4,14 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use etcd_client::Client;
+use crate::store::Etcd;
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
-use crate::store::embedded::{EtcdProcess, free_port};
+use crate::store::embedded::free_port;
+use crate::store::local_cluster::LocalCluster;
 use crate::store::{EtcdOptions, connect_checked};
 
 /// Settings every process of a drill gets.
@@ -23,6 +22,8 @@ pub struct ClusterOptions {
     pub reconciler_args: Vec<String>,
     /// Extra `worker` flags.
     pub worker_args: Vec<String>,
+    /// etcd members (1, or 3 for the drills that take members down).
+    pub etcd_members: usize,
 }
 
 /// One of our processes.
@@ -54,14 +55,14 @@ pub const SIGSTOP: i32 = 19;
 pub const SIGCONT: i32 = 18;
 
 pub struct Cluster {
-    pub etcd: EtcdProcess,
-    pub client: Client,
-    data_dir: tempfile::TempDir,
-    client_port: u16,
-    peer_port: u16,
+    pub etcd: LocalCluster,
+    pub client: Etcd,
+    /// Our processes' logs.
+    logs: tempfile::TempDir,
     pub opts: ClusterOptions,
     pub reconcilers: Vec<Member>,
     pub workers: Vec<Member>,
+    /// In front of etcd member 0: cuts or partitions whoever uses it.
     pub proxy: Proxy,
     /// Members started so far (names their logs).
     spawned: usize,
@@ -69,25 +70,30 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start(opts: ClusterOptions) -> anyhow::Result<Cluster> {
-        let data_dir = tempfile::Builder::new().prefix("esi-chaos-").tempdir()?;
-        let (client_port, peer_port) = (free_port()?, free_port()?);
-        let etcd =
-            EtcdProcess::start_in(&data_dir.path().join("etcd"), client_port, peer_port).await?;
-        let client =
-            connect_checked(&EtcdOptions::with_endpoints(vec![etcd.client_url.clone()])).await?;
-        let proxy = Proxy::start(client_port).await?;
+        let logs = tempfile::Builder::new().prefix("esi-chaos-").tempdir()?;
+        let etcd = LocalCluster::start(opts.etcd_members.max(1)).await?;
+        let client = connect_checked(&EtcdOptions::with_endpoints(etcd.endpoints())).await?;
+        let proxy = Proxy::start(etcd.members[0].client_port).await?;
         Ok(Cluster {
             etcd,
             client,
-            data_dir,
-            client_port,
-            peer_port,
+            logs,
             opts,
             reconcilers: vec![],
             workers: vec![],
             proxy,
             spawned: 0,
         })
+    }
+
+    /// The `--etcd-endpoints` our processes get: every member, member 0
+    /// through the proxy when `through_proxy`.
+    pub fn endpoints(&self, through_proxy: bool) -> String {
+        let mut eps = self.etcd.endpoints();
+        if through_proxy && let Some(first) = eps.first_mut() {
+            *first = self.proxy.url();
+        }
+        eps.join(",")
     }
 
     /// Starts one of our processes and waits until it is ready (`/readyz`).
@@ -101,7 +107,7 @@ impl Cluster {
         for _ in 0..3 {
             self.spawned += 1;
             let log = self
-                .data_dir
+                .logs
                 .path()
                 .join(format!("{role}-{}.log", self.spawned));
             let port = free_port()?;
@@ -156,10 +162,15 @@ impl Cluster {
     }
 
     pub async fn start_reconciler(&mut self) -> anyhow::Result<()> {
+        self.start_reconciler_via(false).await
+    }
+
+    /// A reconciler; `through_proxy` reaches member 0 via the proxy.
+    pub async fn start_reconciler_via(&mut self, through_proxy: bool) -> anyhow::Result<()> {
         let mut args = vec![
             "run".to_string(),
             "--etcd-endpoints".into(),
-            self.etcd.client_url.clone(),
+            self.endpoints(through_proxy),
         ];
         args.extend(self.opts.reconciler_args.clone());
         let m = self.spawn("reconciler", args).await?;
@@ -167,30 +178,30 @@ impl Cluster {
         Ok(())
     }
 
-    /// A worker; `through_proxy` connects it via the cuttable proxy.
+    /// A worker; `through_proxy` reaches member 0 via the proxy (with one
+    /// member: all of etcd).
     pub async fn start_worker(&mut self, through_proxy: bool) -> anyhow::Result<()> {
-        let url = if through_proxy {
-            self.proxy.url()
-        } else {
-            self.etcd.client_url.clone()
-        };
-        let mut args = vec!["worker".to_string(), "--etcd-endpoints".into(), url];
+        let mut args = vec![
+            "worker".to_string(),
+            "--etcd-endpoints".into(),
+            self.endpoints(through_proxy),
+        ];
         args.extend(self.opts.worker_args.clone());
         let m = self.spawn("worker", args).await?;
         self.workers.push(m);
         Ok(())
     }
 
-    /// Stops etcd and starts it again on the same data and ports.
+    /// Stops every etcd member and starts them again on the same data.
     pub async fn restart_etcd(&mut self, down_for: Duration) -> anyhow::Result<()> {
-        self.etcd.kill().await;
+        let n = self.etcd.members.len();
+        for i in 0..n {
+            self.etcd.kill(i).await;
+        }
         tokio::time::sleep(down_for).await;
-        self.etcd = EtcdProcess::start_in(
-            &self.data_dir.path().join("etcd"),
-            self.client_port,
-            self.peer_port,
-        )
-        .await?;
+        for i in 0..n {
+            self.etcd.restart(i).await?;
+        }
         Ok(())
     }
 }
@@ -208,46 +219,61 @@ fn tail(log: &std::path::Path) -> String {
 /// A loopback TCP proxy in front of etcd that can cut every connection.
 pub struct Proxy {
     port: u16,
-    up: Arc<AtomicBool>,
-    generation: watch::Sender<u64>,
+    mode: watch::Sender<ProxyMode>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// What the proxy does with traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// Forwards both ways.
+    Up,
+    /// Closes every connection and refuses new ones (a crashed host).
+    Cut,
+    /// Keeps connections open and accepts new ones, but nothing passes (a
+    /// network partition: the other side just stops answering).
+    Blackhole,
 }
 
 impl Proxy {
     pub async fn start(upstream_port: u16) -> std::io::Result<Proxy> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
-        let up = Arc::new(AtomicBool::new(true));
-        let (generation, _) = watch::channel(0u64);
-        let (u, g) = (up.clone(), generation.clone());
+        let (mode, _) = watch::channel(ProxyMode::Up);
+        let m = mode.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
                     return;
                 };
-                if !u.load(Ordering::SeqCst) {
-                    continue;
-                }
-                let mut cut = g.subscribe();
+                let mut rx = m.subscribe();
+                let now = *rx.borrow_and_update();
                 tokio::spawn(async move {
+                    match now {
+                        ProxyMode::Cut => return,
+                        // Held open, silent, until the partition heals.
+                        ProxyMode::Blackhole => {
+                            let _ = rx.wait_for(|m| *m != ProxyMode::Blackhole).await;
+                            return;
+                        }
+                        ProxyMode::Up => {}
+                    }
                     let Ok(mut out) =
                         tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await
                     else {
                         return;
                     };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut out) => {}
-                        _ = cut.changed() => {}
+                    let changed = tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut out) => None,
+                        r = rx.wait_for(|m| *m != ProxyMode::Up) => r.map(|m| *m).ok(),
+                    };
+                    if changed == Some(ProxyMode::Blackhole) {
+                        let _ = rx.wait_for(|m| *m != ProxyMode::Blackhole).await;
                     }
                 });
             }
         });
-        Ok(Proxy {
-            port,
-            up,
-            generation,
-            task,
-        })
+        Ok(Proxy { port, mode, task })
     }
 
     pub fn url(&self) -> String {
@@ -255,12 +281,15 @@ impl Proxy {
     }
 
     pub fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        self.generation.send_modify(|g| *g += 1);
+        self.mode.send_replace(ProxyMode::Cut);
+    }
+
+    pub fn blackhole(&self) {
+        self.mode.send_replace(ProxyMode::Blackhole);
     }
 
     pub fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
+        self.mode.send_replace(ProxyMode::Up);
     }
 }
 

@@ -10,7 +10,7 @@ use etcd_client::GetOptions;
 use serde_json::{Value, json};
 
 use super::cluster::{Cluster, SIGCONT, SIGSTOP};
-use super::ledger::{Entry, Ledger};
+use super::ledger::{self, Entry, Ledger};
 use super::scenario::{Item, Scenario};
 use crate::esi::Catalog;
 use crate::esi::keys::{ResourceRef, TEMPLATES};
@@ -19,7 +19,7 @@ use crate::reconcile::plan::Phase;
 use crate::reconcile::{report, snapshot};
 
 /// Every drill, by name, in order.
-pub const DRILLS: [&str; 13] = [
+pub const DRILLS: [&str; 19] = [
     "worker-kill",
     "reconciler-kill",
     "job-keys-deleted",
@@ -33,7 +33,49 @@ pub const DRILLS: [&str; 13] = [
     "double-bump",
     "two-reconcilers",
     "network-cut",
+    "etcd-leader-kill",
+    "etcd-member-freeze",
+    "etcd-partition",
+    "etcd-restore",
+    "replica-kill",
+    "replica-freeze",
 ];
+
+/// What a drill's cluster looks like before its fault.
+#[derive(Debug, Clone, Copy)]
+pub struct Setup {
+    pub etcd_members: usize,
+    pub reconcilers: usize,
+    /// The worker reaches etcd member 0 through the proxy.
+    pub worker_via_proxy: bool,
+    /// Every process reaches etcd member 0 through the proxy.
+    pub all_via_proxy: bool,
+}
+
+pub fn setup(name: &str) -> Setup {
+    let mut s = Setup {
+        etcd_members: 1,
+        reconcilers: 1,
+        worker_via_proxy: false,
+        all_via_proxy: false,
+    };
+    match name {
+        "two-reconcilers" => s.reconcilers = 2,
+        "network-cut" => s.worker_via_proxy = true,
+        "etcd-leader-kill" | "etcd-member-freeze" | "etcd-restore" => s.etcd_members = 3,
+        "etcd-partition" => {
+            s.etcd_members = 3;
+            s.all_via_proxy = true;
+        }
+        "replica-kill" | "replica-freeze" => s.reconcilers = 3,
+        _ => {}
+    }
+    s
+}
+
+/// How long a reconciler replica's membership lease lasts in the drills
+/// (`--member-ttl-secs`).
+const MEMBER_TTL: Duration = Duration::from_secs(3);
 
 /// A drill in progress.
 pub struct Ctx {
@@ -54,6 +96,8 @@ pub struct Ctx {
     pub within: Duration,
     /// Retry delays measured (engine-fails).
     pub backoff_timeline: Vec<Value>,
+    /// Jobs issued in a history the drill ended (a restored store).
+    pub earlier_actions: usize,
 }
 
 impl Ctx {
@@ -61,14 +105,33 @@ impl Ctx {
         let key = item.r.config_key();
         let version = self.versions.get(&key).copied().unwrap_or(0) + 1;
         let v = json!({"body": item.body, "version": version, "marked_for_deletion": marked});
-        let resp = self
-            .cluster
-            .client
-            .kv_client()
-            .put(key.clone(), serde_json::to_vec(&v)?, None)
-            .await?;
-        self.own
-            .insert(resp.header().map(|h| h.revision()).unwrap_or(0));
+        let value = serde_json::to_vec(&v)?;
+        // Fenced like Gohan's writes, so a copy that an etcd member applies
+        // late (after a retry elsewhere) cannot land twice.
+        let now = self.cluster.client.get(key.clone(), None).await?;
+        let read = now.kvs().first().map(|kv| kv.mod_revision()).unwrap_or(0);
+        let txn = etcd_client::Txn::new()
+            .when(vec![etcd_client::Compare::mod_revision(
+                key.clone(),
+                etcd_client::CompareOp::Equal,
+                read,
+            )])
+            .and_then(vec![etcd_client::TxnOp::put(
+                key.clone(),
+                value.clone(),
+                None,
+            )]);
+        let resp = self.cluster.client.txn(txn).await?;
+        let rev = if resp.succeeded() {
+            resp.header().map(|h| h.revision()).unwrap_or(0)
+        } else {
+            let now = self.cluster.client.get(key.clone(), None).await?;
+            match now.kvs().first() {
+                Some(kv) if kv.value() == value.as_slice() => kv.mod_revision(),
+                _ => anyhow::bail!("{key} changed under the drill's write"),
+            }
+        };
+        self.own.insert(rev);
         self.versions.insert(key, version);
         Ok(())
     }
@@ -104,7 +167,7 @@ impl Ctx {
     }
 
     async fn delete(&self, key: &str) -> anyhow::Result<()> {
-        self.cluster.client.kv_client().delete(key, None).await?;
+        self.cluster.client.delete(key, None).await?;
         Ok(())
     }
 
@@ -113,7 +176,6 @@ impl Ctx {
         let resp = self
             .cluster
             .client
-            .kv_client()
             .get(
                 prefix,
                 Some(
@@ -264,8 +326,14 @@ pub async fn inject(name: &str, c: &mut Ctx) -> anyhow::Result<()> {
             c.cluster.reconcilers[0].signal(SIGSTOP);
             c.bump(20).await?;
             let rev = crate::store::current_revision(&c.cluster.client).await?;
-            c.cluster.client.kv_client().compact(rev, None).await?;
-            c.cluster.client.maintenance_client().defragment().await?;
+            c.cluster.client.compact(rev).await?;
+            c.cluster
+                .client
+                .client()
+                .await?
+                .maintenance_client()
+                .defragment()
+                .await?;
             c.cluster.reconcilers[0].signal(SIGCONT);
             c.notes.push(format!(
                 "compacted at {rev} and defragmented while the reconciler was frozen"
@@ -323,12 +391,7 @@ pub async fn inject(name: &str, c: &mut Ctx) -> anyhow::Result<()> {
                 ),
             ];
             for (k, v) in writes {
-                let resp = c
-                    .cluster
-                    .client
-                    .kv_client()
-                    .put(k.clone(), v.clone(), None)
-                    .await?;
+                let resp = c.cluster.client.put(k.clone(), v.clone(), None).await?;
                 if k.starts_with("/config/") {
                     c.own
                         .insert(resp.header().map(|h| h.revision()).unwrap_or(0));
@@ -360,9 +423,226 @@ pub async fn inject(name: &str, c: &mut Ctx) -> anyhow::Result<()> {
             c.notes
                 .push("the worker cut off from etcd for 5 s (past its lease) mid-job".into());
         }
+        "etcd-leader-kill" => {
+            c.bump(10).await?;
+            c.wait_key("/jobs/working/").await?;
+            let first = c.cluster.etcd.wait_leader(c.within).await?;
+            c.cluster.etcd.kill(first).await;
+            c.bump(10).await?;
+            c.converged().await?;
+            c.cluster.etcd.restart(first).await?;
+            c.cluster.etcd.wait_leader(c.within).await?;
+            // Wait until the restarted member serves again, then take the
+            // leader down once more.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let second = c.cluster.etcd.wait_leader(c.within).await?;
+            c.cluster.etcd.kill(second).await;
+            c.bump(10).await?;
+            c.notes.push(format!(
+                "etcd leader m{first} SIGKILLed mid-jobs (restarted after convergence), then leader m{second}"
+            ));
+        }
+        "etcd-member-freeze" => {
+            c.bump(10).await?;
+            c.wait_key("/jobs/working/").await?;
+            let leader = c.cluster.etcd.wait_leader(c.within).await?;
+            c.cluster.etcd.signal(leader, rustix::process::Signal::STOP);
+            c.bump(10).await?;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            c.cluster.etcd.signal(leader, rustix::process::Signal::CONT);
+            c.notes.push(format!(
+                "etcd leader m{leader} frozen (SIGSTOP) for 10 s mid-jobs: it answers nothing and holds connections open"
+            ));
+        }
+        "etcd-partition" => {
+            c.bump(10).await?;
+            c.wait_key("/jobs/working/").await?;
+            c.cluster.proxy.blackhole();
+            c.bump(10).await?;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            c.cluster.proxy.restore();
+            c.notes.push(
+                "etcd member m0 partitioned from every process for 10 s (connections open, nothing passes)".into(),
+            );
+        }
+        "etcd-restore" => {
+            let dir = tempfile::tempdir()?;
+            let snap = dir.path().join("snapshot.db");
+            c.cluster.etcd.snapshot(&snap).await?;
+            let versions = c.versions.clone();
+            let before = crate::store::current_revision(&c.cluster.client).await?;
+            // Work the restore will erase, some of it in flight.
+            c.bump(10).await?;
+            c.wait_key("/jobs/working/").await?;
+            let lost_at = crate::store::current_revision(&c.cluster.client).await?;
+            // The old history ends here: judge it now, then follow the new one.
+            let old = c.ledger.entries().await;
+            let findings = ledger::check(&old, &c.own);
+            c.earlier_actions += findings.actions;
+            c.violations.extend(findings.violations);
+            c.violations.extend(
+                findings
+                    .duplicates
+                    .into_iter()
+                    .map(|d| format!("before the restore: {d}")),
+            );
+            c.ledger.stop();
+            c.cluster.etcd.restore(&snap).await?;
+            c.versions = versions;
+            let from = crate::store::current_revision(&c.cluster.client).await?;
+            c.ledger = Ledger::start(c.cluster.client.clone(), from);
+            // New work on the restored store must converge within 30 s.
+            let t = Instant::now();
+            let changed: Vec<ResourceRef> = c.bump(10).await?;
+            c.within = c.within.min(Duration::from_secs(30));
+            c.converged()
+                .await
+                .map_err(|e| anyhow::anyhow!("new work after the restore: {e}"))?;
+            c.notes.push(format!(
+                "restored every member from a snapshot at revision {before} while at {lost_at} (now {from}); {} new changes converged {:.1} s after the restore",
+                changed.len(),
+                t.elapsed().as_secs_f64()
+            ));
+        }
+        "replica-kill" => {
+            let split = owned_split(c).await;
+            let mut victim = c.cluster.reconcilers.remove(0);
+            victim.kill().await;
+            c.bump(30).await?;
+            let gone = members_after(c, 2, MEMBER_TTL * 4).await?;
+            c.notes.push(format!(
+                "3 replicas owned {split:?} resources; one SIGKILLed: its member key expired after {:.1} s (TTL {} s), the survivors took over",
+                gone.as_secs_f64(),
+                MEMBER_TTL.as_secs()
+            ));
+        }
+        "replica-freeze" => {
+            c.cluster.reconcilers[0].signal(SIGSTOP);
+            c.bump(30).await?;
+            let gone = members_after(c, 2, MEMBER_TTL * 4).await?;
+            // Converged by the other two while it is still frozen.
+            c.converged().await?;
+            c.cluster.reconcilers[0].signal(SIGCONT);
+            // Thawed, it registers again and acts on its share; whatever it
+            // had in flight is fenced on the membership it lost.
+            members_after(c, 3, MEMBER_TTL * 4).await?;
+            c.bump(10).await?;
+            c.notes.push(format!(
+                "one of 3 replicas frozen (SIGSTOP) past its {} s lease: its key expired after {:.1} s, the other two converged its resources, then it thawed and rejoined",
+                MEMBER_TTL.as_secs(),
+                gone.as_secs_f64()
+            ));
+        }
         other => anyhow::bail!("unknown drill {other}"),
     }
     Ok(())
+}
+
+/// Checks made after a drill converged; returns failures.
+pub async fn after(name: &str, c: &mut Ctx) -> Vec<String> {
+    let mut failures = vec![];
+    let worker_failed = async |c: &Ctx| {
+        let mut sum = 0.0;
+        for w in &c.cluster.workers {
+            sum += super::scrape(&w.metrics, "esi_worker_jobs_total{result=\"failed\"}")
+                .await
+                .unwrap_or(0.0);
+        }
+        sum
+    };
+    let sum_over = async |c: &Ctx, metric: &str| {
+        let mut sum = 0.0;
+        for m in c.cluster.reconcilers.iter().chain(c.cluster.workers.iter()) {
+            sum += super::scrape(&m.metrics, metric).await.unwrap_or(0.0);
+        }
+        sum
+    };
+    match name {
+        "etcd-leader-kill" | "etcd-member-freeze" | "etcd-partition" => {
+            let failed = worker_failed(c).await;
+            if failed > 0.0 {
+                failures.push(format!(
+                    "{failed} jobs failed while an etcd member was down"
+                ));
+            }
+            let failovers = sum_over(c, "esi_reconciler_etcd_failovers_total").await
+                + sum_over(c, "esi_worker_etcd_failovers_total").await;
+            let errors = sum_over(c, "esi_reconciler_errors_total{reason=\"etcd\"}").await;
+            let resets = sum_over(c, "esi_reconciler_etcd_store_resets_total").await
+                + sum_over(c, "esi_worker_etcd_store_resets_total").await;
+            if resets > 0.0 {
+                failures.push(format!(
+                    "{resets} store resets reported: a member failure was taken for a restore"
+                ));
+            }
+            let retries = sum_over(c, "esi_reconciler_etcd_retries_total").await
+                + sum_over(c, "esi_worker_etcd_retries_total").await;
+            c.notes.push(format!(
+                "no job failed; {failovers} failovers, {retries} requests retried, {errors} reconciles failed on etcd"
+            ));
+        }
+        "etcd-restore" => {
+            for m in c.cluster.reconcilers.iter().chain(c.cluster.workers.iter()) {
+                let metric = if m.role == "worker" {
+                    "esi_worker_etcd_store_resets_total"
+                } else {
+                    "esi_reconciler_etcd_store_resets_total"
+                };
+                if super::scrape(&m.metrics, metric).await.unwrap_or(0.0) < 1.0 {
+                    failures.push(format!(
+                        "the {} did not report the restore ({metric})",
+                        m.role
+                    ));
+                }
+            }
+        }
+        "replica-kill" | "replica-freeze" => {
+            let handovers = sum_over(c, "esi_reconciler_handovers_total").await;
+            if handovers < 1.0 {
+                failures.push("no replica reports a hand-over".into());
+            }
+            c.notes.push(format!("{handovers} resources handed over"));
+        }
+        _ => {}
+    }
+    failures
+}
+
+/// The resources each reconciler replica owns, from its metrics (polled
+/// until they add up to every resource: the gauges refresh every 2 s).
+async fn owned_split(c: &Ctx) -> Vec<u64> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut out = vec![];
+        for r in &c.cluster.reconcilers {
+            out.push(
+                super::scrape(&r.metrics, "esi_reconciler_owned_resources")
+                    .await
+                    .unwrap_or(0.0) as u64,
+            );
+        }
+        if out.iter().sum::<u64>() as usize >= c.scenario.items.len() || Instant::now() > deadline {
+            return out;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until exactly `n` replicas are registered; returns how long it took.
+async fn members_after(c: &Ctx, n: usize, within: Duration) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    loop {
+        let members = crate::reconcile::membership::list_members(&c.cluster.client).await?;
+        if members.len() == n {
+            return Ok(t.elapsed());
+        }
+        anyhow::ensure!(
+            t.elapsed() < within,
+            "{} replicas registered after {within:?}, expected {n}",
+            members.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// For each changed port: the delay from each failure to the next job.

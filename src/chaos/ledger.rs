@@ -5,7 +5,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, EventType, WatchOptions};
+use crate::store::Etcd;
+use etcd_client::{EventType, WatchOptions};
 use serde_json::Value;
 use tokio::sync::Mutex;
 
@@ -32,7 +33,7 @@ pub struct Ledger {
 impl Ledger {
     /// Records every change after `from`, reconnecting (from the last
     /// revision seen) when the stream breaks.
-    pub fn start(client: Client, from: i64) -> Ledger {
+    pub fn start(client: Etcd, from: i64) -> Ledger {
         let entries = Arc::new(Mutex::new(Vec::new()));
         let gaps = Arc::new(Mutex::new(Vec::new()));
         let (e, g) = (entries.clone(), gaps.clone());
@@ -40,7 +41,7 @@ impl Ledger {
             let mut next = from + 1;
             loop {
                 let opts = WatchOptions::new().with_prefix().with_start_revision(next);
-                let Ok(mut stream) = client.watch_client().watch("/", Some(opts)).await else {
+                let Ok(mut stream) = client.watch("/", Some(opts)).await.map(|w| w.stream) else {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 };

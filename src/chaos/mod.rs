@@ -59,6 +59,8 @@ fn reconciler_args() -> Vec<String> {
         "30",
         "--debounce-ms",
         "5",
+        "--member-ttl-secs",
+        "3",
     ]
     .map(String::from)
     .to_vec()
@@ -98,10 +100,12 @@ pub async fn run_drill(name: &str, opts: &ChaosOptions) -> DrillResult {
 
 async fn drill(name: &str, opts: &ChaosOptions, out: &mut DrillResult) -> anyhow::Result<()> {
     let catalog = Arc::new(Catalog::load(None, None)?);
+    let setup = drills::setup(name);
     let cluster = Cluster::start(ClusterOptions {
         binary: opts.binary.clone(),
         reconciler_args: reconciler_args(),
         worker_args: worker_args(),
+        etcd_members: setup.etcd_members,
     })
     .await?;
     drills::load_templates(&cluster).await?;
@@ -109,7 +113,7 @@ async fn drill(name: &str, opts: &ChaosOptions, out: &mut DrillResult) -> anyhow
     let ledger = Ledger::start(cluster.client.clone(), from);
     let mut c = Ctx {
         cluster,
-        ledger: ledger.clone(),
+        ledger,
         scenario: Scenario::generate(opts.ports),
         catalog,
         own: HashSet::new(),
@@ -120,15 +124,17 @@ async fn drill(name: &str, opts: &ChaosOptions, out: &mut DrillResult) -> anyhow
         violations: vec![],
         within: opts.within,
         backoff_timeline: vec![],
+        earlier_actions: 0,
     };
     for item in c.scenario.items.clone() {
         c.put_config(&item, false).await?;
     }
-    c.cluster.start_reconciler().await?;
-    if name == "two-reconcilers" {
-        c.cluster.start_reconciler().await?;
+    for _ in 0..setup.reconcilers {
+        c.cluster.start_reconciler_via(setup.all_via_proxy).await?;
     }
-    c.cluster.start_worker(name == "network-cut").await?;
+    c.cluster
+        .start_worker(setup.all_via_proxy || setup.worker_via_proxy)
+        .await?;
     let baseline = c
         .converged()
         .await
@@ -143,7 +149,9 @@ async fn drill(name: &str, opts: &ChaosOptions, out: &mut DrillResult) -> anyhow
     let injected = t0.elapsed();
     c.converged().await?;
     out.converge_ms = Some((t0.elapsed() - injected.min(t0.elapsed())).as_millis() as u64);
-    // Let the ledger catch up with the last writes before judging.
+    // Let the ledger catch up with the last writes before judging (a drill
+    // may have replaced it: a restored store starts a new history).
+    let ledger = c.ledger.clone();
     let now = crate::store::current_revision(&c.cluster.client).await?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while ledger.entries().await.last().map(|e| e.rev).unwrap_or(0) < now
@@ -153,14 +161,15 @@ async fn drill(name: &str, opts: &ChaosOptions, out: &mut DrillResult) -> anyhow
     }
     let findings = ledger::check(&ledger.entries().await, &c.own);
     ledger.stop();
-    out.actions = findings.actions;
+    out.failures.extend(drills::after(name, &mut c).await);
+    out.actions = findings.actions + c.earlier_actions;
     out.duplicates = findings.duplicates;
     out.failures.extend(findings.violations);
     out.failures.extend(c.violations.clone());
     out.notes.extend(ledger.gaps().await);
     // Corrupt records: reported and untouched.
     for (k, v) in &c.corrupt {
-        let now = c.cluster.client.kv_client().get(k.as_str(), None).await?;
+        let now = c.cluster.client.get(k.as_str(), None).await?;
         if now.kvs().first().map(|kv| kv.value()) != Some(v.as_slice()) {
             out.failures.push(format!("corrupt record {k} was changed"));
         }
@@ -197,19 +206,39 @@ async fn reported_invalid(addr: &str) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut best = 0.0;
     while Instant::now() < deadline {
-        if let Some((_, body)) = crate::telemetry::server::fetch(addr, "/metrics").await {
-            let v = body.lines().find_map(|l| {
-                l.strip_prefix("esi_reconciler_invalid_records ")
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-            });
-            best = v.unwrap_or(0.0);
-            if best >= 3.0 {
-                break;
-            }
+        best = scrape(addr, "esi_reconciler_invalid_records")
+            .await
+            .unwrap_or(0.0);
+        if best >= 3.0 {
+            break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     best
+}
+
+/// The sum of every sample of `metric` (all label sets; `metric{…}`
+/// selects one) that a process serves on `addr`, or `None` if it does not
+/// answer.
+pub async fn scrape(addr: &str, metric: &str) -> Option<f64> {
+    let (_, body) = crate::telemetry::server::fetch(addr, "/metrics").await?;
+    Some(sum_samples(&body, metric))
+}
+
+/// The sum of the samples of `metric` in a Prometheus text exposition.
+pub fn sum_samples(body: &str, metric: &str) -> f64 {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            let matches = if metric.contains('{') {
+                name == metric
+            } else {
+                name == metric || name.starts_with(&format!("{metric}{{"))
+            };
+            matches.then(|| value.trim().parse::<f64>().ok()).flatten()
+        })
+        .sum()
 }
 
 /// The table the command prints.
@@ -239,4 +268,21 @@ pub fn table(results: &[DrillResult]) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sum_samples;
+
+    #[test]
+    fn sums_every_label_set_or_the_one_named() {
+        let body = "# HELP x\nesi_worker_jobs_total{result=\"failed\"} 2\nesi_worker_jobs_total{result=\"completed\"} 5\nesi_worker_jobs_totals 9\nesi_worker_claimed_total 3\n";
+        assert_eq!(sum_samples(body, "esi_worker_jobs_total"), 7.0);
+        assert_eq!(
+            sum_samples(body, "esi_worker_jobs_total{result=\"failed\"}"),
+            2.0
+        );
+        assert_eq!(sum_samples(body, "esi_worker_claimed_total"), 3.0);
+        assert_eq!(sum_samples(body, "absent"), 0.0);
+    }
 }

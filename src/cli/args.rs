@@ -42,6 +42,10 @@ pub struct EtcdArgs {
     /// Client key (PEM) for mutual TLS.
     #[arg(long, env = "ESI_ETCD_KEY", requires = "etcd_cert")]
     pub etcd_key: Option<PathBuf>,
+    /// Also use every member etcd's member list names (checked every 30 s),
+    /// besides --etcd-endpoints.
+    #[arg(long, env = "ESI_ETCD_DISCOVER")]
+    pub etcd_discover: bool,
 }
 
 impl EtcdArgs {
@@ -62,16 +66,17 @@ impl EtcdArgs {
             request_timeout: Duration::from_secs(self.etcd_request_timeout),
             user,
             tls,
+            discover: self.etcd_discover,
         })
     }
 
     /// Connects and checks etcd answers (for one-shot commands).
-    pub async fn connect(&self) -> anyhow::Result<etcd_client::Client> {
+    pub async fn connect(&self) -> anyhow::Result<esi_reconciler::store::Etcd> {
         Ok(connect_checked(&self.options()?).await?)
     }
 
     /// Connects without waiting for etcd: a long-running process retries.
-    pub async fn connect_lazily(&self) -> anyhow::Result<etcd_client::Client> {
+    pub async fn connect_lazily(&self) -> anyhow::Result<esi_reconciler::store::Etcd> {
         Ok(connect(&self.options()?).await?)
     }
 }

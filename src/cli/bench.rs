@@ -23,6 +23,9 @@ pub struct BenchArgs {
     /// Client concurrency for the etcd limit.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
+    /// Reconciler replicas sharing the work.
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
     /// Where to write the JSON report.
     #[arg(long, default_value = "bench-report.json")]
     pub report: PathBuf,
@@ -39,6 +42,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         idle_secs: args.idle_secs,
         concurrency: args.concurrency,
         binary: std::env::current_exe()?,
+        replicas: args.replicas,
     };
     let report = bench::run(&opts).await?;
     print!("{}", bench::table(&report));

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use etcd_client::{Client, EventType, WatchOptions};
+use esi_reconciler::store::Etcd;
+use etcd_client::{EventType, WatchOptions};
 use serde_json::{Map, Value};
 use tokio::sync::{Mutex, watch};
 
@@ -58,7 +59,7 @@ fn step(n: usize, text: &str) {
 /// Prints job and state changes as they happen, and captures the records
 /// the seed shows at points (2) and (4).
 async fn progress(
-    client: Client,
+    client: Etcd,
     from: i64,
     start: Instant,
     captured: Arc<Mutex<Captured>>,
@@ -67,10 +68,7 @@ async fn progress(
     let opts = WatchOptions::new()
         .with_range("/state0")
         .with_start_revision(from + 1);
-    let mut stream = client
-        .watch_client()
-        .watch("/esi-worker/", Some(opts))
-        .await?;
+    let mut stream = client.watch("/esi-worker/", Some(opts)).await?.stream;
     let port = ResourceRef::new("ports", demo::PORT_ID);
     loop {
         let msg = tokio::select! {
@@ -139,7 +137,7 @@ async fn progress(
 
 /// Waits until every resource is converged at its latest config.
 async fn converged(
-    client: &Client,
+    client: &Etcd,
     catalog: &Arc<Catalog>,
     within: Duration,
 ) -> anyhow::Result<Vec<Report>> {
@@ -165,7 +163,7 @@ async fn converged(
     }
 }
 
-async fn apply(client: &Client, r: &ResourceRef, body: Map<String, Value>) -> anyhow::Result<()> {
+async fn apply(client: &Etcd, r: &ResourceRef, body: Map<String, Value>) -> anyhow::Result<()> {
     let w = gohan::apply(client, &r.config_key(), body, false).await?;
     println!("    Gohan: {}/{} {w}", r.plural, short(&r.id));
     Ok(())
@@ -180,8 +178,8 @@ fn print_record(label: &str, key: &str, value: Option<&Value>) -> anyhow::Result
     Ok(())
 }
 
-async fn get_json(client: &Client, key: &str) -> anyhow::Result<Option<Value>> {
-    let resp = client.kv_client().get(key, None).await?;
+async fn get_json(client: &Etcd, key: &str) -> anyhow::Result<Option<Value>> {
+    let resp = client.get(key, None).await?;
     Ok(resp
         .kvs()
         .first()

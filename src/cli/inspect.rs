@@ -3,7 +3,9 @@
 
 use clap::{Args, ValueEnum};
 
+use esi_reconciler::esi::ResourceRef;
 use esi_reconciler::reconcile::controller::now_ms;
+use esi_reconciler::reconcile::membership;
 use esi_reconciler::reconcile::report::{self, Report};
 use esi_reconciler::reconcile::snapshot;
 
@@ -78,8 +80,25 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
         .into_iter()
         .filter(|r| want.as_ref().is_none_or(|t| &r.rtype == t))
         .collect();
+    // Who acts on each resource: the replica that owns it among those
+    // registered now ("-": no reconciler runs).
+    let members = membership::list_members(&client).await?;
+    let owner = |r: &Report| -> Option<String> {
+        let plural = catalog.schemas.plural_of(&r.rtype)?;
+        membership::owner_among(&members, &ResourceRef::new(plural, r.id.clone())).map(String::from)
+    };
     match args.output {
         Output::Json => {
+            let rows: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|r| {
+                    let mut v = serde_json::to_value(r).unwrap_or_default();
+                    if let Some(m) = v.as_object_mut() {
+                        m.insert("owner".into(), serde_json::json!(owner(r)));
+                    }
+                    v
+                })
+                .collect();
             let invalid: Vec<_> = world
                 .unparsed()
                 .iter()
@@ -88,7 +107,7 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
             println!(
                 "{}",
                 serde_json::to_string_pretty(
-                    &serde_json::json!({"revision": world.revision, "resources": rows, "invalid_keys": invalid})
+                    &serde_json::json!({"revision": world.revision, "replicas": members, "resources": rows, "invalid_keys": invalid})
                 )?
             );
         }
@@ -103,6 +122,7 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
                     "PHASE",
                     "LAST-ACTION",
                     "ATTEMPTS",
+                    "OWNER",
                     "ERROR",
                 ]
                 .map(String::from)
@@ -125,6 +145,7 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
                         r.last_action.clone()
                     },
                     r.attempts.to_string(),
+                    cell(owner(r)),
                     r.last_error.clone(),
                 ]);
             }

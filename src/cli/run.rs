@@ -116,6 +116,14 @@ pub struct TuningArgs {
     /// (what Gohan and the Job Manager do; for deployments without Gohan).
     #[arg(long, env = "ESI_PURGE_DELETED")]
     pub purge_deleted: bool,
+    /// This replica's id among reconcilers sharing the work (default: the
+    /// pod or host name and a random suffix).
+    #[arg(long, env = "ESI_REPLICA_ID")]
+    pub replica_id: Option<String>,
+    /// TTL, in seconds, of the lease behind this replica's membership: the
+    /// others take over a dead replica's resources within it.
+    #[arg(long, env = "ESI_MEMBER_TTL_SECS", default_value_t = 10)]
+    pub member_ttl_secs: u64,
 }
 
 impl TuningArgs {
@@ -125,6 +133,12 @@ impl TuningArgs {
             "--backoff-factor must be at least 1"
         );
         anyhow::ensure!(self.page_size > 0, "--page-size must be positive");
+        if let Some(id) = &self.replica_id {
+            anyhow::ensure!(
+                !id.is_empty() && !id.contains('/') && id.len() <= 128,
+                "--replica-id must be 1-128 characters without '/'"
+            );
+        }
         Ok(ControllerConfig {
             concurrency: self.concurrency.max(1),
             debounce: Duration::from_millis(self.debounce_ms),
@@ -137,6 +151,8 @@ impl TuningArgs {
             },
             page_size: self.page_size,
             purge_deleted: self.purge_deleted,
+            replica_id: self.replica_id.clone(),
+            member_ttl: Duration::from_secs(self.member_ttl_secs.max(2)),
         })
     }
 }
@@ -162,7 +178,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let catalog = args.catalog.load()?;
     let cfg = args.tuning.config()?;
     let client = args.etcd.connect_lazily().await?;
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::new().with_store(client.stats()));
     let controller = Controller::new(client, catalog.clone(), cfg, metrics.clone());
     let mirror_tasks = start_mirror(&args.mirror, catalog, controller.clone()).await?;
     let m = metrics.clone();

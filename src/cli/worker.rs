@@ -112,7 +112,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let catalog = args.catalog.load()?;
     let cfg = args.config()?;
     let client = args.etcd.connect_lazily().await?;
-    let metrics = Arc::new(WorkerMetrics::new());
+    let metrics = Arc::new(WorkerMetrics::new().with_store(client.stats()));
     let engine = match args.engine {
         EngineKind::Sim => Arc::new(SimEngine::new(client.clone(), args.sim.options()?)),
     };

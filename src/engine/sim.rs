@@ -13,7 +13,8 @@
 
 use std::time::Duration;
 
-use etcd_client::Client;
+use crate::store::Etcd;
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -84,7 +85,7 @@ impl SimStack {
 
 #[derive(Clone)]
 pub struct SimEngine {
-    client: Client,
+    client: Etcd,
     opts: SimOptions,
 }
 
@@ -100,33 +101,56 @@ fn storage(e: etcd_client::Error) -> EngineError {
 }
 
 impl SimEngine {
-    pub fn new(client: Client, opts: SimOptions) -> Self {
+    pub fn new(client: Etcd, opts: SimOptions) -> Self {
         Self { client, opts }
     }
 
     async fn load(&self, name: &str) -> Result<Option<SimStack>, EngineError> {
+        Ok(self.load_versioned(name).await?.0)
+    }
+
+    /// The stack and the etcd version of its record (0: none), which its
+    /// next save compares.
+    async fn load_versioned(&self, name: &str) -> Result<(Option<SimStack>, i64), EngineError> {
         let resp = self
             .client
-            .kv_client()
             .get(format!("{PREFIX}{name}"), None)
             .await
             .map_err(storage)?;
         match resp.kvs().first() {
-            None => Ok(None),
+            None => Ok((None, 0)),
             Some(kv) => serde_json::from_slice(kv.value())
-                .map(Some)
+                .map(|s| (Some(s), kv.version()))
                 .map_err(|e| EngineError::Storage(format!("sim stack {name} is corrupt: {e}"))),
         }
     }
 
-    async fn save(&self, s: &SimStack) -> Result<(), EngineError> {
+    /// Saves a stack if its record is still at `version`: a write that a
+    /// frozen etcd member applies late (after the store layer retried it
+    /// elsewhere) can never overwrite a newer operation.
+    async fn save(&self, s: &SimStack, version: i64) -> Result<(), EngineError> {
+        let key = format!("{PREFIX}{}", s.name);
         let v = serde_json::to_vec(s).map_err(|e| EngineError::Storage(e.to_string()))?;
-        self.client
-            .kv_client()
-            .put(format!("{PREFIX}{}", s.name), v, None)
-            .await
-            .map_err(storage)?;
-        Ok(())
+        let txn = Txn::new()
+            .when(vec![Compare::version(
+                key.clone(),
+                CompareOp::Equal,
+                version,
+            )])
+            .and_then(vec![TxnOp::put(key.clone(), v.clone(), None)]);
+        let resp = self.client.txn(txn).await.map_err(storage)?;
+        if resp.succeeded() {
+            return Ok(());
+        }
+        // Our own first attempt may have landed before a retry.
+        let now = self.client.get(key, None).await.map_err(storage)?;
+        match now.kvs().first() {
+            Some(kv) if kv.value() == v.as_slice() => Ok(()),
+            _ => Err(EngineError::Storage(format!(
+                "sim stack {} changed while being saved",
+                s.name
+            ))),
+        }
     }
 
     fn matches(patterns: &[String], name: &str, resources: &[String]) -> Option<String> {
@@ -143,6 +167,7 @@ impl SimEngine {
         spec: Option<&StackSpec>,
         name: &str,
         previous: Option<SimStack>,
+        version: i64,
     ) -> Result<StackInfo, EngineError> {
         let resources = spec
             .map(|s| hot::resource_names(&s.template))
@@ -223,14 +248,14 @@ impl SimEngine {
             parameters: spec.map(|s| s.parameters.clone()).unwrap_or_default(),
             operations,
         };
-        self.save(&stack).await?;
+        self.save(&stack, version).await?;
         Ok(stack.info(now))
     }
 }
 
 impl Engine for SimEngine {
     async fn create_stack(&self, spec: &StackSpec) -> Result<StackInfo, EngineError> {
-        let prev = self.load(&spec.name).await?;
+        let (prev, version) = self.load_versioned(&spec.name).await?;
         if let Some(p) = &prev {
             let info = p.info(now_ms());
             let gone = p.action == "DELETE" && info.is_terminal() && !info.is_failed();
@@ -240,23 +265,27 @@ impl Engine for SimEngine {
             }
             if !gone {
                 // A failed stack is updated into shape, as Heat allows.
-                return self.start("UPDATE", Some(spec), &spec.name, prev).await;
+                return self
+                    .start("UPDATE", Some(spec), &spec.name, prev, version)
+                    .await;
             }
         }
-        self.start("CREATE", Some(spec), &spec.name, prev).await
+        self.start("CREATE", Some(spec), &spec.name, prev, version)
+            .await
     }
 
     async fn update_stack(&self, spec: &StackSpec) -> Result<StackInfo, EngineError> {
-        let prev = self.load(&spec.name).await?;
+        let (prev, version) = self.load_versioned(&spec.name).await?;
         let missing = prev.as_ref().is_none_or(|p| {
             p.action == "DELETE" && p.info(now_ms()).is_terminal() && p.outcome == "COMPLETE"
         });
         let action = if missing { "CREATE" } else { "UPDATE" };
-        self.start(action, Some(spec), &spec.name, prev).await
+        self.start(action, Some(spec), &spec.name, prev, version)
+            .await
     }
 
     async fn delete_stack(&self, name: &str) -> Result<StackInfo, EngineError> {
-        let prev = self.load(name).await?;
+        let (prev, version) = self.load_versioned(name).await?;
         match &prev {
             None => Ok(StackInfo {
                 id: String::new(),
@@ -272,7 +301,7 @@ impl Engine for SimEngine {
             {
                 Ok(p.info(now_ms()))
             }
-            Some(_) => self.start("DELETE", None, name, prev).await,
+            Some(_) => self.start("DELETE", None, name, prev, version).await,
         }
     }
 

@@ -27,6 +27,9 @@ pub const JOBS_FINISHED: &str = "/jobs/finished/";
 /// `/esi-reconciler/v1/resources/` — our own per-resource bookkeeping
 /// (backoff, last action). Lives in etcd so a restart does not reset it.
 pub const RECONCILER: &str = "/esi-reconciler/v1/resources/";
+/// `/esi-reconciler/v1/members/{replica}` — one key per live reconciler
+/// replica, under its lease: the membership resources are shared over.
+pub const MEMBERS: &str = "/esi-reconciler/v1/members/";
 
 /// The key range that holds everything the reconciler watches, in one
 /// contiguous span: `/config/` .. `/state0`. One list and one watch over it

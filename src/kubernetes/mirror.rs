@@ -300,6 +300,7 @@ impl KubeMirror {
         let mut tick = tokio::time::interval(self.cfg.interval);
         let mut round: u64 = 0;
         let mut full = true;
+        let mut seen_epoch = 0;
         loop {
             tick.tick().await;
             let Some(controller) = self.controller.get() else {
@@ -312,6 +313,13 @@ impl KubeMirror {
                 continue;
             }
             round += 1;
+            // A store restored from a snapshot: what it no longer holds must
+            // lose its mirror too, so go over everything.
+            let epoch = controller.listed_epoch();
+            if epoch != seen_epoch {
+                seen_epoch = epoch;
+                full = true;
+            }
             let names: Vec<ResourceRef> = if full {
                 world
                     .read()
@@ -333,9 +341,11 @@ impl KubeMirror {
                         Report::new(&o, &plan(&o))
                     })
                 };
+                // Each resource is mirrored by the replica that owns it.
+                let owned = controller.owns(&r);
                 let Some(report) = report else {
-                    // Gone from etcd: delete its mirror.
-                    if let Some(name) = self.name_of(&r) {
+                    // Gone from etcd: its owner deletes its mirror.
+                    if let Some(name) = self.name_of(&r).filter(|_| owned) {
                         written.remove(&name);
                         if let Err(e) = self.api.delete(&name, &DeleteParams::default()).await
                             && !is_not_found(&e)
@@ -347,6 +357,10 @@ impl KubeMirror {
                 };
                 let name = object_name(&report.rtype, &report.id);
                 live.insert(name.clone());
+                if !owned {
+                    written.remove(&name);
+                    continue;
+                }
                 let previous = written
                     .get(&name)
                     .map(|w| w.conditions.clone())

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etcd_client::Client;
+use crate::store::Etcd;
 use tokio::sync::{RwLock, Semaphore, mpsc, watch};
 
 use crate::esi::Catalog;
@@ -20,6 +20,7 @@ use crate::telemetry::metrics::PhaseLabel;
 
 use super::backoff::BackoffPolicy;
 use super::execute::{Executor, Outcome};
+use super::membership::{self, Membership};
 use super::observed::Observed;
 use super::plan::{Phase, plan};
 use super::queue::Queue;
@@ -42,6 +43,12 @@ pub struct ControllerConfig {
     /// Delete configs and stack records once their deletion completed, as
     /// Gohan does (for deployments without Gohan).
     pub purge_deleted: bool,
+    /// This replica's id among the reconcilers sharing the work (default:
+    /// host name and a random suffix).
+    pub replica_id: Option<String>,
+    /// TTL of the lease behind this replica's membership: a replica that
+    /// dies hands its resources over within it.
+    pub member_ttl: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -53,6 +60,8 @@ impl Default for ControllerConfig {
             backoff: BackoffPolicy::default(),
             page_size: 1000,
             purge_deleted: false,
+            replica_id: None,
+            member_ttl: Duration::from_secs(10),
         }
     }
 }
@@ -65,7 +74,7 @@ pub fn now_ms() -> u64 {
 }
 
 pub struct Controller {
-    client: Client,
+    client: Etcd,
     world: Arc<RwLock<World>>,
     queue: Queue<ResourceRef>,
     executor: Executor,
@@ -78,6 +87,11 @@ pub struct Controller {
     /// Resources whose job waits for another resource, by that resource.
     deferred: Mutex<HashMap<ResourceRef, HashSet<ResourceRef>>>,
     observer: std::sync::OnceLock<Arc<dyn Observer>>,
+    /// The store epoch the world was listed in: a reconcile acts only while
+    /// it is the store's current one (never from the view of a store that
+    /// was since restored).
+    listed_epoch: std::sync::atomic::AtomicU64,
+    membership: Arc<Membership>,
 }
 
 /// What one reconcile did, for an [`Observer`].
@@ -103,13 +117,21 @@ pub trait Observer: Send + Sync {
 
 impl Controller {
     pub fn new(
-        client: Client,
+        client: Etcd,
         catalog: Arc<Catalog>,
         cfg: ControllerConfig,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         let world = Arc::new(RwLock::new(World::new(catalog.clone())));
-        let executor = Executor::new(client.clone(), world.clone(), catalog, cfg.backoff);
+        let membership = Membership::new(
+            client.clone(),
+            cfg.replica_id
+                .clone()
+                .unwrap_or_else(membership::default_id),
+            cfg.member_ttl,
+        );
+        let executor = Executor::new(client.clone(), world.clone(), catalog, cfg.backoff)
+            .with_membership(membership.clone());
         Arc::new(Self {
             client,
             world,
@@ -122,6 +144,8 @@ impl Controller {
             errors: Mutex::new(HashMap::new()),
             deferred: Mutex::new(HashMap::new()),
             observer: std::sync::OnceLock::new(),
+            listed_epoch: std::sync::atomic::AtomicU64::new(0),
+            membership,
         })
     }
 
@@ -157,6 +181,20 @@ impl Controller {
         Ok(())
     }
 
+    /// Whether this replica acts on `r` now (it owns it).
+    pub fn owns(&self, r: &ResourceRef) -> bool {
+        self.membership.view().owns(r)
+    }
+
+    /// The store epoch the world was last listed in (see `Etcd::epoch`).
+    pub fn listed_epoch(&self) -> u64 {
+        self.listed_epoch.load(Ordering::Relaxed)
+    }
+
+    pub fn membership(&self) -> &Arc<Membership> {
+        &self.membership
+    }
+
     pub fn world(&self) -> Arc<RwLock<World>> {
         self.world.clone()
     }
@@ -175,6 +213,8 @@ impl Controller {
             tx,
         ));
         let ingest = tokio::spawn(self.clone().ingest(rx));
+        let members = tokio::spawn(self.membership.clone().run());
+        let handover = tokio::spawn(self.clone().follow_membership());
         let resync = tokio::spawn(self.clone().resync());
         let stats = tokio::spawn(self.clone().stats());
         let slots = Arc::new(Semaphore::new(self.cfg.concurrency.max(1)));
@@ -202,7 +242,8 @@ impl Controller {
         tracing::info!("shutting down: waiting for reconciles in flight");
         let all = self.cfg.concurrency.max(1) as u32;
         let _ = tokio::time::timeout(Duration::from_secs(30), slots.acquire_many(all)).await;
-        for t in [mirror, ingest, resync, stats] {
+        self.membership.leave().await;
+        for t in [mirror, ingest, resync, stats, members, handover] {
             t.abort();
         }
     }
@@ -240,10 +281,12 @@ impl Controller {
     /// swapped in whole, so no reconcile ever sees a half-loaded world.
     async fn ingest(self: Arc<Self>, mut rx: mpsc::Receiver<MirrorEvent>) {
         let mut pending: Option<World> = None;
+        let mut pending_epoch = 0;
         while let Some(ev) = rx.recv().await {
             match ev {
-                MirrorEvent::ListStart { revision } => {
+                MirrorEvent::ListStart { revision, epoch } => {
                     self.metrics.relists.inc();
+                    pending_epoch = epoch;
                     let catalog = self.world.read().await.catalog().clone();
                     let mut w = World::new(catalog);
                     w.revision = revision;
@@ -264,6 +307,7 @@ impl Controller {
                     let all: Vec<ResourceRef> = fresh.resources().map(|(r, _)| r.clone()).collect();
                     tracing::info!(revision, resources = all.len(), "loaded etcd");
                     *self.world.write().await = fresh;
+                    self.listed_epoch.store(pending_epoch, Ordering::Relaxed);
                     for r in all {
                         self.queue.schedule(r);
                     }
@@ -288,7 +332,51 @@ impl Controller {
                     self.metrics.watch_restarts.inc();
                     tracing::warn!(%reason, "etcd watch restarting");
                 }
+                MirrorEvent::StoreReset { reason } => {
+                    // Logged at WARN by the store layer, once per reset.
+                    tracing::info!(%reason, "relisting etcd from scratch");
+                }
             }
+        }
+    }
+
+    /// Queues the resources this replica gains whenever the membership
+    /// changes (a member joined or left, or we registered again).
+    async fn follow_membership(self: Arc<Self>) {
+        let mut rx = self.membership.subscribe();
+        let mut before = rx.borrow_and_update().clone();
+        while rx.changed().await.is_ok() {
+            let now = rx.borrow_and_update().clone();
+            self.metrics.replica_members.set(now.members.len() as i64);
+            if now.members != before.members {
+                tracing::info!(members = ?now.members, replica = %now.me, "reconciler membership changed");
+            }
+            // Our own (re-)registration or a new list: everything we own
+            // may have been skipped meanwhile, so all of it is queued.
+            let all = now.registration != before.registration || now.listed != before.listed;
+            let mut gained = 0u64;
+            let queue: Vec<ResourceRef> = self
+                .world
+                .read()
+                .await
+                .resources()
+                .map(|(r, _)| r)
+                .filter(|r| now.owns(r))
+                .filter(|r| {
+                    let new = !before.owns(r);
+                    gained += u64::from(new);
+                    all || new
+                })
+                .cloned()
+                .collect();
+            if before.registration.is_some() && before.listed && now.registration.is_some() {
+                // Taken over from a member that left (not our own start).
+                self.metrics.handovers.inc_by(gained);
+            }
+            for r in queue {
+                self.queue.schedule(r);
+            }
+            before = now;
         }
     }
 
@@ -328,11 +416,17 @@ impl Controller {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         loop {
             tick.tick().await;
+            let view = self.membership.view();
             let w = self.world.read().await;
             let mut counts: HashMap<Phase, i64> = HashMap::new();
-            for (_, e) in w.resources() {
-                *counts.entry(e.phase.unwrap_or(Phase::Pending)).or_default() += 1;
+            let mut owned = 0;
+            for (r, e) in w.resources() {
+                if view.owns(r) {
+                    owned += 1;
+                    *counts.entry(e.phase.unwrap_or(Phase::Pending)).or_default() += 1;
+                }
             }
+            self.metrics.owned_resources.set(owned);
             let invalid =
                 counts.get(&Phase::Invalid).copied().unwrap_or(0) + w.unparsed().len() as i64;
             drop(w);
@@ -359,6 +453,16 @@ impl Controller {
     /// Plans and acts for one resource; returns the revision of its own
     /// last write, which the world must reach before it is planned again.
     async fn reconcile(&self, r: &ResourceRef) -> Option<i64> {
+        if !self.owns(r) {
+            // Another replica's (or none's, while we are not registered):
+            // a membership change queues it again if it becomes ours.
+            return None;
+        }
+        if self.listed_epoch.load(Ordering::Relaxed) != self.client.epoch() {
+            // The store was restored since the world was listed: the relist
+            // under way schedules every resource again.
+            return None;
+        }
         let observed = Observed::from_world(&*self.world.read().await, r, now_ms());
         let observer = self.observer.get();
         let Some(mut o) = observed else {
@@ -439,6 +543,7 @@ impl Controller {
                 let reason = match &e {
                     super::execute::ExecError::Etcd(_) => "etcd",
                     super::execute::ExecError::Build(_) => "build_job",
+                    super::execute::ExecError::NotMember => "not_member",
                 };
                 tracing::warn!(resource = %r, error = %e, "reconcile failed");
                 self.metrics.error(reason);

@@ -8,7 +8,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
+use crate::store::Etcd;
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use serde_json::{Map, Value};
 use tokio::sync::RwLock;
 
@@ -23,6 +24,7 @@ use crate::esi::{Catalog, records::queue_value};
 
 use super::action::{Action, Issue};
 use super::backoff::BackoffPolicy;
+use super::membership::Membership;
 use super::observed::{DepState, Observed};
 use super::plan::Plan;
 use super::status::ResourceStatus;
@@ -58,14 +60,20 @@ pub enum ExecError {
     Etcd(#[from] etcd_client::Error),
     #[error("{0}")]
     Build(String),
+    #[error(
+        "this replica holds no membership (lease lapsed or not yet registered): writing nothing"
+    )]
+    NotMember,
 }
 
 #[derive(Clone)]
 pub struct Executor {
-    client: Client,
+    client: Etcd,
     world: Arc<RwLock<World>>,
     catalog: Arc<Catalog>,
     backoff: BackoffPolicy,
+    /// The replica's membership: every write is fenced on it.
+    membership: Option<Arc<Membership>>,
 }
 
 fn absent(key: impl Into<Vec<u8>>) -> Compare {
@@ -128,7 +136,7 @@ impl Configs for Fetched {
 
 impl Executor {
     pub fn new(
-        client: Client,
+        client: Etcd,
         world: Arc<RwLock<World>>,
         catalog: Arc<Catalog>,
         backoff: BackoffPolicy,
@@ -138,7 +146,36 @@ impl Executor {
             world,
             catalog,
             backoff,
+            membership: None,
         }
+    }
+
+    /// Fences every write on this replica's membership.
+    pub fn with_membership(mut self, m: Arc<Membership>) -> Self {
+        self.membership = Some(m);
+        self
+    }
+
+    /// The compares every transaction carries besides its own: this
+    /// replica still holds its member key.
+    fn member_fence(&self) -> Result<Option<Compare>, ExecError> {
+        match &self.membership {
+            None => Ok(None),
+            Some(m) => m.fence().map(Some).ok_or(ExecError::NotMember),
+        }
+    }
+
+    /// Sends a transaction with the membership fence added.
+    async fn send(
+        &self,
+        mut compares: Vec<Compare>,
+        ops: Vec<TxnOp>,
+    ) -> Result<etcd_client::TxnResponse, ExecError> {
+        compares.extend(self.member_fence()?);
+        Ok(self
+            .client
+            .txn(Txn::new().when(compares).and_then(ops))
+            .await?)
     }
 
     /// Executes the plan's actions in order, stopping at the first that
@@ -171,11 +208,7 @@ impl Executor {
                     } else {
                         put(status_key, serde_json::to_vec(&status).unwrap_or_default())
                     });
-                    let resp = self
-                        .client
-                        .kv_client()
-                        .txn(Txn::new().when(compares).and_then(ops))
-                        .await?;
+                    let resp = self.send(compares, ops).await?;
                     let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
                     if !resp.succeeded() {
                         return Ok(Outcome::Conflict {
@@ -301,11 +334,7 @@ impl Executor {
                 job_state_rev,
             } => {
                 let r = &o.resource;
-                let resp = self
-                    .client
-                    .kv_client()
-                    .get(r.heat_stack_key(), None)
-                    .await?;
+                let resp = self.client.get(r.heat_stack_key(), None).await?;
                 let Some(kv) = resp
                     .kvs()
                     .first()
@@ -416,7 +445,7 @@ impl Executor {
         status: &mut ResourceStatus,
     ) -> Result<Built, ExecError> {
         let r = &o.resource;
-        let mut kv = self.client.kv_client();
+        let kv = &self.client;
         let resp = kv.get(r.config_key(), None).await?;
         let Some(ckv) = resp
             .kvs()
@@ -545,13 +574,11 @@ impl Executor {
         status.last_error = error.to_string();
         let key = o.resource.reconciler_key();
         let rev = o.status.as_ref().map(|s| s.mod_rev).unwrap_or(0);
-        let txn = Txn::new()
-            .when(vec![at(key.clone(), rev)])
-            .and_then(vec![put(
-                key,
-                serde_json::to_vec(&status).unwrap_or_default(),
-            )]);
-        if let Err(e) = self.client.kv_client().txn(txn).await {
+        let ops = vec![put(
+            key.clone(),
+            serde_json::to_vec(&status).unwrap_or_default(),
+        )];
+        if let Err(e) = self.send(vec![at(key, rev)], ops).await {
             tracing::debug!(error = %e, "could not record error");
         }
     }
@@ -564,7 +591,7 @@ impl Executor {
             return Ok(None);
         };
         let key = ResourceRef::new(plural, rid.resource_id.clone()).config_key();
-        let resp = self.client.kv_client().get(key, None).await?;
+        let resp = self.client.get(key, None).await?;
         Ok(match resp.kvs().first() {
             None => None,
             Some(kv) => Some(

@@ -6,6 +6,7 @@
 pub mod action;
 pub mod backoff;
 pub mod execute;
+pub mod membership;
 pub mod observed;
 pub mod plan;
 pub mod status;

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use etcd_client::Client;
+use crate::store::Etcd;
 use tokio::sync::RwLock;
 
 use crate::esi::Catalog;
@@ -30,7 +30,7 @@ pub enum OnceError {
 
 /// Plans `r` from a fresh view of etcd and executes the plan.
 pub async fn reconcile_once(
-    client: &Client,
+    client: &Etcd,
     catalog: Arc<Catalog>,
     r: &ResourceRef,
 ) -> Result<(Plan, Option<Outcome>), OnceError> {

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use etcd_client::Client;
+use crate::store::Etcd;
 use tokio::sync::mpsc;
 
 use crate::esi::Catalog;
@@ -28,18 +28,18 @@ pub fn mirror_options(page_size: i64) -> MirrorOptions {
 
 /// Lists everything the reconciler watches, at one pinned revision.
 pub async fn load(
-    client: &Client,
+    client: &Etcd,
     catalog: Arc<Catalog>,
     page_size: i64,
 ) -> Result<World, StoreError> {
     let (tx, mut rx) = mpsc::channel(16);
-    let mut c = client.clone();
+    let c = client.clone();
     let opts = mirror_options(page_size);
-    let lister = tokio::spawn(async move { mirror::list(&mut c, &opts, &tx).await });
+    let lister = tokio::spawn(async move { mirror::list(&c, &opts, &tx).await });
     let mut world = World::new(catalog);
     while let Some(ev) = rx.recv().await {
         match ev {
-            MirrorEvent::ListStart { revision } | MirrorEvent::ListEnd { revision } => {
+            MirrorEvent::ListStart { revision, .. } | MirrorEvent::ListEnd { revision } => {
                 world.revision = revision
             }
             MirrorEvent::ListPage(kvs) => {

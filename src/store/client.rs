@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 
+use super::cluster::Etcd;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot connect to etcd at {endpoints}: {source}")]
@@ -47,18 +49,10 @@ pub fn describe(e: &etcd_client::Error) -> String {
 
 /// Connects and checks that etcd answers a read, so a command fails fast
 /// with a clear message instead of on its first real request.
-pub async fn connect_checked(opts: &EtcdOptions) -> Result<Client, StoreError> {
-    let client = connect(opts).await?;
-    let probe = etcd_client::GetOptions::new().with_count_only();
-    client
-        .kv_client()
-        .get(crate::esi::keys::CONFIG, Some(probe))
-        .await
-        .map_err(|e| StoreError::Unreachable {
-            endpoints: opts.endpoints.join(","),
-            reason: describe(&e),
-        })?;
-    Ok(client)
+pub async fn connect_checked(opts: &EtcdOptions) -> Result<Etcd, StoreError> {
+    let etcd = connect(opts).await?;
+    etcd.check().await?;
+    Ok(etcd)
 }
 
 /// Client-side TLS material, as PEM files.
@@ -76,6 +70,8 @@ pub struct EtcdOptions {
     pub request_timeout: Duration,
     pub user: Option<(String, String)>,
     pub tls: Option<TlsFiles>,
+    /// Also use the members etcd's `MemberList` names.
+    pub discover: bool,
 }
 
 impl Default for EtcdOptions {
@@ -86,6 +82,7 @@ impl Default for EtcdOptions {
             request_timeout: Duration::from_secs(10),
             user: None,
             tls: None,
+            discover: false,
         }
     }
 }
@@ -99,49 +96,61 @@ impl EtcdOptions {
     }
 }
 
-fn read(path: &PathBuf) -> Result<Vec<u8>, StoreError> {
+pub(crate) fn read(path: &PathBuf) -> Result<Vec<u8>, StoreError> {
     std::fs::read(path).map_err(|source| StoreError::TlsFile {
         path: path.display().to_string(),
         source,
     })
 }
 
-pub async fn connect(opts: &EtcdOptions) -> Result<Client, StoreError> {
-    if opts.endpoints.is_empty() {
-        return Err(StoreError::NoEndpoints);
-    }
+/// A handle on the etcd cluster `opts` names; connections are made on
+/// first use, one per member.
+pub async fn connect(opts: &EtcdOptions) -> Result<Etcd, StoreError> {
+    Etcd::new(opts.clone())
+}
+
+/// A connection to one member.
+pub(crate) async fn member_client(
+    opts: &EtcdOptions,
+    endpoint: &str,
+) -> Result<Client, etcd_client::Error> {
     let mut co = ConnectOptions::new()
         .with_connect_timeout(opts.connect_timeout)
         .with_timeout(opts.request_timeout)
-        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+        // A member cut off from the others refuses requests (and cancels
+        // watches) instead of serving what it had: the caller moves on.
+        .with_require_leader(true);
     if let Some((user, password)) = &opts.user {
         co = co.with_user(user, password);
     }
     if let Some(tls) = &opts.tls {
         let mut t = TlsOptions::new();
         if let Some(ca) = &tls.ca {
-            t = t.ca_certificate(Certificate::from_pem(read(ca)?));
+            t = t.ca_certificate(Certificate::from_pem(read_pem(ca)?));
         }
         if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
-            t = t.identity(Identity::from_pem(read(cert)?, read(key)?));
+            t = t.identity(Identity::from_pem(read_pem(cert)?, read_pem(key)?));
         }
         co = co.with_tls(t);
     }
-    // A request timeout must not cut a watch stream: the mirror has its own
-    // liveness checks, so the timeout applies to unary calls in practice.
-    Client::connect(opts.endpoints.clone(), Some(co))
-        .await
-        .map_err(|source| StoreError::Connect {
-            endpoints: opts.endpoints.join(","),
-            source,
-        })
+    Client::connect([endpoint], Some(co)).await
+}
+
+fn read_pem(path: &PathBuf) -> Result<Vec<u8>, etcd_client::Error> {
+    read(path).map_err(|e| etcd_client::Error::InvalidArgs(e.to_string()))
 }
 
 /// etcd's current revision.
-pub async fn current_revision(client: &Client) -> Result<i64, etcd_client::Error> {
-    let resp = client
-        .kv_client()
-        .get("/", Some(etcd_client::GetOptions::new().with_count_only()))
+///
+/// A linearizable read of one key: its header holds the store's revision,
+/// and counting a whole range would cost etcd O(keys).
+pub async fn current_revision(etcd: &Etcd) -> Result<i64, etcd_client::Error> {
+    let resp = etcd
+        .get(
+            "/esi-reconciler/v1/probe",
+            Some(etcd_client::GetOptions::new().with_count_only()),
+        )
         .await?;
     Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
 }

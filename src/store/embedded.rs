@@ -34,6 +34,20 @@ pub struct EtcdProcess {
     _tmp: Option<tempfile::TempDir>,
 }
 
+/// How to start one member of a cluster.
+#[derive(Debug, Clone)]
+pub struct MemberSpec {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    pub client_port: u16,
+    pub peer_port: u16,
+    /// `name=peer-url,…` for every member.
+    pub initial_cluster: String,
+    /// Joining a cluster that exists (a restart) rather than forming one.
+    pub existing: bool,
+}
+
 /// A free TCP port on 127.0.0.1 (the OS picks it; etcd binds it right after).
 pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -47,7 +61,9 @@ impl EtcdProcess {
     /// Starts etcd with a fresh data directory.
     pub async fn start() -> Result<Self, EmbeddedError> {
         let tmp = tempfile::Builder::new().prefix("esi-etcd-").tempdir()?;
-        let dir = tmp.path().to_path_buf();
+        // Data and log both inside the temporary directory, so nothing is
+        // left behind.
+        let dir = tmp.path().join("etcd");
         let mut p = Self::start_in(&dir, free_port()?, free_port()?).await?;
         p._tmp = Some(tmp);
         Ok(p)
@@ -59,20 +75,50 @@ impl EtcdProcess {
         client_port: u16,
         peer_port: u16,
     ) -> Result<Self, EmbeddedError> {
-        std::fs::create_dir_all(data_dir)?;
-        let client_url = format!("http://127.0.0.1:{client_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let log_path = data_dir.with_extension("log");
+        let p = Self::spawn(&MemberSpec {
+            name: "esi".into(),
+            data_dir: data_dir.join("member-data"),
+            log_path: data_dir.with_extension("log"),
+            client_port,
+            peer_port,
+            initial_cluster: format!("esi={peer_url}"),
+            existing: false,
+        })?;
+        p.wait_ready(Duration::from_secs(20)).await?;
+        Ok(p)
+    }
+
+    /// Starts one etcd member as `spec` says, without waiting for it.
+    pub fn spawn(spec: &MemberSpec) -> Result<Self, EmbeddedError> {
+        if let Some(parent) = spec.data_dir.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let client_url = format!("http://127.0.0.1:{}", spec.client_port);
+        let peer_url = format!("http://127.0.0.1:{}", spec.peer_port);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&log_path)?;
+            .open(&spec.log_path)?;
         let bin = binary();
-        let child = Command::new(&bin)
+        let mut cmd = Command::new(&bin);
+        // SAFETY: the closure runs in the child between fork and exec and
+        // only makes one async-signal-safe system call (prctl).
+        unsafe {
+            // Dies with its parent, even one that was SIGKILLed (a drill's
+            // or test's etcd must never outlive it).
+            cmd.pre_exec(|| {
+                rustix::process::set_parent_process_death_signal(Some(
+                    rustix::process::Signal::KILL,
+                ))
+                .map_err(std::io::Error::from)
+            });
+        }
+        let child = cmd
             .arg("--name")
-            .arg("esi")
+            .arg(&spec.name)
             .arg("--data-dir")
-            .arg(data_dir.join("member-data"))
+            .arg(&spec.data_dir)
             .arg("--listen-client-urls")
             .arg(&client_url)
             .arg("--advertise-client-urls")
@@ -82,7 +128,9 @@ impl EtcdProcess {
             .arg("--initial-advertise-peer-urls")
             .arg(&peer_url)
             .arg("--initial-cluster")
-            .arg(format!("esi={peer_url}"))
+            .arg(&spec.initial_cluster)
+            .arg("--initial-cluster-state")
+            .arg(if spec.existing { "existing" } else { "new" })
             .arg("--log-level")
             .arg("warn")
             .stdout(Stdio::null())
@@ -93,20 +141,18 @@ impl EtcdProcess {
                 binary: bin,
                 source,
             })?;
-        let p = Self {
+        Ok(Self {
             child: Some(child),
             client_url,
-            data_dir: data_dir.to_path_buf(),
-            log_path,
+            data_dir: spec.data_dir.clone(),
+            log_path: spec.log_path.clone(),
             peer_url,
             _tmp: None,
-        };
-        p.wait_ready(Duration::from_secs(20)).await?;
-        Ok(p)
+        })
     }
 
     /// Polls etcd's status until it answers or the deadline passes.
-    async fn wait_ready(&self, within: Duration) -> Result<(), EmbeddedError> {
+    pub async fn wait_ready(&self, within: Duration) -> Result<(), EmbeddedError> {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             let opts = etcd_client::ConnectOptions::new()
@@ -145,6 +191,27 @@ impl EtcdProcess {
             .next()
             .and_then(|p| p.parse().ok())
             .unwrap_or(0)
+    }
+
+    /// Stops this single-member etcd and starts it again on the same data
+    /// and ports: a fresh process, with none of the old one's in-memory
+    /// state (etcd 3.4 keeps its read buffer at the size its largest write
+    /// burst grew it to, and copies all of it on every read).
+    pub async fn restart(&mut self) -> Result<(), EmbeddedError> {
+        self.kill().await;
+        let spec = MemberSpec {
+            name: "esi".into(),
+            data_dir: self.data_dir.clone(),
+            log_path: self.log_path.clone(),
+            client_port: self.client_port(),
+            peer_port: self.peer_port(),
+            initial_cluster: format!("esi={}", self.peer_url),
+            existing: false,
+        };
+        let tmp = self._tmp.take();
+        *self = Self::spawn(&spec)?;
+        self._tmp = tmp;
+        self.wait_ready(Duration::from_secs(20)).await
     }
 
     /// Stops etcd (SIGKILL) and waits for it to exit.

@@ -1,16 +1,21 @@
 //! Mirroring a key range, the way etcd's mirror syncer does: a paginated list
 //! at one pinned revision, then a watch from that revision + 1.
 //!
-//! A broken watch stream resumes from the last revision it delivered; a
-//! watch whose start revision was compacted away triggers a fresh list. The
-//! consumer sees a [`MirrorEvent`] stream that always describes one
-//! consistent, revision-ordered history.
+//! A broken watch stream resumes from the last revision it delivered, on
+//! another member when its member died or lost the leader; a watch whose
+//! start revision was compacted away triggers a fresh list, and so does a
+//! store found restored or replaced ([`Etcd::epoch`]): resuming there from
+//! our old revision would deliver nothing, ever. The consumer sees a
+//! [`MirrorEvent`] stream that always describes one consistent,
+//! revision-ordered history of one store.
 
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use etcd_client::{EventType, GetOptions, WatchOptions};
 use tokio::sync::mpsc;
+
+use super::cluster::Etcd;
 
 /// A key-value as the mirror delivers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,8 +45,9 @@ pub enum Change {
 
 #[derive(Debug)]
 pub enum MirrorEvent {
-    /// A fresh list begins at `revision`: forget everything.
-    ListStart { revision: i64 },
+    /// A fresh list begins at `revision`: forget everything. `epoch` is the
+    /// store epoch ([`Etcd::epoch`]) the list was read in.
+    ListStart { revision: i64, epoch: u64 },
     /// One page of the list.
     ListPage(Vec<Kv>),
     /// The list is complete: the mirror is consistent at its revision.
@@ -52,6 +58,9 @@ pub enum MirrorEvent {
     Progress { revision: i64 },
     /// The watch broke and is being re-established (for metrics).
     WatchRestart { reason: String },
+    /// The store was found restored or replaced: a fresh list follows
+    /// (for metrics and logs; `ListStart` still begins it).
+    StoreReset { reason: String },
 }
 
 #[derive(Debug, Clone)]
@@ -92,11 +101,14 @@ impl MirrorOptions {
 /// Lists `[start, end)` at a pinned revision, page by page, into `out`.
 /// Returns the revision, or `None` when the receiver is gone.
 pub async fn list(
-    client: &mut Client,
+    client: &Etcd,
     opts: &MirrorOptions,
     out: &mpsc::Sender<MirrorEvent>,
 ) -> Result<Option<i64>, etcd_client::Error> {
     let mut revision = 0i64;
+    // Taken before the first read: a reset found during the list makes the
+    // list's epoch older than the store's, and its user waits for the next.
+    let epoch = client.epoch();
     for (start, end) in opts.list_ranges() {
         let mut from = start;
         loop {
@@ -109,7 +121,11 @@ pub async fn list(
             let resp = client.get(from.clone(), Some(o)).await?;
             if revision == 0 {
                 revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-                if out.send(MirrorEvent::ListStart { revision }).await.is_err() {
+                if out
+                    .send(MirrorEvent::ListStart { revision, epoch })
+                    .await
+                    .is_err()
+                {
                     return Ok(None);
                 }
             }
@@ -133,6 +149,10 @@ pub async fn list(
     Ok(Some(revision))
 }
 
+/// How often an idle watch asks for a progress report; a watch without one
+/// for this long is taken as dead (e.g. its member hangs).
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
 /// Reports a restart; false when the receiver is gone.
 async fn restarting(out: &mpsc::Sender<MirrorEvent>, reason: String) -> bool {
     out.send(MirrorEvent::WatchRestart { reason }).await.is_ok()
@@ -141,6 +161,8 @@ async fn restarting(out: &mpsc::Sender<MirrorEvent>, reason: String) -> bool {
 enum WatchEnd {
     /// The start revision was compacted: list again.
     Compacted,
+    /// The store was restored or replaced: list again.
+    Reset(String),
     /// The stream broke: resume from the revision reached.
     Broken(String),
     /// The receiver is gone: stop.
@@ -149,16 +171,18 @@ enum WatchEnd {
 
 /// Runs forever (until `out` closes): list, then watch, resuming and
 /// relisting as needed. Connection failures are retried with backoff.
-pub async fn run(mut client: Client, opts: MirrorOptions, out: mpsc::Sender<MirrorEvent>) {
+pub async fn run(client: Etcd, opts: MirrorOptions, out: mpsc::Sender<MirrorEvent>) {
     let retry = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
         .with_max_delay(Duration::from_secs(10))
         .with_jitter()
         .without_max_times();
+    let mut resets = client.subscribe_resets();
     'relist: loop {
         let mut delays = retry.build();
+        resets.borrow_and_update();
         let mut revision = loop {
-            match list(&mut client, &opts, &out).await {
+            match list(&client, &opts, &out).await {
                 Ok(Some(rev)) => break rev,
                 Ok(None) => return,
                 Err(e) => {
@@ -172,8 +196,14 @@ pub async fn run(mut client: Client, opts: MirrorOptions, out: mpsc::Sender<Mirr
         };
         let mut delays = retry.build();
         loop {
-            match watch(&mut client, &opts, &mut revision, &out).await {
+            match watch(&client, &opts, &mut revision, &out, &mut resets).await {
                 WatchEnd::Closed => return,
+                WatchEnd::Reset(reason) => {
+                    if out.send(MirrorEvent::StoreReset { reason }).await.is_err() {
+                        return;
+                    }
+                    continue 'relist;
+                }
                 WatchEnd::Compacted => {
                     let reason = format!("revision {} was compacted; relisting", revision + 1);
                     if !restarting(&out, reason).await {
@@ -186,6 +216,10 @@ pub async fn run(mut client: Client, opts: MirrorOptions, out: mpsc::Sender<Mirr
                         return;
                     }
                     tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(10))).await;
+                    // Whatever broke the stream may have been a restore:
+                    // a linearizable read against what we saw tells before
+                    // we resume (the next watch sees the epoch move).
+                    let _ = client.check_store().await;
                 }
             }
         }
@@ -194,16 +228,20 @@ pub async fn run(mut client: Client, opts: MirrorOptions, out: mpsc::Sender<Mirr
 
 /// Watches from `revision + 1`, advancing `revision` as changes arrive.
 async fn watch(
-    client: &mut Client,
+    client: &Etcd,
     opts: &MirrorOptions,
     revision: &mut i64,
     out: &mpsc::Sender<MirrorEvent>,
+    resets: &mut tokio::sync::watch::Receiver<u64>,
 ) -> WatchEnd {
     let wo = WatchOptions::new()
         .with_range(opts.end.as_bytes().to_vec())
         .with_start_revision(*revision + 1)
         .with_progress_notify();
-    let mut stream = match client.watch(opts.start.as_bytes().to_vec(), Some(wo)).await {
+    if resets.has_changed().unwrap_or(false) {
+        return WatchEnd::Reset("the store was restored or replaced".into());
+    }
+    let w = match client.watch(opts.start.as_bytes().to_vec(), Some(wo)).await {
         Ok(s) => s,
         Err(e) => {
             return WatchEnd::Broken(format!(
@@ -212,9 +250,14 @@ async fn watch(
             ));
         }
     };
+    let crate::store::MemberWatch {
+        mut stream,
+        endpoint,
+        mut down,
+    } = w;
     // Ask for a progress report now and then so an idle mirror still learns
     // the current revision, and a dead stream is noticed.
-    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
     tick.tick().await;
     let mut awaiting_progress = false;
     loop {
@@ -222,7 +265,9 @@ async fn watch(
             m = stream.message() => m,
             _ = tick.tick() => {
                 if awaiting_progress {
-                    return WatchEnd::Broken("no progress report within 30s".into());
+                    let why = format!("no progress report from {} within {PROGRESS_EVERY:?}", endpoint);
+                    client.watch_failed(&endpoint, &why);
+                    return WatchEnd::Broken(why);
                 }
                 awaiting_progress = true;
                 if let Err(e) = stream.request_progress().await {
@@ -230,15 +275,28 @@ async fn watch(
                 }
                 continue;
             }
+            _ = down.wait() => {
+                return WatchEnd::Broken(format!("etcd member {} found down; resuming on another", endpoint));
+            }
+            Ok(()) = resets.changed() => {
+                return WatchEnd::Reset("the store was restored or replaced".into());
+            }
         };
         let resp = match msg {
             Ok(Some(r)) => r,
-            Ok(None) => return WatchEnd::Broken("watch stream ended".into()),
+            Ok(None) => {
+                let why = format!("watch stream from {} ended", endpoint);
+                client.watch_failed(&endpoint, &why);
+                return WatchEnd::Broken(why);
+            }
             Err(e) => {
-                return WatchEnd::Broken(format!(
-                    "watch stream error: {}",
+                let why = format!(
+                    "watch stream error from {}: {}",
+                    endpoint,
                     super::client::describe(&e)
-                ));
+                );
+                client.watch_failed(&endpoint, &why);
+                return WatchEnd::Broken(why);
             }
         };
         awaiting_progress = false;
@@ -246,11 +304,26 @@ async fn watch(
             return WatchEnd::Compacted;
         }
         if resp.canceled() {
-            return WatchEnd::Broken(format!("watch canceled: {}", resp.cancel_reason()));
+            let why = format!("watch canceled by {}: {}", endpoint, resp.cancel_reason());
+            client.watch_failed(&endpoint, &why);
+            return WatchEnd::Broken(why);
         }
         let header_rev = resp.header().map(|h| h.revision()).unwrap_or(*revision);
         let events = resp.events();
         if events.is_empty() {
+            if header_rev < *revision {
+                // This member is behind what we have seen: it lags, or the
+                // store went back in time. A linearizable read tells which
+                // (and bumps the epoch if the store went back).
+                let epoch = client.epoch();
+                let _ = client.check_store().await;
+                if client.epoch() != epoch {
+                    return WatchEnd::Reset(format!(
+                        "store revision {header_rev} is below the mirror's {}",
+                        *revision
+                    ));
+                }
+            }
             if resp.created() {
                 continue;
             }
@@ -258,6 +331,7 @@ async fn watch(
             // has been delivered.
             if header_rev > *revision {
                 *revision = header_rev;
+                client.saw_revision(header_rev);
                 if out
                     .send(MirrorEvent::Progress {
                         revision: header_rev,
@@ -292,6 +366,7 @@ async fn watch(
             }
         }
         *revision = last;
+        client.saw_revision(last);
         if out
             .send(MirrorEvent::Changes {
                 revision: last,

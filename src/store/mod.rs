@@ -2,8 +2,12 @@
 //! running a private etcd server for the demo and the tests.
 
 pub mod client;
+pub mod cluster;
 pub mod embedded;
+pub mod lease;
+pub mod local_cluster;
 pub mod mirror;
 
 pub use client::{EtcdOptions, StoreError, connect, connect_checked, current_revision};
+pub use cluster::{Etcd, MemberWatch};
 pub use mirror::{Change, Kv, MirrorEvent};

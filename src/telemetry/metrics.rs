@@ -40,6 +40,9 @@ pub struct Metrics {
     pub resources: Family<PhaseLabel, Gauge>,
     pub invalid_records: Gauge,
     pub revision: Gauge<i64, AtomicI64>,
+    pub replica_members: Gauge,
+    pub owned_resources: Gauge,
+    pub handovers: Counter,
 }
 
 impl Default for Metrics {
@@ -49,6 +52,12 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Adds the etcd layer's counters (failovers, retries, store resets).
+    pub fn with_store(mut self, stats: &crate::store::cluster::StoreStats) -> Self {
+        stats.register(&mut self.registry);
+        self
+    }
+
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("esi_reconciler");
         let m = Metrics {
@@ -62,6 +71,9 @@ impl Metrics {
             resources: Family::default(),
             invalid_records: Gauge::default(),
             revision: Gauge::default(),
+            replica_members: Gauge::default(),
+            owned_resources: Gauge::default(),
+            handovers: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -95,7 +107,26 @@ impl Metrics {
             "Full lists of etcd (start-up and after compaction)",
             m.relists.clone(),
         );
-        registry.register("resources", "Resources by phase", m.resources.clone());
+        registry.register(
+            "resources",
+            "Resources this replica owns, by phase",
+            m.resources.clone(),
+        );
+        registry.register(
+            "replica_members",
+            "Reconciler replicas registered (sharing the resources)",
+            m.replica_members.clone(),
+        );
+        registry.register(
+            "owned_resources",
+            "Resources this replica owns and acts on",
+            m.owned_resources.clone(),
+        );
+        registry.register(
+            "handovers",
+            "Resources this replica took over from a replica that left",
+            m.handovers.clone(),
+        );
         registry.register(
             "invalid_records",
             "Records that do not parse, reported and left untouched",
@@ -156,6 +187,12 @@ impl Default for WorkerMetrics {
 }
 
 impl WorkerMetrics {
+    /// Adds the etcd layer's counters (failovers, retries, store resets).
+    pub fn with_store(mut self, stats: &crate::store::cluster::StoreStats) -> Self {
+        stats.register(&mut self.registry);
+        self
+    }
+
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("esi_worker");
         let m = WorkerMetrics {

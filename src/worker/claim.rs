@@ -6,10 +6,8 @@
 //! with the claim's: a worker whose lease expired (and so whose claim etcd
 //! deleted) writes nothing.
 
-use std::time::Duration;
-
-use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
-use tokio::sync::watch;
+use crate::store::Etcd;
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 
 use crate::esi::keys::{JobId, JobSlot};
 use crate::esi::records::{self, JobEnvelope, queue_value};
@@ -43,7 +41,9 @@ pub enum ClaimError {
     Invalid { id: String, reason: String },
 }
 
-fn reservation() -> String {
+/// A fresh reservation value for `working/` keys (a random UUID, as ESI's
+/// worker writes).
+pub fn new_reservation() -> String {
     let b: [u8; 16] = rand::random();
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
     format!(
@@ -60,12 +60,13 @@ fn reservation() -> String {
 /// resource type is known) to `{}`. `Ok(None)`: somebody else has it, or it
 /// is no longer ready.
 pub async fn claim(
-    client: &Client,
+    client: &Etcd,
     id: &JobId,
     lease: i64,
     job_state_key: Option<String>,
+    reservation: &str,
 ) -> Result<Option<Claim>, ClaimError> {
-    let mut kv = client.kv_client();
+    let kv = client;
     let all_key = id.slot_key(JobSlot::All);
     let resp = kv.get(all_key.clone(), None).await?;
     let Some(all) = resp.kvs().first() else {
@@ -76,7 +77,7 @@ pub async fn claim(
             id: id.to_string(),
             reason: e.to_string(),
         })?;
-    let reservation = reservation();
+    let reservation = reservation.to_string();
     let working = id.slot_key(JobSlot::Working);
     let ready = id.slot_key(JobSlot::Ready);
     let txn = Txn::new()
@@ -88,7 +89,7 @@ pub async fn claim(
         .and_then(
             vec![
                 TxnOp::put(
-                    working,
+                    working.clone(),
                     reservation.clone(),
                     Some(PutOptions::new().with_lease(lease)),
                 ),
@@ -98,11 +99,35 @@ pub async fn claim(
             .chain(job_state_key.map(|k| TxnOp::put(k, "{}", None)))
             .collect::<Vec<_>>(),
         );
-    let resp = kv.txn(txn).await?;
-    if !resp.succeeded() {
-        return Ok(None);
-    }
-    let claim_rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+    let resp = match kv.txn(txn).await {
+        Ok(r) => Some(r),
+        // No answer: it may still have landed (read below), or land later
+        // (the caller retries with the same reservation).
+        Err(e) if crate::store::cluster::is_retryable(&e) => {
+            tracing::debug!(job = %id, error = %crate::store::client::describe(&e), "claim answer lost; reading back");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let claim_rev = if let Some(resp) = resp.as_ref().filter(|r| r.succeeded()) {
+        resp.header().map(|h| h.revision()).unwrap_or(0)
+    } else {
+        // The store layer retries a transaction whose answer was lost; if
+        // the first attempt did land, this one failed its compares on our
+        // own claim. The reservation (random, ours alone) tells.
+        let now = kv.get(working.clone(), None).await?;
+        match now.kvs().first() {
+            Some(w) if w.value() == reservation.as_bytes() && w.lease() == lease => {
+                w.create_revision()
+            }
+            _ if resp.is_none() => {
+                return Err(ClaimError::Etcd(etcd_client::Error::GRpcStatus(
+                    tonic::Status::unavailable("claim not confirmed"),
+                )));
+            }
+            _ => return Ok(None),
+        }
+    };
     Ok(Some(Claim {
         id: id.clone(),
         envelope,
@@ -113,7 +138,7 @@ pub async fn claim(
 
 /// Gives a claimed job back: `working/` removed, `ready/` restored, in one
 /// transaction fenced by the claim.
-pub async fn release(client: &Client, c: &Claim) -> Result<bool, etcd_client::Error> {
+pub async fn release(client: &Etcd, c: &Claim) -> Result<bool, etcd_client::Error> {
     let txn = Txn::new().when(vec![c.fence()]).and_then(vec![
         TxnOp::delete(c.id.slot_key(JobSlot::Working), None),
         TxnOp::put(
@@ -122,53 +147,5 @@ pub async fn release(client: &Client, c: &Claim) -> Result<bool, etcd_client::Er
             None,
         ),
     ]);
-    Ok(client.kv_client().txn(txn).await?.succeeded())
-}
-
-/// Keeps one lease alive for all of this worker's claims, granting a new
-/// one when it is lost. Publishes the current lease id (0 while none).
-pub async fn keep_lease(
-    client: Client,
-    ttl: Duration,
-    current: watch::Sender<i64>,
-    lost: impl Fn() + Send + 'static,
-) {
-    let ttl_secs = ttl.as_secs().max(2) as i64;
-    loop {
-        let mut lc = client.lease_client();
-        let lease = match lc.grant(ttl_secs, None).await {
-            Ok(g) => g.id(),
-            Err(e) => {
-                tracing::warn!(error = %crate::store::client::describe(&e), "cannot get a lease; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        current.send_replace(lease);
-        tracing::info!(lease, ttl_secs, "holding lease");
-        let (mut keeper, mut stream) = match lc.keep_alive(lease).await {
-            Ok(k) => k,
-            Err(e) => {
-                tracing::warn!(error = %crate::store::client::describe(&e), "lease keep-alive failed to start");
-                continue;
-            }
-        };
-        let period = Duration::from_millis((ttl_secs as u64 * 1000) / 3);
-        loop {
-            tokio::time::sleep(period).await;
-            if keeper.keep_alive().await.is_err() {
-                break;
-            }
-            match tokio::time::timeout(period, stream.message()).await {
-                Ok(Ok(Some(r))) if r.ttl() > 0 => continue,
-                _ => break,
-            }
-        }
-        // Whether it expired or we could not tell, the claims under it are
-        // not to be trusted: get a new lease for new claims.
-        tracing::warn!(lease, "lease lost");
-        current.send_replace(0);
-        lost();
-        let _ = client.lease_client().revoke(lease).await;
-    }
+    Ok(client.txn(txn).await?.succeeded())
 }

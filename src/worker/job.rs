@@ -5,8 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::store::Etcd;
 use backon::{BackoffBuilder, ExponentialBuilder};
-use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use serde_json::{Map, Value, json};
 use tokio::sync::watch;
 
@@ -40,7 +41,7 @@ pub enum JobOutcome {
 }
 
 pub struct JobRunner<E> {
-    pub client: Client,
+    pub client: Etcd,
     pub catalog: Arc<Catalog>,
     pub engine: Arc<E>,
     pub settings: JobSettings,
@@ -78,7 +79,6 @@ impl<E: Engine> JobRunner<E> {
     async fn fenced(&self, c: &Claim, ops: Vec<TxnOp>) -> Result<bool, etcd_client::Error> {
         Ok(self
             .client
-            .kv_client()
             .txn(Txn::new().when(vec![c.fence()]).and_then(ops))
             .await?
             .succeeded())
@@ -215,7 +215,6 @@ impl<E: Engine> JobRunner<E> {
         };
         let resp = self
             .client
-            .kv_client()
             .get(format!("{TEMPLATES}{template_id}"), None)
             .await
             .map_err(|e| e.to_string())?;
@@ -310,7 +309,7 @@ impl<E: Engine> JobRunner<E> {
                 None,
             ));
             // Never move /state back to an older version.
-            let current = self.client.kv_client().get(r.state_key(), None).await?;
+            let current = self.client.get(r.state_key(), None).await?;
             let newer = current
                 .kvs()
                 .first()
@@ -350,7 +349,6 @@ impl<E: Engine> JobRunner<E> {
         ops.push(TxnOp::put(c.id.slot_key(JobSlot::Finished), "", None));
         let resp = self
             .client
-            .kv_client()
             .txn(Txn::new().when(compares).and_then(ops))
             .await?;
         if !resp.succeeded() {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use etcd_client::Client;
+use crate::store::Etcd;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 
 use crate::engine::Engine;
@@ -57,7 +57,7 @@ impl Default for WorkerConfig {
 }
 
 pub struct Worker<E> {
-    client: Client,
+    client: Etcd,
     runner: Arc<JobRunner<E>>,
     cfg: WorkerConfig,
     metrics: Arc<WorkerMetrics>,
@@ -66,7 +66,7 @@ pub struct Worker<E> {
 
 impl<E: Engine> Worker<E> {
     pub fn new(
-        client: Client,
+        client: Etcd,
         catalog: Arc<Catalog>,
         engine: Arc<E>,
         cfg: WorkerConfig,
@@ -95,7 +95,7 @@ impl<E: Engine> Worker<E> {
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let (lease_tx, mut lease_rx) = watch::channel(0i64);
         let m = self.metrics.clone();
-        let keeper = tokio::spawn(claim::keep_lease(
+        let keeper = tokio::spawn(crate::store::lease::keep(
             self.client.clone(),
             self.cfg.lease_ttl,
             lease_tx,
@@ -194,6 +194,7 @@ impl<E: Engine> Worker<E> {
                         }
                         MirrorEvent::Progress { .. } => {}
                         MirrorEvent::WatchRestart { reason } => tracing::warn!(%reason, "ready-job watch restarting"),
+                        MirrorEvent::StoreReset { reason } => tracing::info!(%reason, "listing ready jobs again"),
                     }
                     self.metrics.ready_jobs.set(queue.len() as i64);
                 }
@@ -216,14 +217,18 @@ impl<E: Engine> Worker<E> {
         keeper.abort();
         let lease = *lease_rx.borrow();
         if lease != 0 {
-            let _ = self.client.lease_client().revoke(lease).await;
+            let _ = self.client.lease_revoke(lease).await;
         }
         tracing::info!("worker stopped");
     }
 }
 
+/// Claim attempts (0.5 s apart, each bounded by the request timeout) with
+/// one reservation before a job goes back in line.
+const CLAIM_ATTEMPTS: u32 = 20;
+
 async fn run_one<E: Engine>(
-    client: &Client,
+    client: &Etcd,
     runner: &JobRunner<E>,
     metrics: &WorkerMetrics,
     id: &JobId,
@@ -231,23 +236,34 @@ async fn run_one<E: Engine>(
     cancel: watch::Receiver<bool>,
     retry: mpsc::Sender<String>,
 ) {
-    let c = match claim::claim(client, id, lease, runner.job_state_key(id)).await {
-        Ok(Some(c)) => c,
-        Ok(None) => {
-            metrics.claim_conflicts.inc();
-            return;
-        }
-        Err(claim::ClaimError::Etcd(e)) => {
-            // etcd unreachable: the job is still ready; try it again soon.
-            tracing::warn!(job = %id, error = %crate::store::client::describe(&e), "cannot claim yet");
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let _ = retry.send(id.to_string()).await;
-            return;
-        }
-        Err(e) => {
-            tracing::warn!(job = %id, error = %e, "cannot claim");
-            metrics.finished("invalid");
-            return;
+    // One reservation for every attempt at this job: a claim whose answer
+    // was lost may still land, and only its reservation shows it is ours.
+    let reservation = claim::new_reservation();
+    let mut attempts = 0;
+    let c = loop {
+        match claim::claim(client, id, lease, runner.job_state_key(id), &reservation).await {
+            Ok(Some(c)) => break c,
+            Ok(None) => {
+                metrics.claim_conflicts.inc();
+                return;
+            }
+            Err(claim::ClaimError::Etcd(e)) if attempts < CLAIM_ATTEMPTS => {
+                attempts += 1;
+                tracing::warn!(job = %id, error = %crate::store::client::describe(&e), "cannot claim yet; trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(claim::ClaimError::Etcd(e)) => {
+                // etcd unreachable for long: the job is still ready; it goes
+                // back in line.
+                tracing::warn!(job = %id, error = %crate::store::client::describe(&e), "cannot claim yet");
+                let _ = retry.send(id.to_string()).await;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(job = %id, error = %e, "cannot claim");
+                metrics.finished("invalid");
+                return;
+            }
         }
     };
     metrics.claimed.inc();

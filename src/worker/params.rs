@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use etcd_client::Client;
+use crate::store::Etcd;
 use serde_json::{Map, Value};
 
 use crate::esi::keys::ResourceRef;
@@ -38,13 +38,13 @@ pub enum ResolveError {
 
 /// Reads heat stack records once per job.
 pub struct Resolver<'a> {
-    client: &'a Client,
+    client: &'a Etcd,
     schemas: &'a Schemas,
     stacks: HashMap<(String, String), Option<HeatStack>>,
 }
 
 impl<'a> Resolver<'a> {
-    pub fn new(client: &'a Client, schemas: &'a Schemas) -> Self {
+    pub fn new(client: &'a Etcd, schemas: &'a Schemas) -> Self {
         Self {
             client,
             schemas,
@@ -89,11 +89,7 @@ impl<'a> Resolver<'a> {
                 }
             })?;
             let r = ResourceRef::new(plural, o.resource_id.clone());
-            let resp = self
-                .client
-                .kv_client()
-                .get(r.heat_stack_key(), None)
-                .await?;
+            let resp = self.client.get(r.heat_stack_key(), None).await?;
             let stack = match resp.kvs().first() {
                 None => None,
                 Some(kv) => Some(

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use etcd_client::{Client, GetOptions};
+use esi_reconciler::store::Etcd;
+use etcd_client::GetOptions;
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
@@ -43,7 +44,7 @@ pub fn read_json(path: impl AsRef<std::path::Path>) -> Value {
 
 pub struct TestEtcd {
     pub process: EtcdProcess,
-    pub client: Client,
+    pub client: Etcd,
 }
 
 impl TestEtcd {
@@ -64,7 +65,7 @@ impl TestEtcd {
     }
 
     pub async fn put(&self, key: &str, value: impl Into<Vec<u8>>) {
-        self.client.kv_client().put(key, value, None).await.unwrap();
+        self.client.put(key, value, None).await.unwrap();
     }
 
     pub async fn put_json(&self, key: &str, value: &Value) {
@@ -73,7 +74,6 @@ impl TestEtcd {
 
     pub async fn get(&self, key: &str) -> Option<Vec<u8>> {
         self.client
-            .kv_client()
             .get(key, None)
             .await
             .unwrap()
@@ -92,7 +92,6 @@ impl TestEtcd {
     pub async fn keys(&self, prefix: &str) -> Vec<String> {
         let resp = self
             .client
-            .kv_client()
             .get(
                 prefix,
                 Some(GetOptions::new().with_prefix().with_keys_only()),
@@ -107,7 +106,6 @@ impl TestEtcd {
 
     pub async fn wipe(&self) {
         self.client
-            .kv_client()
             .delete("/", Some(etcd_client::DeleteOptions::new().with_prefix()))
             .await
             .unwrap();
@@ -298,10 +296,10 @@ impl Recorder {
     pub async fn start(etcd: &TestEtcd, prefix: &str) -> Recorder {
         let mut stream = etcd
             .client
-            .watch_client()
             .watch(prefix, Some(etcd_client::WatchOptions::new().with_prefix()))
             .await
-            .unwrap();
+            .unwrap()
+            .stream;
         let events = std::sync::Arc::new(tokio::sync::Mutex::new(vec![]));
         let sink = events.clone();
         let task = tokio::spawn(async move {

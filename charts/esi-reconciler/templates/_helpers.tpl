@@ -46,6 +46,10 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ .Values.logLevel | quote }}
 - name: POD_NAME
   valueFrom: {fieldRef: {fieldPath: metadata.name}}
+{{- if .Values.etcd.discover }}
+- name: ESI_ETCD_DISCOVER
+  value: "true"
+{{- end }}
 {{- if .Values.etcd.tlsSecret }}
 - name: ESI_ETCD_CA
   value: /etc/esi/etcd-tls/ca.crt
