@@ -121,14 +121,7 @@ async fn three_replicas_split_the_work_and_take_over_from_a_dead_one() {
     .await;
 
     // Each replica issued the jobs of the resources `get` says it owns.
-    let mut get = vec![
-        "get".to_string(),
-        "-o".into(),
-        "json".into(),
-        "--etcd-endpoints".into(),
-        etcd.url(),
-    ];
-    get.extend(reference_catalog_args());
+    let get = get_json_args(&etcd.url());
     let (ok, out, err) = cli(&get.iter().map(String::as_str).collect::<Vec<_>>()).await;
     assert!(ok, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();

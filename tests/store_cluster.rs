@@ -19,6 +19,14 @@ async fn etcd_on(cluster: &LocalCluster) -> Etcd {
     connect(&opts).await.unwrap()
 }
 
+/// A mirror of `/config/` on `etcd`, in pages of 100.
+fn mirror_configs(etcd: &Etcd) -> (tokio::task::JoinHandle<()>, mpsc::Receiver<MirrorEvent>) {
+    let (tx, rx) = mpsc::channel(256);
+    let mut opts = MirrorOptions::prefix("/config/");
+    opts.page_size = 100;
+    (tokio::spawn(mirror::run(etcd.clone(), opts, tx)), rx)
+}
+
 /// A fenced write of `/k`, as every product write is: it compares the
 /// revision it read.
 async fn fenced_put(etcd: &Etcd, value: &str) {
@@ -85,14 +93,7 @@ async fn a_restored_store_is_noticed_and_listed_again() {
     // The mirror runs on a handle of its own that only reads: what it knows
     // of the store's progress comes from its watch.
     let reader = etcd_on(&cluster).await;
-    let (tx, mut rx) = mpsc::channel(64);
-    let opts = MirrorOptions {
-        start: "/config/".into(),
-        end: "/config0".into(),
-        page_size: 100,
-        list_prefixes: vec![],
-    };
-    let task = tokio::spawn(mirror::run(reader.clone(), opts, tx));
+    let (task, mut rx) = mirror_configs(&reader);
     loop {
         if let MirrorEvent::ListEnd { .. } = rx.recv().await.unwrap() {
             break;
@@ -196,14 +197,7 @@ async fn a_restored_store_that_grew_past_us_is_noticed_too() {
             .revision();
     }
     let reader = etcd_on(&cluster).await;
-    let (tx, mut rx) = mpsc::channel(256);
-    let opts = MirrorOptions {
-        start: "/config/".into(),
-        end: "/config0".into(),
-        page_size: 100,
-        list_prefixes: vec![],
-    };
-    let task = tokio::spawn(mirror::run(reader.clone(), opts, tx));
+    let (task, mut rx) = mirror_configs(&reader);
     let mut view = std::collections::BTreeSet::new();
     // The reader's view: a map kept from the mirror's events.
     let apply = |ev: MirrorEvent, view: &mut std::collections::BTreeSet<String>| match ev {

@@ -307,14 +307,7 @@ async fn the_load_balancer_scenario_converges() {
         let (ok, _, err) = cli(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
         assert!(ok, "{step}: {err}");
     }
-    let mut get = vec![
-        "get".to_string(),
-        "-o".into(),
-        "json".into(),
-        "--etcd-endpoints".into(),
-        etcd.url(),
-    ];
-    get.extend(reference_catalog_args());
+    let get = get_json_args(&etcd.url());
     let get: Vec<&str> = get.iter().map(String::as_str).collect();
     let resources = eventually(
         Duration::from_secs(90),
@@ -451,14 +444,7 @@ async fn purge_deleted_removes_what_gohan_would() {
         etcd.keys("/esi-reconciler/v1/resources/").await.is_empty(),
         "our status record outlived the resource"
     );
-    let mut get = vec![
-        "get".to_string(),
-        "-o".into(),
-        "json".into(),
-        "--etcd-endpoints".into(),
-        etcd.url(),
-    ];
-    get.extend(reference_catalog_args());
+    let get = get_json_args(&etcd.url());
     let (_, out, _) = cli(&get.iter().map(String::as_str).collect::<Vec<_>>()).await;
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["resources"][0]["phase"], "Converged", "{out}");

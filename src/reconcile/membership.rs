@@ -23,7 +23,7 @@ use etcd_client::{Compare, CompareOp, PutOptions};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
-use crate::esi::keys::{MEMBERS, ResourceRef, prefix_end};
+use crate::esi::keys::{MEMBERS, ResourceRef};
 use crate::store::mirror::{self, MirrorEvent, MirrorOptions};
 use crate::store::{Change, Etcd};
 
@@ -195,12 +195,7 @@ impl Membership {
             || {},
         ));
         let (tx, mut rx) = mpsc::channel(16);
-        let opts = MirrorOptions {
-            start: MEMBERS.to_string(),
-            end: String::from_utf8(prefix_end(MEMBERS)).unwrap_or_default(),
-            page_size: 1000,
-            list_prefixes: vec![],
-        };
+        let opts = MirrorOptions::prefix(MEMBERS);
         helpers.spawn(mirror::run(self.etcd.clone(), opts, tx));
         let me = self.id();
         let key = member_key(&me);

@@ -78,6 +78,16 @@ pub struct MirrorOptions {
 }
 
 impl MirrorOptions {
+    /// Every key under `prefix`, listed in pages of 1000.
+    pub fn prefix(prefix: &str) -> Self {
+        Self {
+            start: prefix.to_string(),
+            end: String::from_utf8(crate::esi::keys::prefix_end(prefix)).unwrap_or_default(),
+            page_size: 1000,
+            list_prefixes: vec![],
+        }
+    }
+
     /// The ranges a list reads, in key order.
     fn list_ranges(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
         if self.list_prefixes.is_empty() {

@@ -20,7 +20,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, watch};
 
 use crate::engine::Engine;
 use crate::esi::Catalog;
-use crate::esi::keys::{JOBS_READY, JobId, prefix_end};
+use crate::esi::keys::{JOBS_READY, JobId};
 use crate::store::Change;
 use crate::store::mirror::{self, MirrorEvent, MirrorOptions};
 use crate::telemetry::metrics::WorkerMetrics;
@@ -104,12 +104,7 @@ impl<E: Engine> Worker<E> {
             },
         ));
         let (tx, mut rx) = mpsc::channel(64);
-        let opts = MirrorOptions {
-            start: JOBS_READY.to_string(),
-            end: String::from_utf8(prefix_end(JOBS_READY)).unwrap_or_default(),
-            page_size: 1000,
-            list_prefixes: vec![],
-        };
+        let opts = MirrorOptions::prefix(JOBS_READY);
         let mirror = tokio::spawn(mirror::run(self.client.clone(), opts, tx));
         let slots = Arc::new(Semaphore::new(self.cfg.slots.max(1)));
         let freed = Arc::new(Notify::new());

@@ -179,6 +179,19 @@ pub async fn cli(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `get -o json` against `etcd_url` with the reference catalog.
+pub fn get_json_args(etcd_url: &str) -> Vec<String> {
+    let mut a = vec![
+        "get".to_string(),
+        "-o".into(),
+        "json".into(),
+        "--etcd-endpoints".into(),
+        etcd_url.into(),
+    ];
+    a.extend(reference_catalog_args());
+    a
+}
+
 /// Reference-catalog flags.
 pub fn reference_catalog_args() -> Vec<String> {
     let r = reference();
