@@ -135,6 +135,8 @@ pub struct Membership {
     view: watch::Sender<Arc<View>>,
     /// Set by `leave`: never register again.
     leaving: std::sync::atomic::AtomicBool,
+    /// Leases our member key was written under (the current one last).
+    held: std::sync::Mutex<Vec<i64>>,
 }
 
 impl Membership {
@@ -148,6 +150,7 @@ impl Membership {
             ttl,
             view: watch::channel(Arc::new(view)).0,
             leaving: std::sync::atomic::AtomicBool::new(false),
+            held: std::sync::Mutex::new(vec![]),
         })
     }
 
@@ -308,12 +311,46 @@ impl Membership {
             )]);
         let resp = self.etcd.txn(txn).await?;
         if resp.succeeded() {
+            let mut h = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            h.push(lease);
+            // Only recent leases can still hold our key.
+            if h.len() > 8 {
+                h.remove(0);
+            }
+            drop(h);
             return Ok(resp.header().map(|h| h.revision()).unwrap_or(0));
         }
         let got = self.etcd.get(key, None).await?;
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).clone();
         match got.kvs().first() {
             // Ours: an earlier attempt whose answer was lost.
             Some(kv) if kv.lease() == lease => Ok(kv.create_revision()),
+            // Ours under a lease we gave up (e.g. etcd lost its quorum for
+            // longer than the TTL; etcd then extends the old lease, which
+            // would keep our key, and our share, for another TTL): move the
+            // key to the new lease.
+            Some(kv) if held.contains(&kv.lease()) => {
+                let old = kv.lease();
+                let txn = etcd_client::Txn::new()
+                    .when(vec![Compare::lease(key, CompareOp::Equal, old)])
+                    .and_then(vec![etcd_client::TxnOp::put(
+                        key,
+                        kv.value().to_vec(),
+                        Some(PutOptions::new().with_lease(lease)),
+                    )]);
+                if !self.etcd.txn(txn).await?.succeeded() {
+                    return Err(etcd_client::Error::InvalidArgs(
+                        "member key changed while being moved to the new lease".into(),
+                    ));
+                }
+                {
+                    let mut h = self.held.lock().unwrap_or_else(|p| p.into_inner());
+                    h.retain(|l| *l != old);
+                    h.push(lease);
+                }
+                let _ = self.etcd.lease_revoke(old).await;
+                Ok(kv.create_revision())
+            }
             Some(kv) => Err(etcd_client::Error::InvalidArgs(format!(
                 "replica id {} is registered by another process (lease {:x}); give each replica its own --replica-id",
                 self.id(),
