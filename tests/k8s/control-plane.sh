@@ -37,7 +37,9 @@ log() { echo "control-plane: $*" >&2; }
 # alive PID: the process exists and is one of ours (its command line names
 # $dir, which guards against a recycled pid).
 alive() {
-    [[ -r "/proc/$1/cmdline" ]] && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -qF -- "$dir/"
+    local cmdline
+    cmdline="$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null)" || return 1
+    [[ "$cmdline" == *"$dir/"* ]]
 }
 
 running() {
