@@ -3,6 +3,14 @@
 //! completed). Used by `config apply`, `config delete`, `templates load` and
 //! the demo. Each write is a transaction fenced on the record it read.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
 use crate::store::Etcd;
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use serde_json::{Map, Value};
@@ -105,7 +113,7 @@ pub async fn apply(
                         }
                     });
                 }
-                let to = cur.version + 1;
+                let to = cur.version.saturating_add(1);
                 let written = if marked && !cur.marked_for_deletion {
                     Written::Marked { version: to }
                 } else {

@@ -3,11 +3,14 @@
 
 pub mod bench;
 pub mod chaos;
+pub mod clock;
 pub mod demo;
 pub mod engine;
 pub mod esi;
 pub mod gohan;
 pub mod kubernetes;
+pub mod limits;
+pub mod panic_guard;
 pub mod reconcile;
 pub mod store;
 pub mod telemetry;

@@ -1,5 +1,6 @@
 //! Every reference heat template renders, with representative params, into
-//! a HOT document whose required parameters the job supplies.
+//! a HOT document whose required parameters the job supplies, within limits
+//! far below the defaults (the margin `src/limits.rs` promises).
 
 mod common;
 
@@ -7,6 +8,7 @@ use serde_json::{Map, Value, json};
 
 use common::{read_json, reference};
 use esi_reconciler::engine::hot::{self, Scope};
+use esi_reconciler::limits::Limits;
 use esi_reconciler::worker::params;
 use esi_reconciler::worker::render;
 
@@ -37,6 +39,16 @@ fn all_reference_templates_render() {
     let dir = reference().join("heat_templates");
     let mut rendered = 0;
     let mut problems = vec![];
+    let d = Limits::default();
+    // 50x below the default nodes, bytes and fuel.
+    let tight = Limits {
+        record_bytes: d.record_bytes / 10,
+        template_bytes: 20 << 10,
+        yaml_nodes: 4000,
+        nesting_depth: 16,
+        render_fuel: 500_000,
+        eval_bytes: d.eval_bytes / 10,
+    };
     for entry in std::fs::read_dir(dir).unwrap() {
         let v = read_json(entry.unwrap().path());
         let body = &v["value"]["body"];
@@ -56,7 +68,12 @@ fn all_reference_templates_render() {
             })
             .collect();
         let (context, stack_params) = params::split(&resolved);
-        let hot = match render::render(id, body["template_file"].as_str().unwrap(), &context) {
+        let hot = match render::render(
+            id,
+            body["template_file"].as_str().unwrap(),
+            &context,
+            &tight,
+        ) {
             Ok(h) => h,
             Err(e) => {
                 problems.push(format!("{id}: {e}"));
@@ -81,7 +98,7 @@ fn all_reference_templates_render() {
             declared: declared.as_ref(),
         };
         for (k, o) in hot["outputs"].as_object().cloned().unwrap_or_default() {
-            let out = hot::eval(&o["value"], &scope);
+            let out = hot::eval(&o["value"], &scope, &tight).unwrap();
             assert!(
                 !out.is_null() || o["value"].is_null(),
                 "{id}: output {k} evaluated to null"

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Args;
 
 use esi_reconciler::esi::Catalog;
+use esi_reconciler::limits::Limits;
 use esi_reconciler::store::client::TlsFiles;
 use esi_reconciler::store::{EtcdOptions, connect, connect_checked};
 
@@ -122,4 +123,52 @@ pub fn parse_resource(
     };
     anyhow::ensure!(!id.is_empty() && !id.contains('/'), "{s:?}: bad id");
     Ok(esi_reconciler::esi::ResourceRef::new(plural, id))
+}
+
+/// Bounds on what a record from etcd may cost to parse, render and evaluate
+/// (see `src/limits.rs`). Over a limit, that one record or job fails with an
+/// error naming the flag; the process goes on.
+#[derive(Debug, Clone, Args)]
+pub struct LimitsArgs {
+    /// Largest record read from etcd that is parsed, in bytes.
+    #[arg(long, env = "ESI_MAX_RECORD_BYTES", default_value_t = Limits::default().record_bytes)]
+    pub max_record_bytes: usize,
+    /// Largest heat template, as stored and as rendered (scalars with YAML
+    /// aliases expanded), in bytes.
+    #[arg(long, env = "ESI_MAX_TEMPLATE_BYTES", default_value_t = Limits::default().template_bytes)]
+    pub max_template_bytes: usize,
+    /// YAML nodes a rendered template may hold, each alias counted as what
+    /// it expands to.
+    #[arg(long, env = "ESI_MAX_YAML_NODES", default_value_t = Limits::default().yaml_nodes)]
+    pub max_yaml_nodes: usize,
+    /// Deepest nesting of a template or an evaluated output.
+    #[arg(long, env = "ESI_MAX_NESTING_DEPTH", default_value_t = Limits::default().nesting_depth)]
+    pub max_nesting_depth: usize,
+    /// Jinja fuel for one template render (instructions plus bytes output).
+    #[arg(long, env = "ESI_MAX_RENDER_FUEL", default_value_t = Limits::default().render_fuel)]
+    pub max_render_fuel: u64,
+    /// Bytes the sim engine's output functions may produce for one stack.
+    #[arg(long, env = "ESI_MAX_EVAL_BYTES", default_value_t = Limits::default().eval_bytes)]
+    pub max_eval_bytes: usize,
+}
+
+impl LimitsArgs {
+    /// The limits, installed as this process's (records parsed anywhere
+    /// obey them).
+    pub fn install(&self) -> anyhow::Result<Limits> {
+        anyhow::ensure!(
+            self.max_nesting_depth >= 8,
+            "--max-nesting-depth must be at least 8 (ESI's templates nest 6 deep)"
+        );
+        let limits = Limits {
+            record_bytes: self.max_record_bytes,
+            template_bytes: self.max_template_bytes,
+            yaml_nodes: self.max_yaml_nodes,
+            nesting_depth: self.max_nesting_depth,
+            render_fuel: self.max_render_fuel,
+            eval_bytes: self.max_eval_bytes,
+        };
+        limits.install();
+        Ok(limits)
+    }
 }

@@ -12,7 +12,7 @@ use esi_reconciler::reconcile::controller::{Controller, ControllerConfig};
 use esi_reconciler::telemetry::Metrics;
 use esi_reconciler::telemetry::server::{Health, serve};
 
-use super::args::{CatalogArgs, EtcdArgs};
+use super::args::{CatalogArgs, EtcdArgs, LimitsArgs};
 
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
@@ -22,6 +22,8 @@ pub struct RunArgs {
     pub catalog: CatalogArgs,
     #[command(flatten)]
     pub tuning: TuningArgs,
+    #[command(flatten)]
+    pub limits: LimitsArgs,
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, env = "ESI_METRICS_ADDR", default_value = "0.0.0.0:9090")]
     pub metrics_addr: SocketAddr,
@@ -175,6 +177,7 @@ pub async fn shutdown_signal() {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    args.limits.install()?;
     let catalog = args.catalog.load()?;
     let cfg = args.tuning.config()?;
     let client = args.etcd.connect_lazily().await?;

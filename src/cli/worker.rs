@@ -12,8 +12,9 @@ use esi_reconciler::telemetry::server::{Health, serve};
 use esi_reconciler::worker::job::JobSettings;
 use esi_reconciler::worker::{Worker, WorkerConfig};
 
-use super::args::{CatalogArgs, EtcdArgs};
+use super::args::{CatalogArgs, EtcdArgs, LimitsArgs};
 use super::run::shutdown_signal;
+use esi_reconciler::limits::Limits;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum EngineKind {
@@ -32,6 +33,8 @@ pub struct WorkerArgs {
     pub engine: EngineKind,
     #[command(flatten)]
     pub sim: SimArgs,
+    #[command(flatten)]
+    pub limits: LimitsArgs,
     /// The job handler this worker serves.
     #[arg(long, env = "ESI_HANDLER", default_value = "heat_worker")]
     pub handler: String,
@@ -73,12 +76,13 @@ pub struct SimArgs {
 }
 
 impl SimArgs {
-    pub fn options(&self) -> anyhow::Result<SimOptions> {
+    pub fn options(&self, limits: Limits) -> anyhow::Result<SimOptions> {
         anyhow::ensure!(
             (0.0..=1.0).contains(&self.sim_failure_rate),
             "--sim-failure-rate must be between 0 and 1"
         );
         Ok(SimOptions {
+            limits,
             latency: Duration::from_millis(self.sim_latency_ms),
             failure_rate: self.sim_failure_rate,
             fail_first: self.sim_fail_first,
@@ -103,18 +107,22 @@ impl WorkerArgs {
                 timeout_cap: self.job_timeout_cap_secs.map(Duration::from_secs),
                 poll_min: Duration::from_millis(50),
                 poll_max: Duration::from_secs(2),
+                limits: self.limits.install()?,
             },
         })
     }
 }
 
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
-    let catalog = args.catalog.load()?;
     let cfg = args.config()?;
+    let catalog = args.catalog.load()?;
     let client = args.etcd.connect_lazily().await?;
     let metrics = Arc::new(WorkerMetrics::new().with_store(client.stats()));
     let engine = match args.engine {
-        EngineKind::Sim => Arc::new(SimEngine::new(client.clone(), args.sim.options()?)),
+        EngineKind::Sim => Arc::new(SimEngine::new(
+            client.clone(),
+            args.sim.options(cfg.job.limits)?,
+        )),
     };
     let worker = Worker::new(client, catalog, engine, cfg, metrics.clone());
     let health = Health {

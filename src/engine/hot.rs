@@ -3,10 +3,10 @@
 //! `get_attr`, `str_replace`, `list_join`) the way the simulated engine
 //! needs to produce outputs.
 
-use serde_json::{Map, Number, Value};
-use yaml_rust2::Yaml;
-use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
-use yaml_rust2::scanner::{Marker, TScalarStyle};
+use serde_json::{Map, Value};
+
+use super::yaml::{self, YamlError};
+use crate::limits::{Limits, OverLimit};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HotError {
@@ -14,100 +14,25 @@ pub enum HotError {
     Yaml(String),
     #[error("rendered template is not a HOT document: {0}")]
     Shape(&'static str),
+    #[error(transparent)]
+    OverLimit(#[from] OverLimit),
 }
 
-/// A plain scalar as YAML's core schema reads it.
-fn scalar(text: String, plain: bool) -> Value {
-    if !plain {
-        return Value::String(text);
-    }
-    match Yaml::from_str(&text) {
-        Yaml::Integer(i) => Value::from(i),
-        Yaml::Real(r) => r
-            .parse::<f64>()
-            .ok()
-            .and_then(Number::from_f64)
-            .map(Value::Number)
-            .unwrap_or(Value::String(r)),
-        Yaml::Boolean(b) => Value::Bool(b),
-        Yaml::Null => Value::Null,
-        _ => Value::String(text),
-    }
-}
-
-fn key_text(k: Value) -> String {
-    match k {
-        Value::String(s) => s,
-        other => other.to_string(),
-    }
-}
-
-/// Builds JSON straight from parser events. Unlike yaml-rust2's own loader
-/// it lets a repeated key win over the earlier one, as PyYAML (and so Heat)
-/// does: one reference template declares a parameter twice.
-#[derive(Default)]
-struct JsonBuilder {
-    stack: Vec<Frame>,
-    anchors: std::collections::HashMap<usize, Value>,
-    docs: Vec<Value>,
-}
-
-enum Frame {
-    Seq(usize, Vec<Value>),
-    Map(usize, Map<String, Value>, Option<String>),
-}
-
-impl JsonBuilder {
-    fn push(&mut self, v: Value, anchor: usize) {
-        if anchor > 0 {
-            self.anchors.insert(anchor, v.clone());
-        }
-        match self.stack.last_mut() {
-            None => self.docs.push(v),
-            Some(Frame::Seq(_, items)) => items.push(v),
-            Some(Frame::Map(_, map, key)) => match key.take() {
-                None => *key = Some(key_text(v)),
-                Some(k) => {
-                    map.insert(k, v);
-                }
-            },
-        }
-    }
-}
-
-impl MarkedEventReceiver for JsonBuilder {
-    fn on_event(&mut self, ev: Event, _mark: Marker) {
-        match ev {
-            Event::Scalar(text, style, anchor, _) => {
-                self.push(scalar(text, style == TScalarStyle::Plain), anchor)
-            }
-            Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq(anchor, vec![])),
-            Event::MappingStart(anchor, _) => self.stack.push(Frame::Map(anchor, Map::new(), None)),
-            Event::SequenceEnd | Event::MappingEnd => match self.stack.pop() {
-                Some(Frame::Seq(anchor, items)) => self.push(Value::Array(items), anchor),
-                Some(Frame::Map(anchor, map, _)) => self.push(Value::Object(map), anchor),
-                None => {}
-            },
-            Event::Alias(id) => {
-                let v = self.anchors.get(&id).cloned().unwrap_or(Value::Null);
-                self.push(v, 0);
-            }
-            _ => {}
+impl From<YamlError> for HotError {
+    fn from(e: YamlError) -> Self {
+        match e {
+            YamlError::Syntax(s) => HotError::Yaml(s),
+            YamlError::OverLimit(o) => HotError::OverLimit(o),
         }
     }
 }
 
 /// Parses a rendered template into JSON and checks it looks like HOT.
-pub fn parse(text: &str) -> Result<Value, HotError> {
-    let mut builder = JsonBuilder::default();
-    Parser::new_from_str(text)
-        .load(&mut builder, false)
-        .map_err(|e| HotError::Yaml(e.to_string()))?;
-    let doc = builder
-        .docs
-        .into_iter()
-        .next()
-        .ok_or(HotError::Shape("empty document"))?;
+pub fn parse(text: &str, limits: &Limits) -> Result<Value, HotError> {
+    let doc = yaml::load(text, limits)?;
+    if doc.is_null() {
+        return Err(HotError::Shape("empty document"));
+    }
     let obj = doc
         .as_object()
         .ok_or(HotError::Shape("top level is not a mapping"))?;
@@ -168,108 +93,179 @@ impl Scope<'_> {
     }
 }
 
-/// Evaluates a HOT value, resolving intrinsic functions.
-pub fn eval(v: &Value, scope: &Scope<'_>) -> Value {
-    match v {
-        Value::Object(m) if m.len() == 1 => {
-            let (f, arg) = m.iter().next().expect("one entry");
-            match f.as_str() {
-                "get_param" => match arg {
-                    Value::String(name) => scope.param(name),
-                    Value::Array(path) => {
-                        let mut cur = path
-                            .first()
-                            .and_then(Value::as_str)
-                            .map(|n| scope.param(n))
-                            .unwrap_or(Value::Null);
-                        for seg in &path[1..] {
-                            cur = match seg {
-                                Value::String(k) => cur.get(k).cloned().unwrap_or(Value::Null),
-                                Value::Number(n) => n
-                                    .as_u64()
-                                    .and_then(|i| cur.get(i as usize).cloned())
-                                    .unwrap_or(Value::Null),
-                                _ => Value::Null,
-                            };
-                        }
-                        cur
-                    }
-                    _ => Value::Null,
-                },
-                "get_resource" => arg
-                    .as_str()
-                    .map(|r| Value::String(stable_id(scope.stack, r)))
-                    .unwrap_or(Value::Null),
-                "get_attr" => {
-                    let parts: Vec<String> = arg
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .map(|p| eval(p, scope))
-                                .map(|p| {
-                                    p.as_str()
-                                        .map(str::to_string)
-                                        .unwrap_or_else(|| p.to_string())
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    match parts.as_slice() {
-                        [r, attr, ..] if attr == "fq_name" => Value::Array(vec![
-                            "default-domain".into(),
-                            "sim".into(),
-                            Value::String(format!("{}-{r}", scope.stack)),
-                        ]),
-                        [r, rest @ ..] => Value::String(format!(
-                            "{}:{}",
-                            stable_id(scope.stack, r),
-                            rest.join(".")
-                        )),
-                        [] => Value::Null,
-                    }
-                }
-                "str_replace" => {
-                    let template = eval(&arg["template"], scope);
-                    let mut text = template
-                        .as_str()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| template.to_string());
-                    if let Some(params) = arg["params"].as_object() {
-                        for (k, pv) in params {
-                            let pv = eval(pv, scope);
-                            let s = pv
-                                .as_str()
-                                .map(str::to_string)
-                                .unwrap_or_else(|| pv.to_string());
-                            text = text.replace(k.as_str(), &s);
-                        }
-                    }
-                    Value::String(text)
-                }
-                "list_join" => {
-                    let sep = arg.get(0).and_then(Value::as_str).unwrap_or("");
-                    let items: Vec<String> = arg
-                        .get(1)
-                        .map(|l| eval(l, scope))
-                        .and_then(|l| l.as_array().cloned())
-                        .unwrap_or_default()
-                        .iter()
-                        .map(|i| {
-                            i.as_str()
-                                .map(str::to_string)
-                                .unwrap_or_else(|| i.to_string())
-                        })
-                        .collect();
-                    Value::String(items.join(sep))
-                }
-                _ => Value::Object(m.iter().map(|(k, v)| (k.clone(), eval(v, scope))).collect()),
+/// Evaluates a HOT value, resolving intrinsic functions, within
+/// [`Limits::eval_bytes`] and [`Limits::nesting_depth`]: `str_replace` and
+/// `list_join` can multiply their input at every level of nesting.
+pub fn eval(v: &Value, scope: &Scope<'_>, limits: &Limits) -> Result<Value, OverLimit> {
+    Eval::new(scope, limits).eval(v)
+}
+
+/// An evaluation budget shared by several values (a stack's outputs).
+pub struct Eval<'a, 's> {
+    scope: &'a Scope<'s>,
+    limits: &'a Limits,
+    /// Bytes still to be spent.
+    left: usize,
+}
+
+/// A value as text, the way Heat joins and replaces non-strings.
+fn text_of(v: &Value) -> String {
+    v.as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| v.to_string())
+}
+
+impl<'a, 's> Eval<'a, 's> {
+    pub fn new(scope: &'a Scope<'s>, limits: &'a Limits) -> Self {
+        Eval {
+            scope,
+            limits,
+            left: limits.eval_bytes,
+        }
+    }
+
+    /// Evaluates `v`, spending from the shared budget.
+    pub fn eval(&mut self, v: &Value) -> Result<Value, OverLimit> {
+        self.value(v, 0)
+    }
+
+    fn spend(&mut self, bytes: usize) -> Result<(), OverLimit> {
+        self.left = self
+            .left
+            .checked_sub(bytes)
+            .ok_or(OverLimit::eval_bytes(self.limits.eval_bytes))?;
+        Ok(())
+    }
+
+    /// Charges a produced value its size as text (at least one byte).
+    fn produced(&mut self, v: Value) -> Result<Value, OverLimit> {
+        let size = match &v {
+            Value::String(s) => s.len(),
+            Value::Array(_) | Value::Object(_) => 1,
+            other => other.to_string().len(),
+        };
+        self.spend(size.max(1))?;
+        Ok(v)
+    }
+
+    fn value(&mut self, v: &Value, depth: usize) -> Result<Value, OverLimit> {
+        if depth > self.limits.nesting_depth {
+            return Err(OverLimit::nesting(
+                "evaluating the template's outputs",
+                self.limits.nesting_depth,
+            ));
+        }
+        let next = depth.saturating_add(1);
+        match v {
+            Value::Object(m) => match m.iter().next() {
+                Some((f, arg)) if m.len() == 1 => self.function(f, arg, next, m),
+                _ => self.object(m, next),
+            },
+            Value::Array(a) => {
+                let items = a
+                    .iter()
+                    .map(|x| self.value(x, next))
+                    .collect::<Result<_, _>>()?;
+                self.produced(Value::Array(items))
             }
+            other => self.produced(other.clone()),
         }
-        Value::Object(m) => {
-            Value::Object(m.iter().map(|(k, v)| (k.clone(), eval(v, scope))).collect())
+    }
+
+    fn object(&mut self, m: &Map<String, Value>, depth: usize) -> Result<Value, OverLimit> {
+        let mut out = Map::new();
+        for (k, v) in m {
+            self.spend(k.len())?;
+            out.insert(k.clone(), self.value(v, depth)?);
         }
-        Value::Array(a) => Value::Array(a.iter().map(|x| eval(x, scope)).collect()),
-        other => other.clone(),
+        self.produced(Value::Object(out))
+    }
+
+    fn function(
+        &mut self,
+        f: &str,
+        arg: &Value,
+        depth: usize,
+        whole: &Map<String, Value>,
+    ) -> Result<Value, OverLimit> {
+        let scope = self.scope;
+        let v = match f {
+            "get_param" => match arg {
+                Value::String(name) => scope.param(name),
+                Value::Array(path) => {
+                    let mut cur = path
+                        .first()
+                        .and_then(Value::as_str)
+                        .map(|n| scope.param(n))
+                        .unwrap_or(Value::Null);
+                    for seg in path.iter().skip(1) {
+                        cur = match seg {
+                            Value::String(k) => cur.get(k).cloned().unwrap_or(Value::Null),
+                            Value::Number(n) => n
+                                .as_u64()
+                                .and_then(|i| usize::try_from(i).ok())
+                                .and_then(|i| cur.get(i).cloned())
+                                .unwrap_or(Value::Null),
+                            _ => Value::Null,
+                        };
+                    }
+                    cur
+                }
+                _ => Value::Null,
+            },
+            "get_resource" => arg
+                .as_str()
+                .map(|r| Value::String(stable_id(scope.stack, r)))
+                .unwrap_or(Value::Null),
+            "get_attr" => {
+                let mut parts = Vec::new();
+                for p in arg.as_array().map(Vec::as_slice).unwrap_or_default() {
+                    parts.push(text_of(&self.value(p, depth)?));
+                }
+                match parts.as_slice() {
+                    [r, attr, ..] if attr == "fq_name" => Value::Array(vec![
+                        "default-domain".into(),
+                        "sim".into(),
+                        Value::String(format!("{}-{r}", scope.stack)),
+                    ]),
+                    [r, rest @ ..] => {
+                        Value::String(format!("{}:{}", stable_id(scope.stack, r), rest.join(".")))
+                    }
+                    [] => Value::Null,
+                }
+            }
+            "str_replace" => {
+                let template = self.value(arg.get("template").unwrap_or(&Value::Null), depth)?;
+                let mut text = text_of(&template);
+                if let Some(params) = arg.get("params").and_then(Value::as_object) {
+                    for (k, pv) in params {
+                        let with = text_of(&self.value(pv, depth)?);
+                        // Sized before it is built: each match grows the
+                        // text by the difference.
+                        let matches = text.matches(k.as_str()).count();
+                        let grown = matches.saturating_mul(with.len().saturating_sub(k.len()));
+                        self.spend(grown)?;
+                        text = text.replace(k.as_str(), &with);
+                    }
+                }
+                Value::String(text)
+            }
+            "list_join" => {
+                let sep = arg.get(0).and_then(Value::as_str).unwrap_or("");
+                let list = match arg.get(1) {
+                    Some(l) => self.value(l, depth)?,
+                    None => Value::Null,
+                };
+                let items: Vec<String> = list
+                    .as_array()
+                    .map(|l| l.iter().map(text_of).collect())
+                    .unwrap_or_default();
+                self.spend(sep.len().saturating_mul(items.len()))?;
+                Value::String(items.join(sep))
+            }
+            _ => return self.object(whole, depth),
+        };
+        self.produced(v)
     }
 }
 
@@ -289,21 +285,27 @@ mod tests {
 
     #[test]
     fn parses_hot_and_rejects_what_is_not() {
-        let t = parse("heat_template_version: 2013-05-23\nresources:\n  a:\n    type: X\n    properties: {n: 3, ok: true}\n").unwrap();
+        let t = parse("heat_template_version: 2013-05-23\nresources:\n  a:\n    type: X\n    properties: {n: 3, ok: true}\n", &Limits::default()).unwrap();
         assert_eq!(t["heat_template_version"], json!("2013-05-23"));
         assert_eq!(
             t["resources"]["a"]["properties"],
             json!({"n": 3, "ok": true})
         );
-        assert!(parse("a: [").is_err());
-        assert!(parse("- 1").is_err());
-        assert!(parse("resources: {}").is_err());
+        assert!(parse("a: [", &Limits::default()).is_err());
+        assert!(parse("- 1", &Limits::default()).is_err());
+        assert!(parse("resources: {}", &Limits::default()).is_err());
         // A repeated key wins over the earlier one, as in PyYAML.
-        let t =
-            parse("heat_template_version: x\nparameters:\n  a: {default: 1}\n  a: {default: 2}\n")
-                .unwrap();
+        let t = parse(
+            "heat_template_version: x\nparameters:\n  a: {default: 1}\n  a: {default: 2}\n",
+            &Limits::default(),
+        )
+        .unwrap();
         assert_eq!(t["parameters"]["a"]["default"], json!(2));
-        let t = parse("heat_template_version: x\nv: [1, 2.5, '3', ~, yes, true]\n").unwrap();
+        let t = parse(
+            "heat_template_version: x\nv: [1, 2.5, '3', ~, yes, true]\n",
+            &Limits::default(),
+        )
+        .unwrap();
         assert_eq!(t["v"], json!([1, 2.5, "3", null, "yes", true]));
     }
 
@@ -322,6 +324,7 @@ mod tests {
             parameters: &params,
             declared: Some(&declared),
         };
+        let eval = |v: &Value, s: &Scope<'_>| eval(v, s, &Limits::default()).unwrap();
         assert_eq!(eval(&json!({"get_param": "name"}), &s), json!("n1"));
         assert_eq!(eval(&json!({"get_param": "mac"}), &s), json!("fe:ff"));
         assert_eq!(
@@ -346,5 +349,32 @@ mod tests {
             json!("a/n1")
         );
         assert!(eval(&json!({"get_attr": ["vmi", "fq_name"]}), &s).is_array());
+    }
+
+    #[test]
+    fn output_functions_stay_within_their_budget() {
+        let params = Map::new();
+        let s = Scope {
+            stack: "x",
+            parameters: &params,
+            declared: None,
+        };
+        // Each level multiplies the text by ten.
+        let mut v = json!("xx");
+        for _ in 0..12 {
+            v = json!({"str_replace": {"template": v, "params": {"x": "xxxxxxxxxx"}}});
+        }
+        let e = eval(&v, &s, &Limits::default()).unwrap_err();
+        assert!(e.to_string().contains("--max-eval-bytes"), "{e}");
+        // An empty path, deep nesting: errors or values, never panics.
+        assert_eq!(
+            eval(&json!({"get_param": []}), &s, &Limits::default()),
+            Ok(Value::Null)
+        );
+        let mut deep = json!(1);
+        for _ in 0..200 {
+            deep = json!([deep]);
+        }
+        assert!(eval(&deep, &s, &Limits::default()).is_err());
     }
 }

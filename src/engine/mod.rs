@@ -5,8 +5,17 @@
 //! exists adopts it, updating a missing stack creates it, deleting a missing
 //! stack succeeds. That is what lets a job be retried after any crash.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
 pub mod hot;
 pub mod sim;
+pub mod yaml;
 
 use std::future::Future;
 

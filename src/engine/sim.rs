@@ -22,6 +22,7 @@ use serde_json::{Map, Value};
 use super::hot::{self, Scope};
 use super::{Engine, EngineError, StackInfo, StackSpec};
 use crate::esi::records::StackOutput;
+use crate::limits::Limits;
 
 pub const PREFIX: &str = "/~esi-sim/v1/stacks/";
 
@@ -37,6 +38,8 @@ pub struct SimOptions {
     pub fail_matching: Vec<String>,
     /// Operations on stacks matching any of these never finish.
     pub hang_matching: Vec<String>,
+    /// Bounds on evaluating a template's outputs.
+    pub limits: Limits,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,12 +92,7 @@ pub struct SimEngine {
     opts: SimOptions,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use crate::clock::now_ms;
 
 fn storage(e: etcd_client::Error) -> EngineError {
     EngineError::Storage(crate::store::client::describe(&e))
@@ -172,7 +170,10 @@ impl SimEngine {
         let resources = spec
             .map(|s| hot::resource_names(&s.template))
             .unwrap_or_default();
-        let operations = previous.as_ref().map(|p| p.operations).unwrap_or(0) + 1;
+        let operations = previous
+            .as_ref()
+            .map_or(0, |p| p.operations)
+            .saturating_add(1);
         let failure = if operations <= self.opts.fail_first {
             Some(format!(
                 "simulated failure: operation {operations} of the first {} fails",
@@ -195,7 +196,7 @@ impl SimEngine {
         let done_at_ms = if hang {
             u64::MAX
         } else {
-            now + self.opts.latency.as_millis() as u64
+            now.saturating_add(crate::clock::millis(self.opts.latency))
         };
         let outputs = match spec {
             Some(s) if action != "DELETE" => {
@@ -205,27 +206,32 @@ impl SimEngine {
                     parameters: &s.parameters,
                     declared,
                 };
-                s.template
+                // One budget for all of the stack's outputs: a hostile
+                // template must not cost more by having many.
+                let mut eval = hot::Eval::new(&scope, &self.opts.limits);
+                let mut outputs = Vec::new();
+                for (k, o) in s
+                    .template
                     .get("outputs")
                     .and_then(Value::as_object)
-                    .map(|outs| {
-                        outs.iter()
-                            .map(|(k, o)| StackOutput {
-                                output_key: k.clone(),
-                                output_value: hot::eval(
-                                    o.get("value").unwrap_or(&Value::Null),
-                                    &scope,
-                                ),
-                                description: o
-                                    .get("description")
-                                    .and_then(Value::as_str)
-                                    .unwrap_or_default()
-                                    .to_string(),
-                                extra: Map::new(),
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default()
+                    .into_iter()
+                    .flatten()
+                {
+                    let value = eval
+                        .eval(o.get("value").unwrap_or(&Value::Null))
+                        .map_err(|e| EngineError::Rejected(e.to_string()))?;
+                    outputs.push(StackOutput {
+                        output_key: k.clone(),
+                        output_value: value,
+                        description: o
+                            .get("description")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string(),
+                        extra: Map::new(),
+                    });
+                }
+                outputs
             }
             _ => vec![],
         };

@@ -2,7 +2,7 @@
 //! the template's `parameter_mappings`, the config body as `resource_input`,
 //! and the unfinished jobs of referenced resources as `dependency`.
 
-use rand::Rng;
+use rand::seq::IndexedRandom;
 use serde_json::{Map, Value};
 
 use super::keys::{JobAction, JobId};
@@ -90,7 +90,7 @@ pub fn random_suffix() -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
     (0..5)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .filter_map(|_| ALPHABET.choose(&mut rng).map(|&b| char::from(b)))
         .collect()
 }
 

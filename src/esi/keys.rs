@@ -345,8 +345,8 @@ fn nonempty(s: &str) -> Option<&str> {
 pub fn prefix_end(prefix: &str) -> Vec<u8> {
     let mut end = prefix.as_bytes().to_vec();
     while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
+        if let Some(next) = last.checked_add(1) {
+            end.push(next);
             return end;
         }
     }

@@ -4,6 +4,14 @@
 //! Everything here is pure: no I/O, no clocks. The reconciler and the CLI use
 //! these types to speak the protocol byte for byte (see DESIGN.md §2).
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
 pub mod catalog;
 pub mod job;
 pub mod keys;

@@ -16,6 +16,18 @@ pub fn parse<T: serde::de::DeserializeOwned>(
     kind: &'static str,
     bytes: &[u8],
 ) -> Result<T, RecordError> {
+    // serde_json bounds nesting (128 levels) itself; size is ours to bound.
+    let limit = crate::limits::Limits::current().record_bytes;
+    if bytes.len() > limit {
+        return Err(RecordError {
+            kind,
+            reason: format!(
+                "{} bytes: {}",
+                bytes.len(),
+                crate::limits::OverLimit::record_bytes(limit)
+            ),
+        });
+    }
     serde_json::from_slice(bytes).map_err(|e| RecordError {
         kind,
         reason: e.to_string(),

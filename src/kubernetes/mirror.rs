@@ -74,7 +74,9 @@ pub fn object_name(rtype: &str, id: &str) -> String {
         return clean;
     }
     let hash = crate::engine::hot::stable_id(rtype, id);
-    format!("{}-{}", &clean[..clean.len().min(230)], &hash[..8])
+    // Both are ASCII, so these cuts fall on character boundaries.
+    let head = clean.get(..clean.len().min(230)).unwrap_or_default();
+    format!("{head}-{}", hash.get(..8).unwrap_or(&hash))
 }
 
 fn rfc3339(ms: u64) -> Option<String> {
@@ -312,7 +314,7 @@ impl KubeMirror {
             {
                 continue;
             }
-            round += 1;
+            round = round.wrapping_add(1);
             // A store restored from a snapshot: what it no longer holds must
             // lose its mirror too, so go over everything.
             let epoch = controller.listed_epoch();
@@ -331,7 +333,11 @@ impl KubeMirror {
                 Self::lock(&self.dirty).drain().collect()
             };
             let mut failed = false;
-            let pause = Duration::from_millis(1000 / self.cfg.qps.max(1) as u64);
+            let pause = Duration::from_millis(
+                1000_u64
+                    .checked_div(u64::from(self.cfg.qps))
+                    .unwrap_or(1000),
+            );
             let mut live: HashSet<String> = HashSet::new();
             for r in names {
                 let report = {

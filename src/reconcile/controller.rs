@@ -66,12 +66,7 @@ impl Default for ControllerConfig {
     }
 }
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use crate::clock::now_ms;
 
 pub struct Controller {
     client: Etcd,
@@ -232,8 +227,14 @@ impl Controller {
                 // The slot is held until the world has seen the reconcile's
                 // own write: freeing it earlier was measured to double
                 // etcd's work (plans from views that lag, failing fences).
-                if let Some(revision) = me.reconcile(&r).await {
-                    me.caught_up(revision).await;
+                match crate::panic_guard::catch(me.reconcile(&r)).await {
+                    Ok(Some(revision)) => me.caught_up(revision).await,
+                    Ok(None) => {}
+                    Err(panic) => {
+                        me.metrics.reconcile_panics.inc();
+                        tracing::error!(resource = %r, %panic, "reconcile panicked; retrying with backoff");
+                        me.queue.schedule_after(r.clone(), me.error_delay(&r));
+                    }
                 }
                 me.queue.done(&r);
                 drop(permit);
@@ -364,7 +365,7 @@ impl Controller {
                 .filter(|r| now.owns(r))
                 .filter(|r| {
                     let new = !before.owns(r);
-                    gained += u64::from(new);
+                    gained = gained.saturating_add(u64::from(new));
                     all || new
                 })
                 .cloned()
@@ -419,16 +420,20 @@ impl Controller {
             let view = self.membership.view();
             let w = self.world.read().await;
             let mut counts: HashMap<Phase, i64> = HashMap::new();
-            let mut owned = 0;
+            let mut owned: i64 = 0;
             for (r, e) in w.resources() {
                 if view.owns(r) {
-                    owned += 1;
-                    *counts.entry(e.phase.unwrap_or(Phase::Pending)).or_default() += 1;
+                    owned = owned.saturating_add(1);
+                    let n = counts.entry(e.phase.unwrap_or(Phase::Pending)).or_default();
+                    *n = n.saturating_add(1);
                 }
             }
             self.metrics.owned_resources.set(owned);
-            let invalid =
-                counts.get(&Phase::Invalid).copied().unwrap_or(0) + w.unparsed().len() as i64;
+            let invalid = counts
+                .get(&Phase::Invalid)
+                .copied()
+                .unwrap_or(0)
+                .saturating_add(i64::try_from(w.unparsed().len()).unwrap_or(i64::MAX));
             drop(w);
             for p in Phase::ALL {
                 self.metrics
@@ -446,7 +451,7 @@ impl Controller {
     fn error_delay(&self, r: &ResourceRef) -> Duration {
         let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
         let n = errors.entry(r.clone()).or_insert(0);
-        *n += 1;
+        *n = n.saturating_add(1);
         self.cfg.backoff.delay(*n)
     }
 

@@ -113,12 +113,7 @@ fn del(key: impl Into<Vec<u8>>) -> TxnOp {
     TxnOp::delete(key, None)
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use crate::clock::now_ms;
 
 /// Configs fetched from etcd while building a job.
 #[derive(Default)]
@@ -403,7 +398,7 @@ impl Executor {
                 status.attempts = *attempts;
                 status.version = *version;
                 status.failure_revision = *failure_revision;
-                status.next_retry_ms = now_ms() + delay.as_millis() as u64;
+                status.next_retry_ms = now_ms().saturating_add(crate::clock::millis(delay));
                 status.last_error = error.clone();
                 Built::Txn(vec![], vec![])
             }

@@ -3,6 +3,14 @@
 //! decides (pure), [`execute`] applies fenced transactions, and the
 //! [`controller`] runs it all with a deduplicating [`queue`].
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
 pub mod action;
 pub mod backoff;
 pub mod execute;

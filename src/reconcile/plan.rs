@@ -472,7 +472,7 @@ fn plan_valid(o: &Observed, p: &mut Plan) {
             p.push(
                 Action::RecordFailure {
                     version: cfg.version,
-                    attempts: attempts + 1,
+                    attempts: attempts.saturating_add(1),
                     failure_revision: state_rev,
                     error: error.clone(),
                 },
@@ -480,18 +480,15 @@ fn plan_valid(o: &Observed, p: &mut Plan) {
             );
             return p.set(
                 Phase::BackingOff,
-                format!("attempt {} failed: {error}", attempts + 1),
+                format!("attempt {} failed: {error}", attempts.saturating_add(1)),
             );
         }
         let next = status.map(|st| st.next_retry_ms).unwrap_or(0);
-        if o.now_ms < next {
-            p.requeue_after_ms = Some(next - o.now_ms);
+        if let Some(wait) = next.checked_sub(o.now_ms).filter(|&w| w > 0) {
+            p.requeue_after_ms = Some(wait);
             return p.set(
                 Phase::BackingOff,
-                format!(
-                    "attempt {attempts} failed: {error}; retry in {} ms",
-                    next - o.now_ms
-                ),
+                format!("attempt {attempts} failed: {error}; retry in {wait} ms"),
             );
         }
         p.push(

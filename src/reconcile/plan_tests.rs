@@ -648,3 +648,95 @@ fn a_lost_stack_record_is_recorded_again() {
         Some((JobAction::Modify, 2))
     );
 }
+
+/// Extreme numbers anywhere a record can put them: versions, revisions,
+/// attempts, retry times and the clock at their limits, any worker state
+/// and stack status text, records that did not parse. A status or state in
+/// etcd is untrusted input, so none of this may panic the planner.
+fn arb_hostile() -> impl Strategy<Value = Observed> {
+    let num = || {
+        prop_oneof![
+            Just(0u64),
+            Just(1u64),
+            Just(u64::MAX),
+            Just(u64::MAX - 1),
+            Just(i64::MAX as u64),
+            any::<u64>()
+        ]
+    };
+    let rev = || {
+        prop_oneof![
+            Just(0i64),
+            Just(-1i64),
+            Just(i64::MIN),
+            Just(i64::MAX),
+            any::<i64>()
+        ]
+    };
+    (
+        (arb_observed(), num(), num(), num(), num()),
+        (
+            prop_oneof![Just(0u32), Just(u32::MAX), any::<u32>()],
+            rev(),
+            rev(),
+            ".{0,12}",
+            ".{0,12}",
+            any::<bool>(),
+            prop::collection::vec(rev(), 4),
+        ),
+    )
+        .prop_map(
+            |(
+                (mut o, cfg_version, state_version, retry, now),
+                (attempts, status_rev, failure_rev, worker_state, stack_status, broken, revs),
+            )| {
+                if let Some(Ok(c)) = o.config.as_mut().map(|c| &mut c.value) {
+                    c.version = cfg_version;
+                }
+                if let Some(Ok(s)) = o.state.as_mut().map(|s| &mut s.value) {
+                    s.version = state_version;
+                    s.worker_state = worker_state.as_str().into();
+                }
+                if let Some(Ok(s)) = o.stack.as_mut().map(|s| &mut s.value) {
+                    s.status = stack_status.as_str().into();
+                }
+                o.status = ok(
+                    status_rev,
+                    ResourceStatus {
+                        attempts,
+                        version: cfg_version,
+                        failure_revision: failure_rev,
+                        next_retry_ms: retry,
+                        ..Default::default()
+                    },
+                );
+                o.now_ms = now;
+                for (j, r) in o.jobs.iter_mut().zip(revs) {
+                    j.waiting = j.waiting.map(|_| r);
+                    j.working = j.working.map(|(_, lease)| (r, lease));
+                }
+                if broken {
+                    o.state = Some(Parsed {
+                        mod_rev: status_rev,
+                        value: Err("not JSON".into()),
+                    });
+                }
+                o
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #[test]
+    fn plan_never_panics_on_hostile_states(o in arb_hostile()) {
+        let p = plan(&o);
+        // And what it asks for stays within the protocol's numbers.
+        for a in &p.actions {
+            if let Action::RecordFailure { attempts, .. } = &a.action {
+                prop_assert!(*attempts >= 1);
+            }
+        }
+        prop_assert_eq!(plan(&o), p);
+    }
+}

@@ -59,7 +59,7 @@ impl<K: Clone + Ord + Hash + Eq> Queue<K> {
 
     /// Schedules `k` after `delay` (at least the debounce).
     pub fn schedule_after(&self, k: K, delay: Duration) {
-        let at = Instant::now() + delay.max(self.debounce);
+        let at = crate::clock::deadline_in(delay.max(self.debounce));
         let mut g = self.lock();
         if g.running.contains(&k) {
             let e = g.dirty.entry(k).or_insert(at);
@@ -78,7 +78,7 @@ impl<K: Clone + Ord + Hash + Eq> Queue<K> {
             }
             g.due.remove(&(old_at, old_seq, k.clone()));
         }
-        g.seq += 1;
+        g.seq = g.seq.wrapping_add(1);
         let seq = g.seq;
         g.due.insert((at, seq, k.clone()));
         g.queued.insert(k, (at, seq));
@@ -130,7 +130,7 @@ impl<K: Clone + Ord + Hash + Eq> Queue<K> {
     /// Resources queued or waiting to be queued again.
     pub fn len(&self) -> usize {
         let g = self.lock();
-        g.queued.len() + g.dirty.len()
+        g.queued.len().saturating_add(g.dirty.len())
     }
 
     pub fn is_empty(&self) -> bool {

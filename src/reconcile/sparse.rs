@@ -20,8 +20,8 @@ pub trait Sparse {
     fn shrink_if_sparse(&mut self) {
         const SMALL: usize = 64;
         let (len, cap) = self.len_and_capacity();
-        if cap > SMALL && len * 4 <= cap {
-            self.shrink_to((len * 2).max(SMALL / 2));
+        if cap > SMALL && len.saturating_mul(4) <= cap {
+            self.shrink_to(len.saturating_mul(2).max(SMALL / 2));
         }
     }
 }

@@ -43,6 +43,7 @@ pub struct Metrics {
     pub replica_members: Gauge,
     pub owned_resources: Gauge,
     pub handovers: Counter,
+    pub reconcile_panics: Counter,
 }
 
 impl Default for Metrics {
@@ -74,8 +75,14 @@ impl Metrics {
             replica_members: Gauge::default(),
             owned_resources: Gauge::default(),
             handovers: Counter::default(),
+            reconcile_panics: Counter::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "reconcile_panics",
+            "Reconciles that panicked (a bug): each resource is retried with backoff",
+            m.reconcile_panics.clone(),
+        );
         registry.register(
             "reconciles",
             "Reconciles run, by result",
@@ -178,6 +185,7 @@ pub struct WorkerMetrics {
     pub ready_jobs: Gauge,
     pub claim_conflicts: Counter,
     pub lease_lost: Counter,
+    pub job_panics: Counter,
 }
 
 impl Default for WorkerMetrics {
@@ -203,7 +211,13 @@ impl WorkerMetrics {
             ready_jobs: Gauge::default(),
             claim_conflicts: Counter::default(),
             lease_lost: Counter::default(),
+            job_panics: Counter::default(),
         };
+        registry.register(
+            "job_panics",
+            "Jobs whose task panicked (a bug): each was failed with the panic in /state",
+            m.job_panics.clone(),
+        );
         registry.register("claimed", "Jobs claimed", m.claimed.clone());
         registry.register("jobs", "Jobs ended, by result", m.jobs.clone());
         registry.register("in_flight", "Jobs running", m.in_flight.clone());

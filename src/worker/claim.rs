@@ -44,16 +44,7 @@ pub enum ClaimError {
 /// A fresh reservation value for `working/` keys (a random UUID, as ESI's
 /// worker writes).
 pub fn new_reservation() -> String {
-    let b: [u8; 16] = rand::random();
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
+    uuid::Uuid::new_v4().to_string()
 }
 
 /// Tries to claim `id` under `lease`, setting `job_state_key` (when the

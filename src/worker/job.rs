@@ -16,6 +16,7 @@ use crate::esi::Catalog;
 use crate::esi::keys::{JobAction, JobId, JobSlot, ResourceRef, TEMPLATES};
 use crate::esi::mapping::select::TemplateChoice;
 use crate::esi::records::{self, ConfigRecord, HeatTemplate, Job, StackOutput, StateRecord};
+use crate::limits::Limits;
 
 use super::claim::{self, Claim};
 use super::params::{self, Resolver};
@@ -27,6 +28,7 @@ pub struct JobSettings {
     pub timeout_cap: Option<Duration>,
     pub poll_min: Duration,
     pub poll_max: Duration,
+    pub limits: Limits,
 }
 
 /// How a job ended for this worker.
@@ -62,6 +64,30 @@ impl<E: Engine> JobRunner<E> {
             Err(e) => {
                 // etcd trouble mid-job: give the job back if we still can.
                 tracing::warn!(job = %c.id, error = %crate::store::client::describe(&e), "job interrupted");
+                match claim::release(&self.client, c).await {
+                    Ok(true) => JobOutcome::Released,
+                    _ => JobOutcome::ClaimLost,
+                }
+            }
+        }
+    }
+
+    /// Ends the job as failed with `error` in `/state`, as the protocol does
+    /// for any failed job (the reconciler then retries with backoff); if
+    /// even that cannot be written, gives the job back. Used when the job's
+    /// own task panicked, so nothing of its progress is trusted.
+    pub async fn fail(&self, c: &Claim, error: String) -> JobOutcome {
+        let job = &c.envelope.1;
+        let r = self
+            .catalog
+            .schemas
+            .plural_of(&job.resource_type)
+            .map(|plural| ResourceRef::new(plural, job.resource_id.clone()));
+        match self.finish(c, r.as_ref(), error.clone(), None).await {
+            Ok(JobOutcome::Completed) => JobOutcome::Failed(error),
+            Ok(other) => other,
+            Err(e) => {
+                tracing::warn!(job = %c.id, error = %crate::store::client::describe(&e), "cannot record the failure; giving the job back");
                 match claim::release(&self.client, c).await {
                     Ok(true) => JobOutcome::Released,
                     _ => JobOutcome::ClaimLost,
@@ -125,11 +151,11 @@ impl<E: Engine> JobRunner<E> {
             Ok(i) => i,
             Err(e) => return self.finish(c, Some(&r), format!("engine: {e}"), None).await,
         };
-        let mut timeout = Duration::from_secs(timeout_mins * 60);
+        let mut timeout = crate::clock::minutes(timeout_mins);
         if let Some(cap) = self.settings.timeout_cap {
             timeout = timeout.min(cap);
         }
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = crate::clock::deadline_in(timeout);
         let mut delays = ExponentialBuilder::default()
             .with_min_delay(self.settings.poll_min)
             .with_max_delay(self.settings.poll_max)
@@ -230,8 +256,16 @@ impl<E: Engine> JobRunner<E> {
             .await
             .map_err(|e| e.to_string())?;
         let (context, parameters) = params::split(&resolved);
-        let hot = render::render(&template_id, &template.template_file, &context)
-            .map_err(|e| e.to_string())?;
+        // Rendering is CPU work bounded by fuel, up to seconds for a hostile
+        // template: off the async threads, or it starves the lease keepalive
+        // and etcd health checks of every other job.
+        let limits = self.settings.limits;
+        let hot = tokio::task::spawn_blocking(move || {
+            render::render(&template_id, &template.template_file, &context, &limits)
+        })
+        .await
+        .map_err(|e| format!("rendering the template panicked: {e}"))?
+        .map_err(|e| e.to_string())?;
         Ok(Work::Apply(StackSpec {
             name,
             template: hot,

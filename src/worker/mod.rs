@@ -5,6 +5,14 @@
 //! shutdown it stops claiming, lets running jobs finish within a grace
 //! period, then gives the rest back to `ready/` and revokes its lease.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
 pub mod claim;
 pub mod job;
 pub mod params;
@@ -51,6 +59,7 @@ impl Default for WorkerConfig {
                 timeout_cap: None,
                 poll_min: Duration::from_millis(50),
                 poll_max: Duration::from_secs(2),
+                limits: crate::limits::Limits::current(),
             },
         }
     }
@@ -155,7 +164,7 @@ impl<E: Engine> Worker<E> {
                         MirrorEvent::ListStart { .. } => listing = Some(vec![]),
                         MirrorEvent::ListPage(kvs) => {
                             if let Some(l) = listing.as_mut() {
-                                l.extend(kvs.into_iter().filter(|kv| kv.value == self.cfg.handler.as_bytes()).map(|kv| (kv.mod_revision, kv.key[JOBS_READY.len()..].to_string())));
+                                l.extend(kvs.into_iter().filter(|kv| kv.value == self.cfg.handler.as_bytes()).map(|kv| (kv.mod_revision, ready_id(&kv.key))));
                             }
                         }
                         MirrorEvent::ListEnd { .. } => {
@@ -171,14 +180,14 @@ impl<E: Engine> Worker<E> {
                             for c in changes {
                                 match c {
                                     Change::Put(kv) if kv.value == self.cfg.handler.as_bytes() => {
-                                        let id = kv.key[JOBS_READY.len()..].to_string();
+                                        let id = ready_id(&kv.key);
                                         if let Some(old) = revs.insert(id.clone(), kv.mod_revision) {
                                             queue.remove(&(old, id.clone()));
                                         }
                                         queue.insert((kv.mod_revision, id));
                                     }
                                     Change::Delete { key, .. } => {
-                                        let id = key[JOBS_READY.len()..].to_string();
+                                        let id = ready_id(&key);
                                         if let Some(old) = revs.remove(&id) {
                                             queue.remove(&(old, id));
                                         }
@@ -218,6 +227,11 @@ impl<E: Engine> Worker<E> {
     }
 }
 
+/// The job id of a `/jobs/ready/` key (the watch is on that prefix).
+fn ready_id(key: &str) -> String {
+    key.strip_prefix(JOBS_READY).unwrap_or(key).to_string()
+}
+
 /// Claim attempts (0.5 s apart, each bounded by the request timeout) with
 /// one reservation before a job goes back in line.
 const CLAIM_ATTEMPTS: u32 = 20;
@@ -243,7 +257,7 @@ async fn run_one<E: Engine>(
                 return;
             }
             Err(claim::ClaimError::Etcd(e)) if attempts < CLAIM_ATTEMPTS => {
-                attempts += 1;
+                attempts = attempts.saturating_add(1);
                 tracing::warn!(job = %id, error = %crate::store::client::describe(&e), "cannot claim yet; trying again");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
@@ -264,7 +278,16 @@ async fn run_one<E: Engine>(
     metrics.claimed.inc();
     metrics.in_flight.inc();
     tracing::info!(job = %id, "claimed");
-    let outcome = runner.run(&c, cancel).await;
+    let outcome = match crate::panic_guard::catch(runner.run(&c, cancel)).await {
+        Ok(outcome) => outcome,
+        Err(panic) => {
+            metrics.job_panics.inc();
+            tracing::error!(job = %id, %panic, "job task panicked; failing the job");
+            runner
+                .fail(&c, format!("heat worker bug: the job panicked: {panic}"))
+                .await
+        }
+    };
     metrics.in_flight.dec();
     match &outcome {
         JobOutcome::Completed => metrics.finished("completed"),

@@ -103,8 +103,10 @@ impl<'a> Resolver<'a> {
             };
             self.stacks.insert(key.clone(), stack);
         }
-        let stack = self.stacks[&key]
-            .as_ref()
+        let stack = self
+            .stacks
+            .get(&key)
+            .and_then(Option::as_ref)
             .ok_or_else(|| ResolveError::NoStack {
                 param: param.to_string(),
                 resource_type: o.resource_type.clone(),

@@ -5,11 +5,14 @@ use minijinja::{Environment, UndefinedBehavior, Value as JinjaValue};
 use serde_json::{Map, Value};
 
 use crate::engine::hot;
+use crate::limits::{Limits, OverLimit};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
     #[error("template {template}: jinja: {reason}")]
     Jinja { template: String, reason: String },
+    #[error("template {template}: {source}")]
+    OverLimit { template: String, source: OverLimit },
     #[error("template {template}: {source}")]
     Hot {
         template: String,
@@ -17,8 +20,11 @@ pub enum RenderError {
     },
 }
 
-fn environment() -> Environment<'static> {
+fn environment(limits: &Limits) -> Environment<'static> {
     let mut env = Environment::new();
+    // Instructions run and bytes produced: what stops endless loops and
+    // output that doubles at every step.
+    env.set_fuel(Some(limits.render_fuel));
     // Missing params render as empty, like Jinja's default; the templates
     // guard optional parts with `{% if %}`.
     env.set_undefined_behavior(UndefinedBehavior::Lenient);
@@ -32,13 +38,34 @@ pub fn render_text(
     template: &str,
     source: &str,
     context: &Map<String, Value>,
+    limits: &Limits,
 ) -> Result<String, RenderError> {
-    environment()
+    let over = |source| RenderError::OverLimit {
+        template: template.to_string(),
+        source,
+    };
+    if source.len() > limits.template_bytes {
+        return Err(over(OverLimit::template_bytes(
+            "template source",
+            limits.template_bytes,
+        )));
+    }
+    let text = environment(limits)
         .render_str(source, JinjaValue::from(minijinja::value::Serde(context)))
-        .map_err(|e| RenderError::Jinja {
-            template: template.to_string(),
-            reason: format!("{e:#}"),
-        })
+        .map_err(|e| match e.kind() {
+            minijinja::ErrorKind::OutOfFuel => over(OverLimit::render_fuel(limits.render_fuel)),
+            _ => RenderError::Jinja {
+                template: template.to_string(),
+                reason: format!("{e:#}"),
+            },
+        })?;
+    if text.len() > limits.template_bytes {
+        return Err(over(OverLimit::template_bytes(
+            "rendered template",
+            limits.template_bytes,
+        )));
+    }
+    Ok(text)
 }
 
 /// Renders and parses the result as a HOT document.
@@ -46,9 +73,10 @@ pub fn render(
     template: &str,
     source: &str,
     context: &Map<String, Value>,
+    limits: &Limits,
 ) -> Result<Value, RenderError> {
-    let text = render_text(template, source, context)?;
-    hot::parse(&text).map_err(|source| RenderError::Hot {
+    let text = render_text(template, source, context, limits)?;
+    hot::parse(&text, limits).map_err(|source| RenderError::Hot {
         template: template.to_string(),
         source,
     })
@@ -66,7 +94,7 @@ mod tests {
             .as_object()
             .unwrap()
             .clone();
-        let t = render("t", src, &ctx).unwrap();
+        let t = render("t", src, &ctx, &Limits::default()).unwrap();
         assert_eq!(
             t["resources"]["ip_1"]["properties"],
             json!({"prefix": "10.0.0.2", "id": "ip_1"})
@@ -76,13 +104,30 @@ mod tests {
 
     #[test]
     fn errors_name_the_template() {
-        let e = render("port", "{% for %}", &Map::new())
+        let e = render("port", "{% for %}", &Map::new(), &Limits::default())
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("template port: jinja"), "{e}");
-        let e = render("port", "not: [hot", &Map::new())
+        let e = render("port", "not: [hot", &Map::new(), &Limits::default())
             .unwrap_err()
             .to_string();
         assert!(e.contains("template port") && e.contains("YAML"), "{e}");
+    }
+
+    #[test]
+    fn endless_or_exploding_templates_run_out_of_fuel() {
+        let limits = Limits {
+            render_fuel: 1_000_000,
+            ..Limits::default()
+        };
+        for src in [
+            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+            "{% set s = 'xxxxxxxxxx' %}{% for i in range(30) %}{% set s = s ~ s %}{% endfor %}{{ s }}",
+            "{{ 'x' * 90000000 }}",
+        ] {
+            let e = render("bomb", src, &Map::new(), &limits).unwrap_err();
+            assert!(matches!(e, RenderError::OverLimit { .. }), "{src}: {e}");
+            assert!(e.to_string().contains("--max-render-fuel"), "{e}");
+        }
     }
 }

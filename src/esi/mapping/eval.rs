@@ -64,7 +64,8 @@ impl Evaluated {
                 value: other.clone(),
                 resources: vec![],
             })
-            .map(|p| p["value"].clone())
+            .ok()
+            .and_then(|p| p.get("value").cloned())
             .unwrap_or(Value::Null),
         }
     }

@@ -1,0 +1,316 @@
+//! A bounded YAML loader: parser events straight to JSON, under a budget.
+//!
+//! Templates are written by anyone with access to `/esi-worker/templates` or
+//! to a config's template choice, so the loader trusts nothing:
+//! - every node (scalar, sequence, mapping) is charged against
+//!   [`Limits::yaml_nodes`] and every scalar's bytes against
+//!   [`Limits::template_bytes`], and an alias is charged the whole size of
+//!   the node it repeats. Nine levels of ten aliases each is 10⁹ nodes; this
+//!   stops it at the budget, before anything is copied, as `serde_yaml`'s
+//!   repetition limit and saphyr's budget do. Anchors are charged too, since
+//!   the loader keeps a copy of each;
+//! - nesting deeper than [`Limits::nesting_depth`] is refused (deep JSON
+//!   values also overflow the stack when dropped);
+//! - only the first document is read.
+//!
+//! A repeated key wins over the earlier one, as PyYAML (and so Heat) does:
+//! one reference template declares a parameter twice.
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Number, Value};
+use yaml_rust2::Yaml;
+use yaml_rust2::parser::{Event, Parser};
+use yaml_rust2::scanner::TScalarStyle;
+
+use crate::limits::{Limits, OverLimit};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum YamlError {
+    #[error("{0}")]
+    Syntax(String),
+    #[error(transparent)]
+    OverLimit(#[from] OverLimit),
+}
+
+/// The first document of `text` as JSON (`Value::Null` for an empty text).
+pub fn load(text: &str, limits: &Limits) -> Result<Value, YamlError> {
+    if text.len() > limits.template_bytes {
+        return Err(OverLimit::template_bytes("rendered template", limits.template_bytes).into());
+    }
+    let mut b = Builder {
+        limits,
+        used: Size::default(),
+        stack: Vec::new(),
+        anchors: HashMap::new(),
+        doc: None,
+    };
+    let mut parser = Parser::new_from_str(text);
+    loop {
+        let (event, mark) = parser
+            .next_token()
+            .map_err(|e| YamlError::Syntax(e.to_string()))?;
+        match event {
+            Event::StreamEnd => break,
+            Event::DocumentEnd if b.doc.is_some() => break,
+            other => b.on_event(other).map_err(|e| match e {
+                YamlError::Syntax(s) => {
+                    YamlError::Syntax(format!("{s} at line {} column {}", mark.line(), mark.col()))
+                }
+                over => over,
+            })?,
+        }
+    }
+    Ok(b.doc.unwrap_or(Value::Null))
+}
+
+struct Builder<'a> {
+    limits: &'a Limits,
+    /// What was produced so far, aliases expanded.
+    used: Size,
+    stack: Vec<Frame>,
+    /// Anchor id → (value, its size).
+    anchors: HashMap<usize, (Value, Size)>,
+    doc: Option<Value>,
+}
+
+/// Nodes and scalar bytes.
+#[derive(Debug, Clone, Copy, Default)]
+struct Size {
+    nodes: usize,
+    bytes: usize,
+}
+
+impl Size {
+    fn since(self, start: Size) -> Size {
+        Size {
+            nodes: self.nodes.saturating_sub(start.nodes),
+            bytes: self.bytes.saturating_sub(start.bytes),
+        }
+    }
+}
+
+struct Frame {
+    anchor: usize,
+    /// `used` when the collection started, to size it for its anchor.
+    start: Size,
+    kind: Collection,
+}
+
+enum Collection {
+    Seq(Vec<Value>),
+    Map(Map<String, Value>, Option<String>),
+}
+
+impl Builder<'_> {
+    fn charge(&mut self, n: Size) -> Result<(), YamlError> {
+        self.used.nodes = self.used.nodes.saturating_add(n.nodes);
+        self.used.bytes = self.used.bytes.saturating_add(n.bytes);
+        if self.used.nodes > self.limits.yaml_nodes {
+            return Err(OverLimit::yaml_nodes(self.limits.yaml_nodes).into());
+        }
+        if self.used.bytes > self.limits.template_bytes {
+            return Err(OverLimit::template_bytes(
+                "template text (aliases expanded)",
+                self.limits.template_bytes,
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    fn on_event(&mut self, ev: Event) -> Result<(), YamlError> {
+        match ev {
+            Event::Scalar(text, style, anchor, _) => {
+                let size = Size {
+                    nodes: 1,
+                    bytes: text.len(),
+                };
+                self.charge(size)?;
+                let v = scalar(text, style == TScalarStyle::Plain);
+                self.push(v, anchor, size)
+            }
+            Event::SequenceStart(anchor, _) => self.open(anchor, Collection::Seq(Vec::new())),
+            Event::MappingStart(anchor, _) => self.open(anchor, Collection::Map(Map::new(), None)),
+            Event::SequenceEnd | Event::MappingEnd => {
+                let Some(f) = self.stack.pop() else {
+                    return Err(YamlError::Syntax("unbalanced collection end".into()));
+                };
+                let size = self.used.since(f.start);
+                let v = match f.kind {
+                    Collection::Seq(items) => Value::Array(items),
+                    Collection::Map(map, _) => Value::Object(map),
+                };
+                self.push(v, f.anchor, size)
+            }
+            Event::Alias(id) => {
+                let Some(&(_, size)) = self.anchors.get(&id) else {
+                    return Err(YamlError::Syntax(format!(
+                        "alias to an unknown anchor ({id})"
+                    )));
+                };
+                // Charged its expanded size before anything is copied.
+                self.charge(size)?;
+                let v = self.anchors.get(&id).map(|(v, _)| v.clone());
+                self.push(v.unwrap_or(Value::Null), 0, size)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn open(&mut self, anchor: usize, kind: Collection) -> Result<(), YamlError> {
+        if self.stack.len() >= self.limits.nesting_depth {
+            return Err(OverLimit::nesting("template", self.limits.nesting_depth).into());
+        }
+        let start = self.used;
+        self.charge(Size { nodes: 1, bytes: 0 })?;
+        self.stack.push(Frame {
+            anchor,
+            start,
+            kind,
+        });
+        Ok(())
+    }
+
+    fn push(&mut self, v: Value, anchor: usize, size: Size) -> Result<(), YamlError> {
+        if anchor > 0 {
+            // The copy kept for aliases costs what the node does.
+            self.charge(size)?;
+            self.anchors.insert(anchor, (v.clone(), size));
+        }
+        match self.stack.last_mut() {
+            None => {
+                if self.doc.is_none() {
+                    self.doc = Some(v);
+                }
+            }
+            Some(Frame {
+                kind: Collection::Seq(items),
+                ..
+            }) => items.push(v),
+            Some(Frame {
+                kind: Collection::Map(map, key),
+                ..
+            }) => match key.take() {
+                None => *key = Some(key_text(v)),
+                Some(k) => {
+                    map.insert(k, v);
+                }
+            },
+        }
+        Ok(())
+    }
+}
+
+/// A plain scalar as YAML's core schema reads it.
+fn scalar(text: String, plain: bool) -> Value {
+    if !plain {
+        return Value::String(text);
+    }
+    match Yaml::from_str(&text) {
+        Yaml::Integer(i) => Value::from(i),
+        Yaml::Real(r) => r
+            .parse::<f64>()
+            .ok()
+            .and_then(Number::from_f64)
+            .map(Value::Number)
+            .unwrap_or(Value::String(r)),
+        Yaml::Boolean(b) => Value::Bool(b),
+        Yaml::Null => Value::Null,
+        _ => Value::String(text),
+    }
+}
+
+fn key_text(k: Value) -> String {
+    match k {
+        Value::String(s) => s,
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn small(nodes: usize, depth: usize) -> Limits {
+        Limits {
+            yaml_nodes: nodes,
+            nesting_depth: depth,
+            ..Limits::default()
+        }
+    }
+
+    /// `levels` levels of anchors, each a list of ten aliases of the one
+    /// before: 10^levels nodes once expanded.
+    fn alias_bomb(levels: usize) -> String {
+        let mut s = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..levels {
+            let prev = format!("*a{}", i - 1);
+            s += &format!("a{i}: &a{i} [{}]\n", vec![prev; 10].join(", "));
+        }
+        s
+    }
+
+    #[test]
+    fn alias_bombs_stop_at_the_node_budget() {
+        let e = load(&alias_bomb(9), &Limits::default()).unwrap_err();
+        assert!(matches!(e, YamlError::OverLimit(_)), "{e}");
+        assert!(e.to_string().contains("--max-yaml-nodes"), "{e}");
+        // A few levels fit, and expand as YAML says.
+        let v = load(&alias_bomb(3), &Limits::default()).unwrap();
+        assert_eq!(v["a2"].as_array().unwrap().len(), 10);
+        assert_eq!(v["a2"][9][9][9], json!("x"));
+    }
+
+    #[test]
+    fn the_budget_counts_every_node_and_alias() {
+        // 1 mapping + 2 keys + a 3-item list (4 nodes), its anchor's copy
+        // (4) and an alias of it (4).
+        let text = "k: &l [1, 2, 3]\nm: *l\n";
+        assert!(load(text, &small(15, 64)).is_ok());
+        assert!(load(text, &small(14, 64)).is_err());
+    }
+
+    #[test]
+    fn deep_nesting_is_refused() {
+        let deep = "[".repeat(100_000);
+        let e = load(&deep, &small(1_000_000, 64)).unwrap_err();
+        assert!(e.to_string().contains("--max-nesting-depth"), "{e}");
+        let ok = format!("{}{}", "[".repeat(10), "]".repeat(10));
+        assert!(load(&ok, &small(100, 64)).is_ok());
+    }
+
+    #[test]
+    fn bad_yaml_and_unknown_aliases_are_errors() {
+        assert!(matches!(
+            load("a: [1", &Limits::default()),
+            Err(YamlError::Syntax(_))
+        ));
+        assert!(load("a: *nope", &Limits::default()).is_err());
+    }
+
+    #[test]
+    fn later_keys_win_and_only_the_first_document_counts() {
+        let v = load("a: 1\na: 2\n---\nb: 3\n", &Limits::default()).unwrap();
+        assert_eq!(v, json!({"a": 2}));
+    }
+
+    #[test]
+    fn aliases_of_a_long_scalar_are_charged_its_bytes() {
+        let big = "x".repeat(1000);
+        let text = format!("a: &a {big}\nb: [{}]\n", vec!["*a"; 2000].join(", "));
+        let e = load(&text, &Limits::default()).unwrap_err();
+        assert!(e.to_string().contains("--max-template-bytes"), "{e}");
+    }
+
+    #[test]
+    fn oversized_text_is_refused_before_parsing() {
+        let limits = Limits {
+            template_bytes: 10,
+            ..Limits::default()
+        };
+        let e = load("a: 1234567890", &limits).unwrap_err();
+        assert!(e.to_string().contains("--max-template-bytes"), "{e}");
+    }
+}

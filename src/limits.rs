@@ -1,0 +1,116 @@
+//! Bounds on everything a process reads from etcd and then parses, renders or
+//! evaluates. Anyone who can write a config or a heat template can write a
+//! hostile one: a record of hundreds of megabytes, a YAML alias bomb, a Jinja
+//! loop that never ends, a `str_replace` that doubles its text at every
+//! level. Each limit turns such input into a clear error for that one record
+//! or job instead of a process that runs out of memory or time.
+//!
+//! The defaults are far above anything ESI's own templates and records need
+//! (all 47 reference templates render within 20 KiB, 4,000 YAML nodes and
+//! 500,000 units of fuel: `tests/render_templates.rs`) and far below what
+//! would hurt a worker (a job at every limit costs tens of MiB).
+
+use std::sync::OnceLock;
+
+/// The limits in force; see each field's flag in `--help`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest record (any value read from etcd) that is parsed at all.
+    pub record_bytes: usize,
+    /// Largest heat template source, and largest rendered template text.
+    pub template_bytes: usize,
+    /// YAML nodes a rendered template may produce, each alias counted as
+    /// the nodes it expands to (what stops alias bombs).
+    pub yaml_nodes: usize,
+    /// Deepest nesting of a template (YAML) or an evaluated value.
+    pub nesting_depth: usize,
+    /// Jinja fuel for rendering one template: instructions run plus bytes
+    /// produced, as minijinja counts them.
+    pub render_fuel: u64,
+    /// Bytes an intrinsic-function evaluation (`str_replace`, `list_join`,
+    /// …) may produce for one stack's outputs.
+    pub eval_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            record_bytes: 4 << 20,
+            template_bytes: 1 << 20,
+            yaml_nodes: 200_000,
+            nesting_depth: 64,
+            render_fuel: 10_000_000,
+            eval_bytes: 4 << 20,
+        }
+    }
+}
+
+static INSTALLED: OnceLock<Limits> = OnceLock::new();
+
+impl Limits {
+    /// Makes `self` the limits of this process (the first call wins; a
+    /// process installs its flags once, at start).
+    pub fn install(self) {
+        let _ = INSTALLED.set(self);
+    }
+
+    /// The installed limits, or the defaults.
+    pub fn current() -> Limits {
+        INSTALLED.get().copied().unwrap_or_default()
+    }
+}
+
+/// A value over one of the limits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} exceeds the limit of {limit} {unit} (flag --{flag})")]
+pub struct OverLimit {
+    pub what: &'static str,
+    pub limit: u64,
+    pub unit: &'static str,
+    pub flag: &'static str,
+}
+
+impl OverLimit {
+    pub fn record_bytes(limit: usize) -> Self {
+        Self::new("record", limit, "bytes", "max-record-bytes")
+    }
+    pub fn template_bytes(what: &'static str, limit: usize) -> Self {
+        Self::new(what, limit, "bytes", "max-template-bytes")
+    }
+    pub fn yaml_nodes(limit: usize) -> Self {
+        Self::new(
+            "template (aliases expanded)",
+            limit,
+            "YAML nodes",
+            "max-yaml-nodes",
+        )
+    }
+    pub fn nesting(what: &'static str, limit: usize) -> Self {
+        Self::new(what, limit, "levels of nesting", "max-nesting-depth")
+    }
+    pub fn render_fuel(limit: u64) -> Self {
+        OverLimit {
+            what: "rendering the template",
+            limit,
+            unit: "units of fuel",
+            flag: "max-render-fuel",
+        }
+    }
+    pub fn eval_bytes(limit: usize) -> Self {
+        Self::new(
+            "evaluating the template's outputs",
+            limit,
+            "bytes",
+            "max-eval-bytes",
+        )
+    }
+
+    fn new(what: &'static str, limit: usize, unit: &'static str, flag: &'static str) -> Self {
+        OverLimit {
+            what,
+            limit: u64::try_from(limit).unwrap_or(u64::MAX),
+            unit,
+            flag,
+        }
+    }
+}
