@@ -5,6 +5,7 @@ pub mod bench;
 pub mod chaos;
 pub mod config;
 pub mod demo;
+pub mod etcd_roles;
 pub mod inspect;
 pub mod run;
 pub mod worker;
@@ -50,6 +51,9 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Print the EsiResource CustomResourceDefinition (YAML).
     Crd,
+    /// Print the etcdctl lines creating least-privilege etcd roles and users
+    /// for the reconciler and the worker.
+    EtcdRoles(etcd_roles::EtcdRolesArgs),
     /// Run the demo on a private etcd: the "Update Loadbalancer Interface" story.
     Demo(demo::DemoArgs),
 }
@@ -63,6 +67,7 @@ pub async fn main() -> anyhow::Result<()> {
             | Command::Config(_)
             | Command::Templates(_)
             | Command::Crd
+            | Command::EtcdRoles(_)
     );
     let level = if quiet_default && cli.log_level == "info" {
         "warn"
@@ -80,6 +85,7 @@ pub async fn main() -> anyhow::Result<()> {
         Command::Demo(a) => demo::demo(a).await,
         Command::Chaos(a) => chaos::chaos(a).await,
         Command::Bench(a) => bench::bench(a).await,
+        Command::EtcdRoles(a) => etcd_roles::etcd_roles(a),
         Command::Crd => {
             print!("{}", esi_reconciler::kubernetes::crd::crd_yaml());
             Ok(())

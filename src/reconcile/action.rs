@@ -58,6 +58,10 @@ pub enum Action {
         to: JobSlot,
     },
     /// The worker finished the stack but died before writing `/state`.
+    /// Writes `/state` and drops the job; the worker's own records
+    /// (`/esi-worker/…`) are left as they are: the reconciler has no write
+    /// access there (`esi-reconciler etcd-roles`), and the next claim of a
+    /// job for this resource resets `job_state`.
     CompleteState {
         job: JobId,
         all_rev: i64,
@@ -69,7 +73,6 @@ pub enum Action {
     DropJob {
         job: JobId,
         all_rev: i64,
-        job_state_rev: Option<i64>,
     },
     /// Queue entries (`waiting/`, `ready/`, `finished/`) of a job whose `all/` is gone.
     DropStrays {

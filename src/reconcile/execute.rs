@@ -365,24 +365,14 @@ impl Executor {
                             r.state_key(),
                             serde_json::to_vec(&state).unwrap_or_default(),
                         ),
-                        del(r.job_state_key()),
                         del(job.slot_key(JobSlot::All)),
                     ],
                 )
             }
-            Action::DropJob {
-                job,
-                all_rev,
-                job_state_rev,
-            } => {
-                let mut c = unclaimed(job, *all_rev);
-                let mut ops = vec![del(job.slot_key(JobSlot::All))];
-                if let Some(rev) = job_state_rev {
-                    c.push(at(o.resource.job_state_key(), *rev));
-                    ops.push(del(o.resource.job_state_key()));
-                }
-                Built::Txn(c, ops)
-            }
+            Action::DropJob { job, all_rev } => Built::Txn(
+                unclaimed(job, *all_rev),
+                vec![del(job.slot_key(JobSlot::All))],
+            ),
             Action::DropStrays { job, keys } => {
                 let (mut c, ops) = delete_at(job, keys);
                 c.push(absent(job.slot_key(JobSlot::All)));

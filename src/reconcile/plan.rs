@@ -310,21 +310,26 @@ fn plan_valid(o: &Observed, p: &mut Plan) {
                     && (&*s.worker_state == action.completed_state()
                         || &*s.worker_state == action.failed_state()))
         });
+        // Only records written after this job was issued speak for it: a
+        // `job_state` left by an earlier job (the reconciler never deletes
+        // worker records) is older than this job's `all/` key.
         let stack_done = o
             .stack
             .as_ref()
+            .filter(|s| s.mod_rev > all_rev)
             .and_then(Parsed::ok)
             .is_some_and(|s| &*s.status == action.stack_complete());
-        let job_state_done =
-            o.job_state.as_ref().and_then(Parsed::ok).is_some_and(|js| {
-                js.orchestration_state.as_deref() == Some(action.stack_complete())
-            });
+        let job_state_done = o
+            .job_state
+            .as_ref()
+            .filter(|js| js.mod_rev > all_rev)
+            .and_then(Parsed::ok)
+            .is_some_and(|js| js.orchestration_state.as_deref() == Some(action.stack_complete()));
         if recorded {
             p.push(
                 Action::DropJob {
                     job: j.id.clone(),
                     all_rev,
-                    job_state_rev: o.job_state.as_ref().map(|s| s.mod_rev),
                 },
                 "it left the queue and /state already records its result",
             );
@@ -360,7 +365,9 @@ fn plan_valid(o: &Observed, p: &mut Plan) {
             !o.jobs.is_empty(),
         ];
         let deleted = state.is_some_and(|s| &*s.worker_state == "DELETE_COMPLETED");
-        if deleted && o.stack.is_none() && o.job_state.is_none() && o.jobs.is_empty() {
+        // A `job_state` with no job left is one a dead worker left behind
+        // (the reconciler does not delete worker records).
+        if deleted && o.stack.is_none() && o.jobs.is_empty() {
             p.set(Phase::Converged, "deleted; its config was removed");
         } else if left.iter().any(|x| *x) {
             p.set(

@@ -283,6 +283,7 @@ fn vanished_jobs_are_requeued_completed_or_dropped() {
     ));
     // Stack done and job_state says so, /state missing: complete it.
     let mut o = with_stack(port(1, false), "CREATE_COMPLETE");
+    o.stack.as_mut().unwrap().mod_rev = 45;
     o.job_state = ok(
         50,
         JobStateSummary {
@@ -295,6 +296,14 @@ fn vanished_jobs_are_requeued_completed_or_dropped() {
         (kinds(&p), p.phase),
         (vec!["complete_state"], Phase::Progressing)
     );
+    // The same records, but older than the job (left by an earlier job):
+    // they do not speak for it, so it runs again.
+    let mut stale = o.clone();
+    stale.job_state.as_mut().unwrap().mod_rev = 35;
+    assert_eq!(kinds(&plan(&stale)), vec!["requeue_job"]);
+    let mut stale = o.clone();
+    stale.stack.as_mut().unwrap().mod_rev = 30;
+    assert_eq!(kinds(&plan(&stale)), vec!["requeue_job"]);
     // /state already has the result: drop the job.
     let mut o = with_state(port(1, false), 1, "CREATE_COMPLETED", "");
     o.jobs = vec![job(JobAction::Create, 1)];

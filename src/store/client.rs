@@ -25,25 +25,44 @@ pub enum StoreError {
     NoEndpoints,
     #[error("cannot reach etcd at {endpoints}: {reason}")]
     Unreachable { endpoints: String, reason: String },
+    #[error("etcd TLS: {0}")]
+    Tls(String),
 }
 
-/// A one-line description of an etcd error: the gRPC message and its root
-/// cause, without tonic's repeated nesting.
-pub fn describe(e: &etcd_client::Error) -> String {
+/// The error an `etcd_client::Error` wraps: its own `source()` is always
+/// `None`, so causes are only reachable through this.
+pub(crate) fn wrapped(e: &etcd_client::Error) -> Option<&(dyn std::error::Error + 'static)> {
     match e {
-        etcd_client::Error::GRpcStatus(s) => {
-            let mut root: Option<&dyn std::error::Error> = std::error::Error::source(s);
-            while let Some(next) = root.and_then(|r| r.source()) {
-                root = Some(next);
-            }
-            match root {
-                Some(r) if !s.message().contains(&r.to_string()) => {
-                    format!("{} ({r})", s.message())
-                }
-                _ => s.message().to_string(),
-            }
-        }
+        etcd_client::Error::TransportError(t) => Some(t),
+        etcd_client::Error::GRpcStatus(s) => Some(s),
+        etcd_client::Error::IoError(io) => Some(io),
+        _ => None,
+    }
+}
+
+/// A one-line description of an etcd error: the gRPC message or the
+/// transport failure, then each cause once, root last (tonic repeats
+/// "transport error" at every layer).
+pub fn describe(e: &etcd_client::Error) -> String {
+    let mut parts: Vec<String> = vec![match e {
+        etcd_client::Error::GRpcStatus(s) => s.message().to_string(),
+        etcd_client::Error::TransportError(_) => "transport error".to_string(),
         other => other.to_string(),
+    }];
+    let mut cur = wrapped(e).and_then(|w| match e {
+        etcd_client::Error::GRpcStatus(_) => w.source(),
+        _ => Some(w),
+    });
+    while let Some(err) = cur {
+        let t = err.to_string();
+        if parts.len() < 16 && !parts.iter().any(|p| p.contains(&t)) {
+            parts.push(t);
+        }
+        cur = err.source();
+    }
+    match parts.split_first() {
+        Some((head, rest)) if !rest.is_empty() => format!("{head} ({})", rest.join(": ")),
+        _ => parts.concat(),
     }
 }
 
@@ -120,21 +139,29 @@ pub(crate) async fn member_client(
         .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
         // A member cut off from the others refuses requests (and cancels
         // watches) instead of serving what it had: the caller moves on.
-        .with_require_leader(true);
+        .with_require_leader(true)
+        // A simple token expires (etcd --auth-token-ttl) and is only valid
+        // on the member that issued it, which forgets it on restart.
+        .with_auto_token_refresh(true);
     if let Some((user, password)) = &opts.user {
         co = co.with_user(user, password);
     }
     if let Some(tls) = &opts.tls {
-        let mut t = TlsOptions::new();
-        if let Some(ca) = &tls.ca {
-            t = t.ca_certificate(Certificate::from_pem(read_pem(ca)?));
-        }
-        if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
-            t = t.identity(Identity::from_pem(read_pem(cert)?, read_pem(key)?));
-        }
-        co = co.with_tls(t);
+        co = co.with_tls(tls_options(tls)?);
     }
     Client::connect([endpoint], Some(co)).await
+}
+
+/// The client side of TLS from PEM files.
+pub(crate) fn tls_options(tls: &TlsFiles) -> Result<TlsOptions, etcd_client::Error> {
+    let mut t = TlsOptions::new();
+    if let Some(ca) = &tls.ca {
+        t = t.ca_certificate(Certificate::from_pem(read_pem(ca)?));
+    }
+    if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+        t = t.identity(Identity::from_pem(read_pem(cert)?, read_pem(key)?));
+    }
+    Ok(t)
 }
 
 fn read_pem(path: &PathBuf) -> Result<Vec<u8>, etcd_client::Error> {
@@ -148,7 +175,7 @@ fn read_pem(path: &PathBuf) -> Result<Vec<u8>, etcd_client::Error> {
 pub async fn current_revision(etcd: &Etcd) -> Result<i64, etcd_client::Error> {
     let resp = etcd
         .get(
-            "/esi-reconciler/v1/probe",
+            super::roles::REVISION_PROBE,
             Some(etcd_client::GetOptions::new().with_count_only()),
         )
         .await?;

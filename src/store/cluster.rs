@@ -275,6 +275,13 @@ impl Etcd {
             for f in [&tls.ca, &tls.cert, &tls.key].into_iter().flatten() {
                 super::client::read(f)?;
             }
+            super::tls::check_files(tls).map_err(StoreError::Tls)?;
+            if let Some(plain) = opts.endpoints.iter().find(|e| e.starts_with("http://")) {
+                return Err(StoreError::Tls(format!(
+                    "TLS is configured (--etcd-ca/--etcd-cert) but endpoint {plain} is \
+                     plain http://: use https:// endpoints"
+                )));
+            }
         }
         if opts.endpoints.is_empty() {
             return Err(StoreError::NoEndpoints);
@@ -404,6 +411,16 @@ impl Etcd {
         }
     }
 
+    /// `describe`, plus the TLS cause and what to check when TLS explains
+    /// the failure.
+    fn explain(&self, m: &Member, e: &etcd_client::Error) -> String {
+        let d = describe(e);
+        match super::tls::explain(e, self.inner.opts.tls.as_ref(), &m.endpoint) {
+            Some(cause) => format!("{cause} ({d})"),
+            None => d,
+        }
+    }
+
     fn mark_down(&self, m: &Member, why: &str) {
         if m.healthy.swap(false, Ordering::Relaxed) {
             tracing::warn!(endpoint = %m.endpoint, reason = %why, "etcd member unreachable; using the others");
@@ -413,7 +430,11 @@ impl Etcd {
             .inner
             .last_error
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = format!("{}: {why}", m.endpoint);
+            .unwrap_or_else(|p| p.into_inner()) = if why.contains(&m.endpoint) {
+            why.to_string()
+        } else {
+            format!("{}: {why}", m.endpoint)
+        };
     }
 
     /// Sends a request, retrying on another member while it fails in a way
@@ -470,7 +491,7 @@ impl Etcd {
                         && (idempotent || never_sent(&e))
                         && Instant::now() + delay < deadline =>
                 {
-                    self.mark_down(&member, &describe(&e));
+                    self.mark_down(&member, &self.explain(&member, &e));
                     self.inner.stats.retries.inc();
                     tracing::debug!(endpoint = %member.endpoint, what, error = %describe(&e), "etcd request failed; retrying on another member");
                     avoid = Some(member.endpoint.clone());
@@ -479,7 +500,7 @@ impl Etcd {
                 }
                 Err(e) => {
                     if is_retryable(&e) {
-                        self.mark_down(&member, &describe(&e));
+                        self.mark_down(&member, &self.explain(&member, &e));
                     }
                     return Err(e);
                 }
@@ -756,7 +777,7 @@ impl Etcd {
                     });
                 }
                 Err(e) if is_retryable(&e) && Instant::now() < deadline => {
-                    self.mark_down(&member, &describe(&e));
+                    self.mark_down(&member, &self.explain(&member, &e));
                     self.inner.stats.retries.inc();
                     avoid = Some(member.endpoint.clone());
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -824,9 +845,12 @@ impl Etcd {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .clone();
+                    // The last member failure carries the explained cause.
                     let d = describe(&e);
-                    if last.is_empty() || last.contains(&d) {
+                    if last.is_empty() {
                         d
+                    } else if last.contains(&d) {
+                        last
                     } else {
                         format!("{d}; last failure: {last}")
                     }
@@ -883,7 +907,7 @@ async fn health_loop(inner: std::sync::Weak<Inner>) {
                         false
                     }
                     Ok(Err(e)) => {
-                        etcd.mark_down(m, &describe(&e));
+                        etcd.mark_down(m, &etcd.explain(m, &e));
                         false
                     }
                     Err(_) => {

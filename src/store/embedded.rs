@@ -31,6 +31,8 @@ pub struct EtcdProcess {
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
     peer_url: String,
+    /// TLS it serves with, and the client side that sees it ready.
+    tls: Option<(ServerTls, super::client::TlsFiles)>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -46,6 +48,20 @@ pub struct MemberSpec {
     pub initial_cluster: String,
     /// Joining a cluster that exists (a restart) rather than forming one.
     pub existing: bool,
+    /// Serve clients over TLS (peers stay on plain loopback).
+    pub tls: Option<ServerTls>,
+}
+
+/// TLS for etcd's client port.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// CA that client certificates must chain to (`--trusted-ca-file`).
+    pub trusted_ca: PathBuf,
+    /// Require a client certificate (`--client-cert-auth`); with etcd
+    /// authentication on, its common name is then the user.
+    pub client_cert_auth: bool,
 }
 
 /// A free TCP port on 127.0.0.1 (the OS picks it; etcd binds it right after).
@@ -84,8 +100,36 @@ impl EtcdProcess {
             peer_port,
             initial_cluster: format!("esi={peer_url}"),
             existing: false,
+            tls: None,
         })?;
         p.wait_ready(Duration::from_secs(20)).await?;
+        Ok(p)
+    }
+
+    /// Starts etcd with a fresh data directory, serving clients over `tls`;
+    /// `ready_with` is the client side used to see it answer.
+    pub async fn start_tls(
+        tls: ServerTls,
+        ready_with: &super::client::TlsFiles,
+    ) -> Result<Self, EmbeddedError> {
+        let tmp = tempfile::Builder::new().prefix("esi-etcd-").tempdir()?;
+        let dir = tmp.path().join("etcd");
+        let peer_port = free_port()?;
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let mut p = Self::spawn(&MemberSpec {
+            name: "esi".into(),
+            data_dir: dir.join("member-data"),
+            log_path: dir.with_extension("log"),
+            client_port: free_port()?,
+            peer_port,
+            initial_cluster: format!("esi={peer_url}"),
+            existing: false,
+            tls: Some(tls),
+        })?;
+        p._tmp = Some(tmp);
+        p.wait_ready_with(Duration::from_secs(20), Some(ready_with))
+            .await?;
+        p.tls = p.tls.take().map(|(s, _)| (s, ready_with.clone()));
         Ok(p)
     }
 
@@ -94,7 +138,8 @@ impl EtcdProcess {
         if let Some(parent) = spec.data_dir.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let client_url = format!("http://127.0.0.1:{}", spec.client_port);
+        let scheme = if spec.tls.is_some() { "https" } else { "http" };
+        let client_url = format!("{scheme}://127.0.0.1:{}", spec.client_port);
         let peer_url = format!("http://127.0.0.1:{}", spec.peer_port);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -113,6 +158,17 @@ impl EtcdProcess {
                 ))
                 .map_err(std::io::Error::from)
             });
+        }
+        if let Some(tls) = &spec.tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.trusted_ca);
+            if tls.client_cert_auth {
+                cmd.arg("--client-cert-auth");
+            }
         }
         let child = cmd
             .arg("--name")
@@ -147,17 +203,35 @@ impl EtcdProcess {
             data_dir: spec.data_dir.clone(),
             log_path: spec.log_path.clone(),
             peer_url,
+            tls: spec
+                .tls
+                .clone()
+                .map(|s| (s, super::client::TlsFiles::default())),
             _tmp: None,
         })
     }
 
     /// Polls etcd's status until it answers or the deadline passes.
     pub async fn wait_ready(&self, within: Duration) -> Result<(), EmbeddedError> {
+        self.wait_ready_with(within, None).await
+    }
+
+    async fn wait_ready_with(
+        &self,
+        within: Duration,
+        tls: Option<&super::client::TlsFiles>,
+    ) -> Result<(), EmbeddedError> {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
-            let opts = etcd_client::ConnectOptions::new()
+            let mut opts = etcd_client::ConnectOptions::new()
                 .with_connect_timeout(Duration::from_millis(500))
                 .with_timeout(Duration::from_secs(1));
+            if let Some(tls) = tls {
+                opts = opts.with_tls(
+                    super::client::tls_options(tls)
+                        .map_err(|e| std::io::Error::other(e.to_string()))?,
+                );
+            }
             if let Ok(mut c) =
                 etcd_client::Client::connect([self.client_url.as_str()], Some(opts)).await
                 && c.status().await.is_ok()
@@ -207,11 +281,16 @@ impl EtcdProcess {
             peer_port: self.peer_port(),
             initial_cluster: format!("esi={}", self.peer_url),
             existing: false,
+            tls: self.tls.as_ref().map(|(s, _)| s.clone()),
         };
         let tmp = self._tmp.take();
+        let tls = self.tls.take();
         *self = Self::spawn(&spec)?;
         self._tmp = tmp;
-        self.wait_ready(Duration::from_secs(20)).await
+        self.tls = tls;
+        let ready_with = self.tls.as_ref().map(|(_, c)| c.clone());
+        self.wait_ready_with(Duration::from_secs(20), ready_with.as_ref())
+            .await
     }
 
     /// Stops etcd (SIGKILL) and waits for it to exit.

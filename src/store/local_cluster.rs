@@ -111,6 +111,7 @@ impl LocalCluster {
             peer_port: m.peer_port,
             initial_cluster,
             existing,
+            tls: None,
         };
         m.process = Some(EtcdProcess::spawn(&spec)?);
         Ok(())

@@ -7,6 +7,8 @@ pub mod embedded;
 pub mod lease;
 pub mod local_cluster;
 pub mod mirror;
+pub mod roles;
+pub mod tls;
 
 pub use client::{EtcdOptions, StoreError, connect, connect_checked, current_revision};
 pub use cluster::{Etcd, MemberWatch};

@@ -122,7 +122,7 @@ mod tests {
         };
         for src in [
             "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
-            "{% set s = 'xxxxxxxxxx' %}{% for i in range(30) %}{% set s = s ~ s %}{% endfor %}{{ s }}",
+            "{% macro f(n) %}{% if n > 0 %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}x{% endmacro %}{{ f(40) }}",
             "{{ 'x' * 90000000 }}",
         ] {
             let e = render("bomb", src, &Map::new(), &limits).unwrap_err();

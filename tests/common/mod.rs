@@ -11,6 +11,8 @@ use etcd_client::GetOptions;
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
+pub mod pki;
+
 pub use esi_reconciler::store::embedded::EtcdProcess;
 use esi_reconciler::store::{EtcdOptions, connect};
 
@@ -57,6 +59,23 @@ impl TestEtcd {
         ]))
         .await
         .unwrap();
+        Self { process, client }
+    }
+
+    /// An etcd serving clients over TLS with `pki`'s server certificate;
+    /// `admin` is the client side this harness uses (root once
+    /// authentication is on).
+    pub async fn start_tls(
+        pki: &pki::Pki,
+        client_cert_auth: bool,
+        admin: &esi_reconciler::store::client::TlsFiles,
+    ) -> Self {
+        let process = EtcdProcess::start_tls(pki.server(client_cert_auth), admin)
+            .await
+            .expect("etcd with TLS");
+        let mut opts = EtcdOptions::with_endpoints(vec![process.client_url.clone()]);
+        opts.tls = Some(admin.clone());
+        let client = connect(&opts).await.unwrap();
         Self { process, client }
     }
 
