@@ -101,6 +101,20 @@ async fn tls_failures_name_their_cause() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+
+    // The certificate flavour of the roles script runs on a real etcd too
+    // (users without passwords, named by their certificates' CN).
+    create_roles(&url, &good, &["--auth", "certificate"], &[]).await;
+    let mut c = etcd.client.client().await.unwrap();
+    for user in ["esi-reconciler", "esi-worker"] {
+        let roles = c.user_get(user).await.unwrap().roles().to_vec();
+        assert_eq!(roles, vec![user.to_string()]);
+    }
+    let worker = c.role_get("esi-worker").await.unwrap();
+    assert_eq!(
+        worker.permissions().len(),
+        esi_reconciler::store::roles::worker().len()
+    );
 }
 
 /// `--etcd-*` flags for `tls`, and a user and password when given.

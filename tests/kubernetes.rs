@@ -398,10 +398,42 @@ async fn the_chart_installs_and_its_service_account_suffices() {
             "--set",
             "etcd.tlsSecret=etcd-tls",
             "--set",
+            "reconciler.etcd.clientCertSecret=reconciler-etcd-cert",
+            "--set",
+            "worker.etcd.credentialsSecret=worker-etcd-user",
+            "--set",
+            "limits.yamlNodes=50000",
+            "--set",
             "serviceMonitor.enabled=true",
         ])
         .await;
     assert!(ok, "helm template: {err}");
+    // Each component carries its own etcd identity, and only its own.
+    let deployment = |component: &str| {
+        rendered
+            .split("\n---")
+            .find(|d| {
+                d.contains("kind: Deployment")
+                    && d.contains(&format!("name: esi-esi-reconciler-{component}\n"))
+            })
+            .unwrap_or_else(|| panic!("no {component} Deployment in:\n{rendered}"))
+            .to_string()
+    };
+    let (rec, work) = (deployment("reconciler"), deployment("worker"));
+    assert!(
+        rec.contains("secretName: reconciler-etcd-cert")
+            && rec.contains("/etc/esi/etcd-client/tls.key")
+    );
+    assert!(!work.contains("reconciler-etcd-cert") && !work.contains("ESI_ETCD_CERT"));
+    assert!(
+        work.contains("name: worker-etcd-user, key: password") && !rec.contains("worker-etcd-user")
+    );
+    for d in [&rec, &work] {
+        assert!(
+            d.contains("ESI_MAX_YAML_NODES") && d.contains("\"50000\""),
+            "{d}"
+        );
+    }
     for want in [
         "readOnlyRootFilesystem: true",
         "runAsNonRoot: true",

@@ -113,6 +113,9 @@ struct Member {
     down: watch::Sender<u64>,
     /// From the configured endpoints (kept), or discovered (may go).
     configured: bool,
+    /// It has answered a status check once: a connection it closes later
+    /// is a restart or a network fault, not a TLS rejection.
+    answered: AtomicBool,
 }
 
 impl Member {
@@ -123,6 +126,7 @@ impl Member {
             healthy: AtomicBool::new(true),
             down: watch::channel(0).0,
             configured,
+            answered: AtomicBool::new(false),
         })
     }
 }
@@ -415,7 +419,8 @@ impl Etcd {
     /// the failure.
     fn explain(&self, m: &Member, e: &etcd_client::Error) -> String {
         let d = describe(e);
-        match super::tls::explain(e, self.inner.opts.tls.as_ref(), &m.endpoint) {
+        let first_contact = !m.answered.load(Ordering::Relaxed);
+        match super::tls::explain(e, self.inner.opts.tls.as_ref(), &m.endpoint, first_contact) {
             Some(cause) => format!("{cause} ({d})"),
             None => d,
         }
@@ -894,6 +899,7 @@ async fn health_loop(inner: std::sync::Weak<Inner>) {
                 .await;
                 if let Ok(Ok(s)) = &r {
                     etcd.saw_raft_index(s, &m.endpoint);
+                    m.answered.store(true, Ordering::Relaxed);
                 }
                 match r {
                     Ok(Ok(s)) if s.leader() != 0 => {

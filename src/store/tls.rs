@@ -65,7 +65,14 @@ fn certs(path: &Path, flag: &str) -> Result<Vec<CertificateDer<'static>>, String
 
 /// The cause of a failed connection to `endpoint`, when TLS (or its
 /// absence) explains it; `None` for failures TLS has nothing to do with.
-pub fn explain(err: &etcd_client::Error, tls: Option<&TlsFiles>, endpoint: &str) -> Option<String> {
+/// `first_contact`: the member never answered yet, so a connection it
+/// closes is read as a TLS rejection (later, it is a restart or a fault).
+pub fn explain(
+    err: &etcd_client::Error,
+    tls: Option<&TlsFiles>,
+    endpoint: &str,
+    first_contact: bool,
+) -> Option<String> {
     let chain = match super::client::wrapped(err) {
         Some(inner) => chain(inner),
         None => chain(err),
@@ -97,14 +104,15 @@ pub fn explain(err: &etcd_client::Error, tls: Option<&TlsFiles>, endpoint: &str)
              use https:// endpoints"
         ));
     }
-    let closed = [
-        "connection closed",
-        "broken pipe",
-        "connection reset",
-        "early eof",
-    ]
-    .iter()
-    .any(|s| text.to_ascii_lowercase().contains(s));
+    let closed = first_contact
+        && [
+            "connection closed",
+            "broken pipe",
+            "connection reset",
+            "early eof",
+        ]
+        .iter()
+        .any(|s| text.to_ascii_lowercase().contains(s));
     match tls {
         Some(t) if closed && endpoint.starts_with("https://") => Some(match &t.cert {
             None => format!(
@@ -295,24 +303,33 @@ mod tests {
             ),
         ];
         for (e, cert, expect) in cases {
-            let text = explain(&wrapped(e), Some(&files(cert)), url).unwrap();
+            let text = explain(&wrapped(e), Some(&files(cert)), url, true).unwrap();
             assert!(text.contains(expect), "{text}");
         }
         // A closed connection means a rejected or missing certificate only
         // when TLS is on; other failures are not TLS's to explain.
         let closed = etcd_client::Error::IoError(std::io::Error::other("connection closed"));
         assert!(
-            explain(&closed, Some(&files(false)), url)
+            explain(&closed, Some(&files(false)), url, true)
                 .unwrap()
                 .contains("--etcd-cert")
         );
         assert!(
-            explain(&closed, Some(&files(true)), url)
+            explain(&closed, Some(&files(true)), url, true)
                 .unwrap()
                 .contains("rejected")
         );
         let refused = etcd_client::Error::IoError(std::io::Error::other("connection refused"));
-        assert_eq!(explain(&refused, Some(&files(true)), url), None);
+        assert_eq!(explain(&refused, Some(&files(true)), url, true), None);
+        // ... nor a closed connection from a member that answered before
+        // (a restart, not a rejection).
+        assert_eq!(explain(&closed, Some(&files(true)), url, false), None);
+        // An alert that reached us only as text (through h2).
+        let alert = etcd_client::Error::IoError(std::io::Error::other(
+            "connection error: received fatal alert: BadCertificate",
+        ));
+        let text = explain(&alert, Some(&files(true)), url, true).unwrap();
+        assert!(text.contains("rejected the client certificate"), "{text}");
     }
 
     #[test]

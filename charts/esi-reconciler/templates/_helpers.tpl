@@ -36,31 +36,52 @@ app.kubernetes.io/component: {{ .component }}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
 
-{{/* Environment shared by the reconciler and the worker: etcd and the catalog. */}}
+{{/*
+Environment of one component (the reconciler or the worker): etcd, its own
+etcd identity, the catalog. Called with (dict "root" $ "c" .Values.<component>).
+Each component may have its own etcd user (c.etcd.credentialsSecret, else
+etcd.credentialsSecret) and its own client certificate (c.etcd.clientCertSecret,
+tls.crt and tls.key: with etcd --client-cert-auth its CN is the etcd user).
+*/}}
 {{- define "esi.env" -}}
+{{- $v := .root.Values -}}
+{{- $etcd := .c.etcd | default dict -}}
+{{- $creds := $etcd.credentialsSecret | default $v.etcd.credentialsSecret -}}
 - name: ESI_ETCD_ENDPOINTS
-  value: {{ .Values.etcd.endpoints | quote }}
+  value: {{ $v.etcd.endpoints | quote }}
 - name: ESI_LOG_FORMAT
-  value: {{ .Values.logFormat | quote }}
+  value: {{ $v.logFormat | quote }}
 - name: ESI_LOG_LEVEL
-  value: {{ .Values.logLevel | quote }}
+  value: {{ $v.logLevel | quote }}
 - name: POD_NAME
   valueFrom: {fieldRef: {fieldPath: metadata.name}}
-{{- if .Values.etcd.discover }}
+{{- if $v.etcd.discover }}
 - name: ESI_ETCD_DISCOVER
   value: "true"
 {{- end }}
-{{- if .Values.etcd.tlsSecret }}
+{{- if $v.etcd.tlsSecret }}
 - name: ESI_ETCD_CA
   value: /etc/esi/etcd-tls/ca.crt
 {{- end }}
-{{- if .Values.etcd.credentialsSecret }}
-- name: ESI_ETCD_USER
-  valueFrom: {secretKeyRef: {name: {{ .Values.etcd.credentialsSecret }}, key: username}}
-- name: ESI_ETCD_PASSWORD
-  valueFrom: {secretKeyRef: {name: {{ .Values.etcd.credentialsSecret }}, key: password}}
+{{- if $etcd.clientCertSecret }}
+- name: ESI_ETCD_CERT
+  value: /etc/esi/etcd-client/tls.crt
+- name: ESI_ETCD_KEY
+  value: /etc/esi/etcd-client/tls.key
 {{- end }}
-{{- if .Values.catalog.configMap }}
+{{- if $creds }}
+- name: ESI_ETCD_USER
+  valueFrom: {secretKeyRef: {name: {{ $creds }}, key: username}}
+- name: ESI_ETCD_PASSWORD
+  valueFrom: {secretKeyRef: {name: {{ $creds }}, key: password}}
+{{- end }}
+{{- range $k, $val := $v.limits }}
+{{- if $val }}
+- name: ESI_MAX_{{ $k | snakecase | upper }}
+  value: {{ $val | quote }}
+{{- end }}
+{{- end }}
+{{- if $v.catalog.configMap }}
 - name: ESI_SCHEMAS
   value: /etc/esi/catalog/schemas.json
 - name: ESI_TEMPLATE_MAPPINGS
@@ -69,12 +90,18 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{- define "esi.volumeMounts" -}}
-{{- if .Values.etcd.tlsSecret }}
+{{- $etcd := .c.etcd | default dict -}}
+{{- if .root.Values.etcd.tlsSecret }}
 - name: etcd-tls
   mountPath: /etc/esi/etcd-tls
   readOnly: true
 {{- end }}
-{{- if .Values.catalog.configMap }}
+{{- if $etcd.clientCertSecret }}
+- name: etcd-client
+  mountPath: /etc/esi/etcd-client
+  readOnly: true
+{{- end }}
+{{- if .root.Values.catalog.configMap }}
 - name: catalog
   mountPath: /etc/esi/catalog
   readOnly: true
@@ -82,12 +109,17 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{- define "esi.volumes" -}}
-{{- if .Values.etcd.tlsSecret }}
+{{- $etcd := .c.etcd | default dict -}}
+{{- if .root.Values.etcd.tlsSecret }}
 - name: etcd-tls
-  secret: {secretName: {{ .Values.etcd.tlsSecret }}}
+  secret: {secretName: {{ .root.Values.etcd.tlsSecret }}, items: [{key: ca.crt, path: ca.crt}]}
 {{- end }}
-{{- if .Values.catalog.configMap }}
+{{- if $etcd.clientCertSecret }}
+- name: etcd-client
+  secret: {secretName: {{ $etcd.clientCertSecret }}, defaultMode: 0440}
+{{- end }}
+{{- if .root.Values.catalog.configMap }}
 - name: catalog
-  configMap: {name: {{ .Values.catalog.configMap }}}
+  configMap: {name: {{ .root.Values.catalog.configMap }}}
 {{- end }}
 {{- end -}}
