@@ -27,8 +27,9 @@ pub struct Limits {
     /// Jinja fuel for rendering one template: instructions run plus bytes
     /// produced, as minijinja counts them.
     pub render_fuel: u64,
-    /// Bytes an intrinsic-function evaluation (`str_replace`, `list_join`,
-    /// …) may produce for one stack's outputs.
+    /// Bytes one param's `parameter_mappings` may produce by concatenating
+    /// and repeating, and an intrinsic-function evaluation (`str_replace`,
+    /// `list_join`, …) for one stack's outputs.
     pub eval_bytes: usize,
 }
 
@@ -98,7 +99,7 @@ impl OverLimit {
     }
     pub fn eval_bytes(limit: usize) -> Self {
         Self::new(
-            "evaluating the template's outputs",
+            "evaluating the template's mappings or outputs",
             limit,
             "bytes",
             "max-eval-bytes",

@@ -39,6 +39,10 @@ pub enum EvalError {
     MissingReference { rtype: String, id: String },
     #[error("field {field} of {rtype} is not a reference in the schemas")]
     UnknownRelation { rtype: String, field: String },
+    /// A mapping that concatenates or repeats more than the limit allows
+    /// (a template and a config can each be written by anyone).
+    #[error(transparent)]
+    OverLimit(#[from] crate::limits::OverLimit),
 }
 
 /// A mapping's result: the param's value and the resources it depends on.
@@ -77,6 +81,10 @@ struct Ctx<'a, C: Configs + ?Sized> {
     configs: &'a C,
     /// The param name, for the items of a list.
     param: &'a str,
+    /// Bytes the evaluation may still produce by concatenating and
+    /// repeating ([`crate::limits::Limits::eval_bytes`]).
+    left: std::cell::Cell<usize>,
+    limit: usize,
 }
 
 /// Evaluates `mapping` for `subject` as param `param`.
@@ -87,11 +95,14 @@ pub fn evaluate<C: Configs + ?Sized>(
     schemas: &Schemas,
     configs: &C,
 ) -> Result<Evaluated, EvalError> {
+    let limit = crate::limits::Limits::current().eval_bytes;
     let ctx = Ctx {
         subject,
         schemas,
         configs,
         param,
+        left: std::cell::Cell::new(limit),
+        limit,
     };
     let current = Cursor {
         rtype: Some(subject.rtype),
@@ -138,18 +149,61 @@ enum Hop<'a> {
     Missing,
 }
 
+/// About how many bytes `v` takes as JSON (never less than one), without
+/// building the text.
+fn json_size(v: &Value) -> usize {
+    match v {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 8,
+        Value::String(s) => s.len().saturating_add(2),
+        Value::Array(a) => a
+            .iter()
+            .fold(2, |n: usize, x| n.saturating_add(json_size(x))),
+        Value::Object(o) => o.iter().fold(2, |n: usize, (k, x)| {
+            n.saturating_add(k.len()).saturating_add(json_size(x))
+        }),
+    }
+}
+
+fn param_size(p: &ParamValue) -> usize {
+    match p {
+        ParamValue::Value(v) => json_size(v),
+        ParamValue::OutputKey(_) => 64,
+        ParamValue::List(l) => l
+            .iter()
+            .fold(2, |n: usize, x| n.saturating_add(param_size(&x.value))),
+    }
+}
+
 impl<'a, C: Configs + ?Sized> Ctx<'a, C> {
+    fn spend(&self, bytes: usize) -> Result<(), EvalError> {
+        match self.left.get().checked_sub(bytes) {
+            Some(left) => {
+                self.left.set(left);
+                Ok(())
+            }
+            None => Err(crate::limits::OverLimit::eval_bytes(self.limit).into()),
+        }
+    }
+
     fn eval(&self, m: &Mapping, cur: Cursor<'a>) -> Result<Evaluated, EvalError> {
         match m {
             Mapping::Property(f) => Ok(Evaluated::literal(cur.value.get(f))),
             Mapping::Constant(c) => Ok(Evaluated::literal(c.clone())),
             Mapping::Version => Ok(Evaluated::literal(Value::from(self.subject.version))),
             Mapping::Nested(path) => {
-                let mut v = cur.value.whole();
-                for seg in path {
-                    v = v.get(seg).cloned().unwrap_or(Value::Null);
+                // Walked by reference: only what the path ends at is copied.
+                let mut segs = path.iter();
+                let Some(first) = segs.next() else {
+                    return Ok(Evaluated::literal(cur.value.whole()));
+                };
+                let mut v = match cur.value {
+                    ValueRef::Object(o) => o.get(first),
+                    ValueRef::Other(x) => x.get(first),
+                };
+                for seg in segs {
+                    v = v.and_then(|x| x.get(seg));
                 }
-                Ok(Evaluated::literal(v))
+                Ok(Evaluated::literal(v.cloned().unwrap_or(Value::Null)))
             }
             Mapping::Output {
                 rtype,
@@ -205,11 +259,13 @@ impl<'a, C: Configs + ?Sized> Ctx<'a, C> {
                 let mut resources = Vec::new();
                 for p in parts {
                     let e = self.eval(p, cur)?;
+                    let before = text.len();
                     match e.as_json() {
                         Value::String(s) => text.push_str(&s),
                         Value::Null => {}
                         other => text.push_str(&other.to_string()),
                     }
+                    self.spend(text.len().saturating_sub(before))?;
                     resources.extend(e.resources);
                 }
                 Ok(Evaluated {
@@ -245,6 +301,7 @@ impl<'a, C: Configs + ?Sized> Ctx<'a, C> {
                             value: ValueRef::Other(item),
                         },
                     )?;
+                    self.spend(param_size(&e.value))?;
                     resources.extend(e.resources);
                     list.push(Param {
                         param: self.param.to_string(),
@@ -568,5 +625,38 @@ mod tests {
             (got.as_json(), got.resources),
             (json!("10.0.0.1"), vec![rid("vm", "vm1")])
         );
+    }
+
+    #[test]
+    fn concatenation_and_repetition_stay_within_the_budget() {
+        let schemas = schemas();
+        let big = "x".repeat(1 << 20);
+        let body = json!({"big": big, "items": vec![1; 100_000]})
+            .as_object()
+            .unwrap()
+            .clone();
+        let subject = Subject {
+            rtype: "network",
+            body: &body,
+            version: 1,
+        };
+        // Fifty copies of a 1 MiB field.
+        let concat = Mapping::parse(&json!(format!("A{}", vec!["Pbig"; 50].join("&")))).unwrap();
+        let e = evaluate(&concat, "p", subject, &schemas, &Fixed(HashMap::new())).unwrap_err();
+        assert!(matches!(e, EvalError::OverLimit(_)), "{e}");
+        // A 1 MiB constant for each of 100,000 items.
+        let each = json!({"for_field": "items", "for_mapping": {"constant": big}});
+        let e = evaluate(
+            &Mapping::parse(&each).unwrap(),
+            "p",
+            subject,
+            &schemas,
+            &Fixed(HashMap::new()),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("--max-eval-bytes"), "{e}");
+        // What fits, evaluates.
+        let fits = Mapping::parse(&json!("APbig&Pbig")).unwrap();
+        assert!(evaluate(&fits, "p", subject, &schemas, &Fixed(HashMap::new())).is_ok());
     }
 }
