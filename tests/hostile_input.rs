@@ -114,12 +114,11 @@ async fn hostile_templates_fail_their_job_and_nothing_else() {
         assert!(peak < 512, "{id}: worker peaked at {peak} MiB");
     }
 
-    // `{get_param: []}` used to panic the job task and strand its claim.
-    etcd.put_json(
-        NETWORK_TEMPLATE,
-        &network_template(|s| format!("{s}\n  empty_path:\n    value: {{get_param: []}}\n")),
-    )
-    .await;
+    // `{get_param: []}` used to panic the job task and strand its claim,
+    // and a `heat_timeout` of 10^17 minutes overflowed the job's deadline.
+    let mut t = network_template(|s| format!("{s}\n  empty_path:\n    value: {{get_param: []}}\n"));
+    t["body"]["parameter_mappings"]["heat_timeout"] = json!("C100000000000000000");
+    etcd.put_json(NETWORK_TEMPLATE, &t).await;
     put_network(&etcd, "empty-path").await;
     wait_state(
         &etcd,

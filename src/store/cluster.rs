@@ -366,7 +366,12 @@ impl Etcd {
     fn pick(&self, avoid: Option<&str>) -> Arc<Member> {
         let members = self.members_snapshot();
         let n = members.len().max(1);
-        let cur = self.inner.current.load(Ordering::Relaxed) % n;
+        let cur = self
+            .inner
+            .current
+            .load(Ordering::Relaxed)
+            .checked_rem(n)
+            .unwrap_or(0);
         let usable =
             |m: &Member| m.healthy.load(Ordering::Relaxed) && Some(m.endpoint.as_str()) != avoid;
         if let Some(m) = members.get(cur)
@@ -375,7 +380,7 @@ impl Etcd {
             return m.clone();
         }
         for step in 1..=n {
-            let i = (cur + step) % n;
+            let i = cur.wrapping_add(step).checked_rem(n).unwrap_or(0);
             if let Some(m) = members.get(i)
                 && usable(m)
             {
@@ -385,7 +390,7 @@ impl Etcd {
             }
         }
         // None healthy: rotate through all, skipping the one that just failed.
-        let i = (cur + 1) % n;
+        let i = cur.wrapping_add(1).checked_rem(n).unwrap_or(0);
         self.inner.current.store(i, Ordering::Relaxed);
         members
             .get(i)
@@ -429,7 +434,7 @@ impl Etcd {
     fn mark_down(&self, m: &Member, why: &str) {
         if m.healthy.swap(false, Ordering::Relaxed) {
             tracing::warn!(endpoint = %m.endpoint, reason = %why, "etcd member unreachable; using the others");
-            m.down.send_modify(|g| *g += 1);
+            m.down.send_modify(|g| *g = g.wrapping_add(1));
         }
         *self
             .inner
@@ -460,7 +465,7 @@ impl Etcd {
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
         let total = self.inner.opts.request_timeout;
-        let deadline = Instant::now() + total;
+        let deadline = crate::clock::deadline_in(total).into_std();
         let mut delay = Duration::from_millis(25);
         let mut avoid: Option<String> = None;
         loop {
@@ -494,14 +499,16 @@ impl Etcd {
                 Err(e)
                     if is_retryable(&e)
                         && (idempotent || never_sent(&e))
-                        && Instant::now() + delay < deadline =>
+                        && Instant::now()
+                            .checked_add(delay)
+                            .is_some_and(|t| t < deadline) =>
                 {
                     self.mark_down(&member, &self.explain(&member, &e));
                     self.inner.stats.retries.inc();
                     tracing::debug!(endpoint = %member.endpoint, what, error = %describe(&e), "etcd request failed; retrying on another member");
                     avoid = Some(member.endpoint.clone());
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(1));
+                    delay = delay.saturating_mul(2).min(Duration::from_secs(1));
                 }
                 Err(e) => {
                     if is_retryable(&e) {
@@ -568,7 +575,7 @@ impl Etcd {
             cluster_id: now.0,
             revision: now.1,
             raft_term: now.2,
-            epoch: seen.epoch + 1,
+            epoch: seen.epoch.wrapping_add(1),
         };
         self.inner
             .raft_index
@@ -592,7 +599,7 @@ impl Etcd {
     fn saw_raft_index(&self, s: &StatusResponse, endpoint: &str) {
         let Some(h) = s.header() else { return };
         let member = h.member_id();
-        let gap = i128::from(h.revision()) - i128::from(s.raft_applied_index());
+        let gap = i128::from(h.revision()).saturating_sub(i128::from(s.raft_applied_index()));
         let mut seen = self.inner.seen.lock().unwrap_or_else(|p| p.into_inner());
         let jumped_from = {
             let mut map = self
@@ -602,7 +609,7 @@ impl Etcd {
                 .unwrap_or_else(|p| p.into_inner());
             let entry = map.entry(member).or_insert((gap, false));
             let (low, suspect) = *entry;
-            if gap <= low + RESTORE_GAP {
+            if gap <= low.saturating_add(RESTORE_GAP) {
                 *entry = (low.min(gap), false);
                 None
             } else if !suspect {
@@ -757,7 +764,7 @@ impl Etcd {
         opts: Option<WatchOptions>,
     ) -> Result<MemberWatch, etcd_client::Error> {
         let key = key.into();
-        let deadline = Instant::now() + self.inner.opts.request_timeout;
+        let deadline = crate::clock::deadline_in(self.inner.opts.request_timeout).into_std();
         let mut avoid: Option<String> = None;
         loop {
             let (member, r) = match self.target(avoid.as_deref()).await {

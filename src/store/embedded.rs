@@ -221,7 +221,7 @@ impl EtcdProcess {
         within: Duration,
         tls: Option<&super::client::TlsFiles>,
     ) -> Result<(), EmbeddedError> {
-        let deadline = Instant::now() + within;
+        let deadline = crate::clock::deadline_in(within).into_std();
         while Instant::now() < deadline {
             let mut opts = etcd_client::ConnectOptions::new()
                 .with_connect_timeout(Duration::from_millis(500))

@@ -24,7 +24,9 @@ pub async fn keep(
     lost: impl Fn() + Send + 'static,
 ) {
     let ttl_secs = ttl.as_secs().max(2) as i64;
-    let period = Duration::from_millis(ttl_secs as u64 * 1000 / 3);
+    let period = Duration::from_secs(ttl_secs.unsigned_abs())
+        .checked_div(3)
+        .unwrap_or(Duration::from_secs(1));
     let mut resets = etcd.subscribe_resets();
     loop {
         let lease = match etcd.lease_grant(ttl_secs).await {

@@ -147,7 +147,7 @@ impl LocalCluster {
 
     /// Waits until the running members agree on a leader.
     pub async fn wait_leader(&self, within: Duration) -> Result<usize, ClusterError> {
-        let deadline = Instant::now() + within;
+        let deadline = crate::clock::deadline_in(within).into_std();
         loop {
             if let Some(l) = self.leader().await {
                 return Ok(l);
@@ -225,7 +225,7 @@ impl LocalCluster {
         for i in 0..self.members.len() {
             self.kill(i).await;
         }
-        self.restores += 1;
+        self.restores = self.restores.wrapping_add(1);
         let initial_cluster = self.initial_cluster();
         let etcdctl = std::env::var("ESI_ETCDCTL_BINARY").unwrap_or_else(|_| "etcdctl".into());
         for m in &mut self.members {

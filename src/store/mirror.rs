@@ -215,7 +215,10 @@ pub async fn run(client: Etcd, opts: MirrorOptions, out: mpsc::Sender<MirrorEven
                     continue 'relist;
                 }
                 WatchEnd::Compacted => {
-                    let reason = format!("revision {} was compacted; relisting", revision + 1);
+                    let reason = format!(
+                        "revision {} was compacted; relisting",
+                        revision.saturating_add(1)
+                    );
                     if !restarting(&out, reason).await {
                         return;
                     }
@@ -246,7 +249,7 @@ async fn watch(
 ) -> WatchEnd {
     let wo = WatchOptions::new()
         .with_range(opts.end.as_bytes().to_vec())
-        .with_start_revision(*revision + 1)
+        .with_start_revision(revision.saturating_add(1))
         .with_progress_notify();
     if resets.has_changed().unwrap_or(false) {
         return WatchEnd::Reset("the store was restored or replaced".into());

@@ -1,6 +1,15 @@
 //! The etcd edge: connecting, mirroring a key range (list, then watch), and
 //! running a private etcd server for the demo and the tests.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::string_slice,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 pub mod client;
 pub mod cluster;
 pub mod embedded;
