@@ -177,6 +177,21 @@ async fn client_as(
     esi_reconciler::store::connect(&opts).await.unwrap()
 }
 
+/// Writes the `plural` config of a recorded Gohan step (logical network
+/// scenario) and waits for its `/state` to record the create.
+async fn create_and_converge(etcd: &TestEtcd, step: &str, plural: &str) {
+    let configs = gohan_step("00_logical_network", step);
+    for (k, v) in &configs {
+        etcd.put_json(k, v).await;
+    }
+    let state = configs
+        .iter()
+        .find(|(k, _)| k.starts_with(&format!("/config/v2.0/{plural}/")))
+        .map(|(k, _)| k.replace("/config/", "/state/"))
+        .unwrap_or_else(|| panic!("no {plural} in {step}"));
+    wait_state(etcd, &state, 1, "CREATE_COMPLETED", Duration::from_secs(60)).await;
+}
+
 fn denied(r: Result<impl std::fmt::Debug, etcd_client::Error>) -> bool {
     matches!(&r, Err(e) if e.to_string().contains("permission denied"))
 }
@@ -225,43 +240,12 @@ async fn the_seed_story_runs_on_tls_and_auth_with_least_privilege() {
     )
     .await;
     // And a network created now converges too.
-    for (k, v) in gohan_step("00_logical_network", "CreateNetwork_01") {
-        etcd.put_json(&k, &v).await;
-    }
-    let net_state = gohan_step("00_logical_network", "CreateNetwork_01")
-        .into_iter()
-        .find(|(k, _)| k.starts_with("/config/v2.0/networks/"))
-        .map(|(k, _)| k.replace("/config/", "/state/"))
-        .expect("a network in the step");
-    wait_state(
-        &etcd,
-        &net_state,
-        1,
-        "CREATE_COMPLETED",
-        Duration::from_secs(60),
-    )
-    .await;
-
+    create_and_converge(&etcd, "CreateNetwork_01", "networks").await;
     // etcd restarts: it forgets every auth token it issued. The reconciler
-    // (password) takes a new one and goes on: a network created after the
+    // (password) takes a new one and goes on: a subnet created after the
     // restart converges.
     etcd.process.restart().await.unwrap();
-    for (k, v) in gohan_step("00_logical_network", "CreateSubnet_01") {
-        etcd.put_json(&k, &v).await;
-    }
-    let subnet_state = gohan_step("00_logical_network", "CreateSubnet_01")
-        .into_iter()
-        .find(|(k, _)| k.starts_with("/config/v2.0/subnets/"))
-        .map(|(k, _)| k.replace("/config/", "/state/"))
-        .expect("a subnet in the step");
-    wait_state(
-        &etcd,
-        &subnet_state,
-        1,
-        "CREATE_COMPLETED",
-        Duration::from_secs(60),
-    )
-    .await;
+    create_and_converge(&etcd, "CreateSubnet_01", "subnets").await;
 
     // What each process may not do, it cannot.
     let as_worker = client_as(&url, &worker_tls, None).await;

@@ -68,7 +68,13 @@ async fn failed_with(etcd: &TestEtcd, id: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_templates_fail_their_job_and_nothing_else() {
     let etcd = TestEtcd::start().await;
-    let (mut reconciler, mut worker) = spawn_reconciler_and_worker(&etcd.url(), &[]);
+    let metrics_port = free_port();
+    let mut reconciler = spawn_args(&reconciler_args(&etcd.url(), ANY_PORT));
+    let mut worker = spawn_args(&worker_args(
+        &etcd.url(),
+        metrics_port,
+        &["--sim-panic", "network_engine-bug"],
+    ));
     let worker_pid = worker.child.id().unwrap();
 
     let cases: Vec<(&str, Value, &str)> = vec![
@@ -128,6 +134,22 @@ async fn hostile_templates_fail_their_job_and_nothing_else() {
         Duration::from_secs(30),
     )
     .await;
+
+    // An engine that panics (a bug): the job fails with the panic in
+    // /state, and the panic is counted.
+    put_network(&etcd, "engine-bug").await;
+    let error = failed_with(&etcd, "engine-bug").await;
+    assert!(
+        error.contains("panicked") && error.contains("simulated engine bug"),
+        "{error}"
+    );
+    let (_, body) = http_get(&format!("127.0.0.1:{metrics_port}"), "/metrics")
+        .await
+        .expect("worker metrics");
+    assert!(
+        metric(&body, "esi_worker_job_panics_total").unwrap_or(0.0) >= 1.0,
+        "{body}"
+    );
 
     // The good template back, and a good network converges within seconds.
     etcd.put_json(NETWORK_TEMPLATE, &network_template(str::to_string))

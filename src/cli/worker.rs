@@ -73,6 +73,10 @@ pub struct SimArgs {
     /// Sim engine: never finish operations on matching stacks (repeatable).
     #[arg(long, env = "ESI_SIM_HANG", value_delimiter = ',')]
     pub sim_hang: Vec<String>,
+    /// Sim engine: panic on operations on matching stacks (repeatable), as
+    /// an engine bug would; the job fails and the worker goes on.
+    #[arg(long, env = "ESI_SIM_PANIC", value_delimiter = ',')]
+    pub sim_panic: Vec<String>,
 }
 
 impl SimArgs {
@@ -88,6 +92,7 @@ impl SimArgs {
             fail_first: self.sim_fail_first,
             fail_matching: self.sim_fail.clone(),
             hang_matching: self.sim_hang.clone(),
+            panic_matching: self.sim_panic.clone(),
         })
     }
 }

@@ -38,6 +38,9 @@ pub struct SimOptions {
     pub fail_matching: Vec<String>,
     /// Operations on stacks matching any of these never finish.
     pub hang_matching: Vec<String>,
+    /// Operations on stacks matching any of these panic: an engine bug, to
+    /// show that the worker survives one (the job fails, the claim goes).
+    pub panic_matching: Vec<String>,
     /// Bounds on evaluating a template's outputs.
     pub limits: Limits,
 }
@@ -191,6 +194,9 @@ impl SimEngine {
         } else {
             None
         };
+        if let Some(p) = Self::matches(&self.opts.panic_matching, name, &resources) {
+            panic!("simulated engine bug: {p} is set to panic");
+        }
         let hang = Self::matches(&self.opts.hang_matching, name, &resources).is_some();
         let now = now_ms();
         let done_at_ms = if hang {

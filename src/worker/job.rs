@@ -64,11 +64,17 @@ impl<E: Engine> JobRunner<E> {
             Err(e) => {
                 // etcd trouble mid-job: give the job back if we still can.
                 tracing::warn!(job = %c.id, error = %crate::store::client::describe(&e), "job interrupted");
-                match claim::release(&self.client, c).await {
-                    Ok(true) => JobOutcome::Released,
-                    _ => JobOutcome::ClaimLost,
-                }
+                self.give_back(c).await
             }
+        }
+    }
+
+    /// Puts the job back in `ready/` for another try, if the claim is
+    /// still ours.
+    async fn give_back(&self, c: &Claim) -> JobOutcome {
+        match claim::release(&self.client, c).await {
+            Ok(true) => JobOutcome::Released,
+            _ => JobOutcome::ClaimLost,
         }
     }
 
@@ -88,10 +94,7 @@ impl<E: Engine> JobRunner<E> {
             Ok(other) => other,
             Err(e) => {
                 tracing::warn!(job = %c.id, error = %crate::store::client::describe(&e), "cannot record the failure; giving the job back");
-                match claim::release(&self.client, c).await {
-                    Ok(true) => JobOutcome::Released,
-                    _ => JobOutcome::ClaimLost,
-                }
+                self.give_back(c).await
             }
         }
     }
