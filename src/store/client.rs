@@ -55,7 +55,9 @@ pub fn describe(e: &etcd_client::Error) -> String {
     });
     while let Some(err) = cur {
         let t = err.to_string();
-        if parts.len() < 16 && !parts.iter().any(|p| p.contains(&t)) {
+        // tonic's layers each say only "transport error": no news.
+        let news = t != "transport error";
+        if news && parts.len() < 16 && !parts.iter().any(|p| p.contains(&t)) {
             parts.push(t);
         }
         cur = err.source();

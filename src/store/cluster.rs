@@ -857,7 +857,13 @@ impl Etcd {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .clone();
-                    // The last member failure carries the explained cause.
+                    // The last member failure carries the explained cause
+                    // (without the endpoint again when there is only one).
+                    let endpoints = self.inner.opts.endpoints.join(",");
+                    let last = last
+                        .strip_prefix(&format!("{endpoints}: "))
+                        .map(str::to_string)
+                        .unwrap_or(last);
                     let d = describe(&e);
                     if last.is_empty() {
                         d
