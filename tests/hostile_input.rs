@@ -117,6 +117,7 @@ async fn hostile_templates_fail_their_job_and_nothing_else() {
             "{id}: the worker exited"
         );
         let peak = peak_rss_mib(worker_pid);
+        eprintln!("{id}: failed with the limit named; worker peak RSS so far {peak} MiB");
         assert!(peak < 512, "{id}: worker peaked at {peak} MiB");
     }
 
