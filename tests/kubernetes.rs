@@ -556,7 +556,7 @@ async fn the_chart_installs_and_its_service_account_suffices() {
             out.lines()
                 .find(|l| l.contains(port))
                 .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
-                .filter(|r| r[7] == "Converged")
+                .filter(|r| r.get(7).is_some_and(|p| p == "Converged"))
         },
     )
     .await;
