@@ -48,6 +48,25 @@ impl Default for Limits {
 
 static INSTALLED: OnceLock<Limits> = OnceLock::new();
 
+/// Longest error message written into a record (`/state` `error`, our
+/// status's `last_error`). A Jinja error quotes its template line, which a
+/// hostile one-line template makes a megabyte long; a record that size would
+/// be refused by etcd and leave the resource retrying forever.
+pub const MESSAGE_BYTES: usize = 4096;
+
+/// `message` cut to [`MESSAGE_BYTES`] at a character boundary, saying so.
+pub fn clip_message(message: &str) -> String {
+    if message.len() <= MESSAGE_BYTES {
+        return message.to_string();
+    }
+    let mut end = MESSAGE_BYTES;
+    while !message.is_char_boundary(end) {
+        end = end.saturating_sub(1);
+    }
+    let head = message.get(..end).unwrap_or_default();
+    format!("{head}… ({} bytes cut)", message.len().saturating_sub(end))
+}
+
 impl Limits {
     /// Makes `self` the limits of this process (the first call wins; a
     /// process installs its flags once, at start).
@@ -113,5 +132,19 @@ impl OverLimit {
             unit,
             flag,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_are_clipped_on_a_character_boundary() {
+        assert_eq!(clip_message("short"), "short");
+        let long = "é".repeat(MESSAGE_BYTES);
+        let clipped = clip_message(&long);
+        assert!(clipped.len() < MESSAGE_BYTES + 40, "{}", clipped.len());
+        assert!(clipped.ends_with(&format!("({} bytes cut)", long.len() - MESSAGE_BYTES)));
     }
 }

@@ -106,12 +106,19 @@ async fn hostile_templates_fail_their_job_and_nothing_else() {
             }),
             "--max-render-fuel",
         ),
+        // A Jinja error quotes its line: one of 600 kB.
+        (
+            "long-line",
+            network_template(|s| format!("{s}\n{{{{ {} + }}}}\n", "x".repeat(600_000))),
+            "bytes cut",
+        ),
     ];
     for (id, template, reason) in &cases {
         etcd.put_json(NETWORK_TEMPLATE, template).await;
         put_network(&etcd, id).await;
         let error = failed_with(&etcd, id).await;
         assert!(error.contains(reason), "{id}: {error}");
+        assert!(error.len() < 5000, "{id}: {} bytes of error", error.len());
         assert!(
             worker.child.try_wait().unwrap().is_none(),
             "{id}: the worker exited"

@@ -389,7 +389,7 @@ impl Executor {
                 status.version = *version;
                 status.failure_revision = *failure_revision;
                 status.next_retry_ms = now_ms().saturating_add(crate::clock::millis(delay));
-                status.last_error = error.clone();
+                status.last_error = crate::limits::clip_message(error);
                 Built::Txn(vec![], vec![])
             }
             Action::PurgeDeleted {
@@ -553,10 +553,12 @@ impl Executor {
             .and_then(Parsed::ok)
             .cloned()
             .unwrap_or_default();
+        // Compared clipped, as stored: an unchanged long error is no news.
+        let error = crate::limits::clip_message(error);
         if status.last_error == error {
             return;
         }
-        status.last_error = error.to_string();
+        status.last_error = error;
         let key = o.resource.reconciler_key();
         let rev = o.status.as_ref().map(|s| s.mod_rev).unwrap_or(0);
         let ops = vec![put(

@@ -286,6 +286,7 @@ impl<E: Engine> JobRunner<E> {
         error: String,
         stack: Option<&StackInfo>,
     ) -> Result<JobOutcome, etcd_client::Error> {
+        let error = crate::limits::clip_message(&error);
         for _ in 0..5 {
             if let Some(outcome) = self.try_finish(c, r, &error, stack).await? {
                 return Ok(outcome);
