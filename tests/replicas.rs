@@ -219,3 +219,41 @@ async fn three_replicas_split_the_work_and_take_over_from_a_dead_one() {
     let dups: Vec<_> = created.iter().filter(|(_, keys)| keys.len() > 1).collect();
     assert!(dups.is_empty(), "jobs issued twice: {dups:?}");
 }
+
+/// Member keys written without a lease (by hand, or by a bug) are not
+/// replicas: counted, they would each take a share of the resources and
+/// act on none of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_keys_without_a_lease_take_no_share() {
+    let etcd = TestEtcd::start().await;
+    load_reference_templates(&etcd).await;
+    for ghost in ["ghost-a", "ghost-b", "ghost-c"] {
+        etcd.put(&format!("/esi-reconciler/v1/members/{ghost}"), "{}")
+            .await;
+    }
+    let port = free_port();
+    let _reconciler = spawn_args(&reconciler_args(&etcd.url(), port));
+    for i in 0..12 {
+        etcd.put_json(
+            &format!("/config/v2.0/networks/n{i}"),
+            &json!({"body": {"id": format!("n{i}"), "tenant_id": "t"}, "version": 1}),
+        )
+        .await;
+    }
+    eventually(
+        Duration::from_secs(30),
+        "a job for every network",
+        || async {
+            for i in 0..12 {
+                let prefix = format!("/jobs/all/create:heat_worker:network:n{i}:1:");
+                etcd.keys(&prefix).await.first()?;
+            }
+            Some(())
+        },
+    )
+    .await;
+    let (_, body) = http_get(&format!("127.0.0.1:{port}"), "/metrics")
+        .await
+        .unwrap();
+    assert_eq!(metric(&body, "esi_reconciler_replica_members"), Some(1.0));
+}

@@ -123,6 +123,7 @@ pub async fn list_members(etcd: &Etcd) -> Result<Vec<String>, etcd_client::Error
     let mut ids: Vec<String> = resp
         .kvs()
         .iter()
+        .filter(|kv| kv.lease() != 0)
         .filter_map(|kv| kv.key_str().ok()?.strip_prefix(MEMBERS).map(String::from))
         .collect();
     ids.sort();
@@ -232,7 +233,7 @@ impl Membership {
                         MirrorEvent::ListStart { .. } => listing = Some(vec![]),
                         MirrorEvent::ListPage(kvs) => {
                             if let Some(l) = listing.as_mut() {
-                                l.extend(kvs.into_iter().filter_map(|kv| kv.key.strip_prefix(MEMBERS).map(String::from)));
+                                l.extend(kvs.into_iter().filter(is_live).filter_map(|kv| kv.key.strip_prefix(MEMBERS).map(String::from)));
                             }
                         }
                         MirrorEvent::ListEnd { revision } => {
@@ -252,7 +253,11 @@ impl Membership {
                                 match c {
                                     Change::Put(kv) => {
                                         if let Some(id) = kv.key.strip_prefix(MEMBERS) {
-                                            members.insert(id.to_string());
+                                            if is_live(&kv) {
+                                                members.insert(id.to_string());
+                                            } else {
+                                                members.remove(id);
+                                            }
                                         }
                                     }
                                     Change::Delete { key: k, revision } => {
@@ -376,6 +381,13 @@ impl Membership {
         }
         self.publish(|v| v.registration = None);
     }
+}
+
+/// A member key counts only under a lease: a replica's key goes with its
+/// lease, while one written by hand (or left by a bug) without a lease
+/// would take a share of the resources forever and act on none of them.
+fn is_live(kv: &crate::store::Kv) -> bool {
+    kv.lease != 0
 }
 
 #[cfg(test)]
