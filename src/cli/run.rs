@@ -135,6 +135,12 @@ impl TuningArgs {
             "--backoff-factor must be at least 1"
         );
         anyhow::ensure!(self.page_size > 0, "--page-size must be positive");
+        anyhow::ensure!(
+            Duration::from_secs(self.backoff_cap_secs)
+                <= esi_reconciler::reconcile::backoff::MAX_CAP,
+            "--backoff-cap-secs must be at most {} (a day)",
+            esi_reconciler::reconcile::backoff::MAX_CAP.as_secs()
+        );
         if let Some(id) = &self.replica_id {
             anyhow::ensure!(
                 !id.is_empty() && !id.contains('/') && id.len() <= 128,

@@ -5,6 +5,12 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 
+/// The longest backoff cap allowed (`--backoff-cap-secs`). A status record
+/// whose next retry lies further ahead than this (plus jitter) was not
+/// written by a reconciler's backoff: it is corrupt or hostile, and is not
+/// waited for.
+pub const MAX_CAP: Duration = Duration::from_secs(24 * 3600);
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BackoffPolicy {
     pub base: Duration,

@@ -491,7 +491,10 @@ fn plan_valid(o: &Observed, p: &mut Plan) {
             );
         }
         let next = status.map(|st| st.next_retry_ms).unwrap_or(0);
-        if let Some(wait) = next.checked_sub(o.now_ms).filter(|&w| w > 0) {
+        // Jitter adds at most one more delay: twice the cap is the most a
+        // backoff ever sets; anything later is not a retry time.
+        let latest = crate::clock::millis(super::backoff::MAX_CAP.saturating_mul(2));
+        if let Some(wait) = next.checked_sub(o.now_ms).filter(|&w| w > 0 && w <= latest) {
             p.requeue_after_ms = Some(wait);
             return p.set(
                 Phase::BackingOff,

@@ -749,3 +749,28 @@ proptest! {
         prop_assert_eq!(plan(&o), p);
     }
 }
+
+#[test]
+fn a_retry_time_no_backoff_could_set_is_not_waited_for() {
+    let mut o = with_state(port(2, false), 2, "MODIFY_FAILED", "boom");
+    let status = |next_retry_ms| {
+        ok(
+            60,
+            ResourceStatus {
+                attempts: 1,
+                version: 2,
+                failure_revision: 20,
+                next_retry_ms,
+                ..Default::default()
+            },
+        )
+    };
+    o.now_ms = 1_000_000;
+    // A real backoff: waited for.
+    o.status = status(1_000_000 + 300_000);
+    assert_eq!(plan(&o).requeue_after_ms, Some(300_000));
+    // Five hundred million years ahead: retried now.
+    o.status = status(u64::MAX);
+    let p = plan(&o);
+    assert_eq!((kinds(&p), p.requeue_after_ms), (vec!["retry_job"], None));
+}
