@@ -42,12 +42,16 @@ impl Report {
             .and_then(Parsed::ok)
             .cloned()
             .unwrap_or_default();
+        // Messages quote records (a worker's error, a parse failure), which
+        // may be as long as a record: what `get` and the Kubernetes mirror
+        // show is clipped.
+        let clip = crate::limits::clip_message;
         let last_error = if matches!(p.phase, Phase::Invalid | Phase::Failed | Phase::BackingOff)
             && status.last_error.is_empty()
         {
-            p.message.clone()
+            clip(&p.message)
         } else {
-            status.last_error.clone()
+            clip(&status.last_error)
         };
         Report {
             rtype: o.rtype.clone(),
@@ -67,16 +71,16 @@ impl Report {
                 .and_then(Parsed::ok)
                 .map(|s| s.status.to_string()),
             phase: p.phase,
-            message: p.message.clone(),
+            message: clip(&p.message),
             attempts: status.attempts,
             next_retry_ms: status.next_retry_ms,
-            last_action: status.last_action.clone(),
+            last_action: clip(&status.last_action),
             last_action_ms: status.last_action_ms,
             last_error,
             next: p
                 .actions
                 .iter()
-                .map(|a| format!("{} — {}", a.action, a.why))
+                .map(|a| clip(&format!("{} — {}", a.action, a.why)))
                 .collect(),
         }
     }
