@@ -7,8 +7,9 @@
 //!
 //! The defaults are far above anything ESI's own templates and records need
 //! (all 47 reference templates render within 20 KiB, 4,000 YAML nodes and
-//! 500,000 units of fuel: `tests/render_templates.rs`) and far below what
-//! would hurt a worker (a job at every limit costs tens of MiB).
+//! 20,000 units of fuel: `tests/render_templates.rs`) and far below what
+//! would hurt a worker (a job at every limit costs tens of MiB: the worker
+//! stayed under 60 MiB against each of `tests/hostile_input.rs`'s attacks).
 
 use std::sync::OnceLock;
 
@@ -40,7 +41,7 @@ impl Default for Limits {
             template_bytes: 1 << 20,
             yaml_nodes: 200_000,
             nesting_depth: 64,
-            render_fuel: 10_000_000,
+            render_fuel: 1_000_000,
             eval_bytes: 4 << 20,
         }
     }
@@ -77,6 +78,61 @@ impl Limits {
     /// The installed limits, or the defaults.
     pub fn current() -> Limits {
         INSTALLED.get().copied().unwrap_or_default()
+    }
+}
+
+/// Bytes an evaluation may still produce, shared by everything one job (or
+/// one stack's outputs) evaluates, so that many small mappings cannot add
+/// up to what one may not.
+#[derive(Debug)]
+pub struct Budget {
+    left: std::cell::Cell<usize>,
+    limit: usize,
+}
+
+impl Budget {
+    /// [`Limits::eval_bytes`] of the installed limits.
+    pub fn eval() -> Budget {
+        Budget::new(Limits::current().eval_bytes)
+    }
+
+    pub fn new(limit: usize) -> Budget {
+        Budget {
+            left: std::cell::Cell::new(limit),
+            limit,
+        }
+    }
+
+    /// Takes `bytes` from the budget, or says which limit they would pass.
+    pub fn spend(&self, bytes: usize) -> Result<(), OverLimit> {
+        match self.left.get().checked_sub(bytes) {
+            Some(left) => {
+                self.left.set(left);
+                Ok(())
+            }
+            None => Err(OverLimit::eval_bytes(self.limit)),
+        }
+    }
+
+    /// Takes what `v` takes as JSON.
+    pub fn spend_on(&self, v: &serde_json::Value) -> Result<(), OverLimit> {
+        self.spend(json_size(v))
+    }
+}
+
+/// About how many bytes `v` takes as JSON (at least one), without building
+/// the text.
+pub fn json_size(v: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    match v {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 8,
+        Value::String(s) => s.len().saturating_add(2),
+        Value::Array(a) => a
+            .iter()
+            .fold(2, |n: usize, x| n.saturating_add(json_size(x))),
+        Value::Object(o) => o.iter().fold(2, |n: usize, (k, x)| {
+            n.saturating_add(k.len()).saturating_add(json_size(x))
+        }),
     }
 }
 

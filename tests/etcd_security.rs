@@ -45,6 +45,7 @@ async fn tls_failures_name_their_cause() {
     let (ok, err) = get_with(&url, &good, &[]).await;
     assert!(ok, "a good certificate: {err}");
 
+    let old = pki.client("old", ClientCert::V1);
     let cases: Vec<(&str, String, TlsFiles, Vec<&str>)> = vec![
         (
             "no client certificate",
@@ -74,7 +75,7 @@ async fn tls_failures_name_their_cause() {
         (
             "X.509 v1 client certificate",
             url.clone(),
-            pki.client("old", ClientCert::V1),
+            old.clone(),
             vec!["v1"],
         ),
         (
@@ -86,6 +87,10 @@ async fn tls_failures_name_their_cause() {
     ];
     let mut problems = vec![];
     for (what, url, tls, expect) in cases {
+        if what.contains("v1") && !pki.is_v1(tls.cert.as_deref().unwrap()) {
+            eprintln!("--- {what}: this openssl makes no v1 certificate; case skipped");
+            continue;
+        }
         let (ok, err) = get_with(&url, &tls, &[]).await;
         eprintln!("--- {what}:\n{err}");
         if ok {

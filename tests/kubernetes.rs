@@ -403,6 +403,8 @@ async fn the_chart_installs_and_its_service_account_suffices() {
             "worker.etcd.credentialsSecret=worker-etcd-user",
             "--set",
             "limits.yamlNodes=50000",
+            "--set-json",
+            "limits.evalBytes=4194304",
             "--set",
             "serviceMonitor.enabled=true",
         ])
@@ -433,6 +435,9 @@ async fn the_chart_installs_and_its_service_account_suffices() {
             d.contains("ESI_MAX_YAML_NODES") && d.contains("\"50000\""),
             "{d}"
         );
+        // A large number from JSON or a values file (a float to Helm) stays
+        // an integer the binary can parse.
+        assert!(d.contains("\"4194304\"") && !d.contains("e+06"), "{d}");
     }
     for want in [
         "readOnlyRootFilesystem: true",

@@ -46,7 +46,7 @@ fn all_reference_templates_render() {
         template_bytes: 20 << 10,
         yaml_nodes: 4000,
         nesting_depth: 16,
-        render_fuel: 500_000,
+        render_fuel: 20_000,
         eval_bytes: d.eval_bytes / 10,
     };
     for entry in std::fs::read_dir(dir).unwrap() {

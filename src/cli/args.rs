@@ -158,8 +158,9 @@ impl LimitsArgs {
     /// obey them).
     pub fn install(&self) -> anyhow::Result<Limits> {
         anyhow::ensure!(
-            self.max_nesting_depth >= 8,
-            "--max-nesting-depth must be at least 8 (ESI's templates nest 6 deep)"
+            (8..=128).contains(&self.max_nesting_depth),
+            "--max-nesting-depth must be 8 to 128 (ESI's templates nest 6 deep; JSON records \
+             are read to 128, and deeper values risk the stack)"
         );
         let limits = Limits {
             record_bytes: self.max_record_bytes,

@@ -6,7 +6,7 @@
 use serde_json::{Map, Value};
 
 use super::yaml::{self, YamlError};
-use crate::limits::{Limits, OverLimit};
+use crate::limits::{Budget, Limits, OverLimit};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HotError {
@@ -79,17 +79,12 @@ pub struct Scope<'a> {
 }
 
 impl Scope<'_> {
-    fn param(&self, name: &str) -> Value {
-        self.parameters
-            .get(name)
-            .cloned()
-            .or_else(|| {
-                self.declared
-                    .and_then(|d| d.get(name))
-                    .and_then(|p| p.get("default"))
-                    .cloned()
-            })
-            .unwrap_or(Value::Null)
+    fn param(&self, name: &str) -> Option<&Value> {
+        self.parameters.get(name).or_else(|| {
+            self.declared
+                .and_then(|d| d.get(name))
+                .and_then(|p| p.get("default"))
+        })
     }
 }
 
@@ -104,8 +99,7 @@ pub fn eval(v: &Value, scope: &Scope<'_>, limits: &Limits) -> Result<Value, Over
 pub struct Eval<'a, 's> {
     scope: &'a Scope<'s>,
     limits: &'a Limits,
-    /// Bytes still to be spent.
-    left: usize,
+    budget: Budget,
 }
 
 /// A value as text, the way Heat joins and replaces non-strings.
@@ -120,7 +114,7 @@ impl<'a, 's> Eval<'a, 's> {
         Eval {
             scope,
             limits,
-            left: limits.eval_bytes,
+            budget: Budget::new(limits.eval_bytes),
         }
     }
 
@@ -130,22 +124,20 @@ impl<'a, 's> Eval<'a, 's> {
     }
 
     fn spend(&mut self, bytes: usize) -> Result<(), OverLimit> {
-        self.left = self
-            .left
-            .checked_sub(bytes)
-            .ok_or(OverLimit::eval_bytes(self.limits.eval_bytes))?;
-        Ok(())
+        self.budget.spend(bytes)
     }
 
-    /// Charges a produced value its size as text (at least one byte).
+    /// Charges a produced value its whole size as JSON.
     fn produced(&mut self, v: Value) -> Result<Value, OverLimit> {
-        let size = match &v {
-            Value::String(s) => s.len(),
-            Value::Array(_) | Value::Object(_) => 1,
-            other => other.to_string().len(),
-        };
-        self.spend(size.max(1))?;
+        self.budget.spend_on(&v)?;
         Ok(v)
+    }
+
+    /// Copies `v`, charged before the copy is made.
+    fn copy_of(&mut self, v: Option<&Value>) -> Result<Value, OverLimit> {
+        let v = v.unwrap_or(&Value::Null);
+        self.budget.spend_on(v)?;
+        Ok(v.clone())
     }
 
     fn value(&mut self, v: &Value, depth: usize) -> Result<Value, OverLimit> {
@@ -162,11 +154,13 @@ impl<'a, 's> Eval<'a, 's> {
                 _ => self.object(m, next),
             },
             Value::Array(a) => {
+                // Each item was charged as it was made.
                 let items = a
                     .iter()
                     .map(|x| self.value(x, next))
                     .collect::<Result<_, _>>()?;
-                self.produced(Value::Array(items))
+                self.spend(2)?;
+                Ok(Value::Array(items))
             }
             other => self.produced(other.clone()),
         }
@@ -178,7 +172,8 @@ impl<'a, 's> Eval<'a, 's> {
             self.spend(k.len())?;
             out.insert(k.clone(), self.value(v, depth)?);
         }
-        self.produced(Value::Object(out))
+        self.spend(2)?;
+        Ok(Value::Object(out))
     }
 
     fn function(
@@ -190,29 +185,32 @@ impl<'a, 's> Eval<'a, 's> {
     ) -> Result<Value, OverLimit> {
         let scope = self.scope;
         let v = match f {
-            "get_param" => match arg {
-                Value::String(name) => scope.param(name),
-                Value::Array(path) => {
-                    let mut cur = path
-                        .first()
-                        .and_then(Value::as_str)
-                        .map(|n| scope.param(n))
-                        .unwrap_or(Value::Null);
-                    for seg in path.iter().skip(1) {
-                        cur = match seg {
-                            Value::String(k) => cur.get(k).cloned().unwrap_or(Value::Null),
-                            Value::Number(n) => n
-                                .as_u64()
-                                .and_then(|i| usize::try_from(i).ok())
-                                .and_then(|i| cur.get(i).cloned())
-                                .unwrap_or(Value::Null),
-                            _ => Value::Null,
-                        };
+            // Walked by reference; only what the path ends at is copied,
+            // and charged before it is.
+            "get_param" => {
+                let found = match arg {
+                    Value::String(name) => scope.param(name),
+                    Value::Array(path) => {
+                        let mut cur = path
+                            .first()
+                            .and_then(Value::as_str)
+                            .and_then(|n| scope.param(n));
+                        for seg in path.iter().skip(1) {
+                            cur = cur.and_then(|c| match seg {
+                                Value::String(k) => c.get(k),
+                                Value::Number(n) => n
+                                    .as_u64()
+                                    .and_then(|i| usize::try_from(i).ok())
+                                    .and_then(|i| c.get(i)),
+                                _ => None,
+                            });
+                        }
+                        cur
                     }
-                    cur
-                }
-                _ => Value::Null,
-            },
+                    _ => None,
+                };
+                return self.copy_of(found);
+            }
             "get_resource" => arg
                 .as_str()
                 .map(|r| Value::String(stable_id(scope.stack, r)))
@@ -366,6 +364,23 @@ mod tests {
         }
         let e = eval(&v, &s, &Limits::default()).unwrap_err();
         assert!(e.to_string().contains("--max-eval-bytes"), "{e}");
+        // A large parameter, referenced many times: each copy is charged.
+        let declared = json!({"big": {"default": vec!["item"; 40_000]}})
+            .as_object()
+            .unwrap()
+            .clone();
+        let big = Scope {
+            stack: "x",
+            parameters: &params,
+            declared: Some(&declared),
+        };
+        let many = json!(vec![json!({"get_param": "big"}); 40_000]);
+        let e = eval(&many, &big, &Limits::default()).unwrap_err();
+        assert!(e.to_string().contains("--max-eval-bytes"), "{e}");
+        assert_eq!(
+            eval(&json!({"get_param": ["big", 3]}), &big, &Limits::default()),
+            Ok(json!("item"))
+        );
         // An empty path, deep nesting: errors or values, never panics.
         assert_eq!(
             eval(&json!({"get_param": []}), &s, &Limits::default()),

@@ -69,8 +69,8 @@ struct Builder<'a> {
     /// What was produced so far, aliases expanded.
     used: Size,
     stack: Vec<Frame>,
-    /// Anchor id → (value, its size).
-    anchors: HashMap<usize, (Value, Size)>,
+    /// Anchor id → (value, its size, its depth).
+    anchors: HashMap<usize, (Value, Size, usize)>,
     doc: Option<Value>,
 }
 
@@ -94,6 +94,8 @@ struct Frame {
     anchor: usize,
     /// `used` when the collection started, to size it for its anchor.
     start: Size,
+    /// The deepest of its children so far (a scalar is 0 deep).
+    deepest: usize,
     kind: Collection,
 }
 
@@ -128,7 +130,7 @@ impl Builder<'_> {
                 };
                 self.charge(size)?;
                 let v = scalar(text, style == TScalarStyle::Plain);
-                self.push(v, anchor, size)
+                self.push(v, anchor, size, 0)
             }
             Event::SequenceStart(anchor, _) => self.open(anchor, Collection::Seq(Vec::new())),
             Event::MappingStart(anchor, _) => self.open(anchor, Collection::Map(Map::new(), None)),
@@ -141,18 +143,22 @@ impl Builder<'_> {
                     Collection::Seq(items) => Value::Array(items),
                     Collection::Map(map, _) => Value::Object(map),
                 };
-                self.push(v, f.anchor, size)
+                self.push(v, f.anchor, size, f.deepest.saturating_add(1))
             }
             Event::Alias(id) => {
-                let Some(&(_, size)) = self.anchors.get(&id) else {
+                let Some(&(_, size, depth)) = self.anchors.get(&id) else {
                     return Err(YamlError::Syntax(format!(
                         "alias to an unknown anchor ({id})"
                     )));
                 };
+                // An alias nests what it repeats where it stands.
+                if self.stack.len().saturating_add(depth) > self.limits.nesting_depth {
+                    return Err(OverLimit::nesting("template", self.limits.nesting_depth).into());
+                }
                 // Charged its expanded size before anything is copied.
                 self.charge(size)?;
-                let v = self.anchors.get(&id).map(|(v, _)| v.clone());
-                self.push(v.unwrap_or(Value::Null), 0, size)
+                let v = self.anchors.get(&id).map(|(v, _, _)| v.clone());
+                self.push(v.unwrap_or(Value::Null), 0, size, depth)
             }
             _ => Ok(()),
         }
@@ -167,16 +173,20 @@ impl Builder<'_> {
         self.stack.push(Frame {
             anchor,
             start,
+            deepest: 0,
             kind,
         });
         Ok(())
     }
 
-    fn push(&mut self, v: Value, anchor: usize, size: Size) -> Result<(), YamlError> {
+    fn push(&mut self, v: Value, anchor: usize, size: Size, depth: usize) -> Result<(), YamlError> {
         if anchor > 0 {
             // The copy kept for aliases costs what the node does.
             self.charge(size)?;
-            self.anchors.insert(anchor, (v.clone(), size));
+            self.anchors.insert(anchor, (v.clone(), size, depth));
+        }
+        if let Some(parent) = self.stack.last_mut() {
+            parent.deepest = parent.deepest.max(depth);
         }
         match self.stack.last_mut() {
             None => {
@@ -281,6 +291,18 @@ mod tests {
         assert!(load(&"[".repeat(100_000), &small(1_000_000, 64)).is_err());
         let ok = format!("{}{}", "[".repeat(10), "]".repeat(10));
         assert!(load(&ok, &small(100, 64)).is_ok());
+    }
+
+    #[test]
+    fn aliases_cannot_nest_deeper_than_the_limit() {
+        // A 40-deep anchor, aliased 40 levels down: 80 deep in all.
+        let deep = format!("{}x{}", "[".repeat(40), "]".repeat(40));
+        let text = format!("a: &d {deep}\nb: {}*d{}\n", "[".repeat(40), "]".repeat(40));
+        let e = load(&text, &small(1_000_000, 64)).unwrap_err();
+        assert!(e.to_string().contains("--max-nesting-depth"), "{e}");
+        // Shallow enough, it loads.
+        let text = format!("a: &d {deep}\nb: [[*d]]\n");
+        assert!(load(&text, &small(1_000_000, 64)).is_ok());
     }
 
     #[test]

@@ -49,11 +49,14 @@ pub fn build_params<C: Configs + ?Sized>(
     schemas: &Schemas,
     configs: &C,
 ) -> Result<Vec<Param>, EvalError> {
+    // One budget for the whole job: a template of many params must not
+    // cost more than one param may.
+    let budget = crate::limits::Budget::eval();
     template
         .mappings
         .iter()
         .map(|(name, m)| {
-            let e = evaluate(m, name, subject, schemas, configs)?;
+            let e = evaluate(m, name, subject, schemas, configs, &budget)?;
             Ok(Param {
                 param: name.clone(),
                 value: e.value,

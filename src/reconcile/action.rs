@@ -59,9 +59,10 @@ pub enum Action {
     },
     /// The worker finished the stack but died before writing `/state`.
     /// Writes `/state` and drops the job; the worker's own records
-    /// (`/esi-worker/…`) are left as they are: the reconciler has no write
-    /// access there (`esi-reconciler etcd-roles`), and the next claim of a
-    /// job for this resource resets `job_state`.
+    /// (`/esi-worker/…`) are left as they are: the reconciler's role has no
+    /// write access there (`esi-reconciler etcd-roles`; only
+    /// `--purge-deleted` adds the stack records), and the next claim of a job
+    /// for this resource resets `job_state`.
     CompleteState {
         job: JobId,
         all_rev: i64,

@@ -358,10 +358,13 @@ fn plan_valid(o: &Observed, p: &mut Plan) {
 
     // 2. Compare desired with observed.
     let Some(cfg) = cfg else {
+        // A `job_state` with no job in flight is a dead worker's leftover
+        // that nothing here may remove (see `Action::CompleteState`): not
+        // counted as a record of ours that remains.
         let left = [
             o.state.is_some(),
             o.stack.is_some(),
-            o.job_state.is_some(),
+            o.job_state.is_some() && !o.jobs.is_empty(),
             !o.jobs.is_empty(),
         ];
         let deleted = state.is_some_and(|s| &*s.worker_state == "DELETE_COMPLETED");

@@ -53,7 +53,9 @@ pub fn describe(e: &etcd_client::Error) -> String {
         etcd_client::Error::GRpcStatus(_) => w.source(),
         _ => Some(w),
     });
-    while let Some(err) = cur {
+    // Bounded: a cyclic chain must not hang the error path.
+    for _ in 0..32 {
+        let Some(err) = cur else { break };
         let t = err.to_string();
         // tonic's layers each say only "transport error": no news.
         let news = t != "transport error";

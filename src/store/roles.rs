@@ -13,6 +13,12 @@
 //! `/state` when a worker died after its stack finished (the design's
 //! "complete /state"), and `--purge-deleted` does Gohan's clean-up, so only
 //! with that flag does the reconciler's role get Gohan's write access.
+//!
+//! One read is wider than the reconciler needs: its single list-and-watch
+//! spans `/config/` … `/state0`, and etcd checks a range request against the
+//! whole range, so the grant covers every key in that span, including other
+//! systems' (`/gohan/…`, or `/registry/…` if Kubernetes shared this etcd).
+//! Keep ESI's etcd to ESI.
 
 use std::fmt::Write as _;
 

@@ -50,22 +50,59 @@ pub fn render_text(
             limits.template_bytes,
         )));
     }
-    let text = environment(limits)
-        .render_str(source, JinjaValue::from(minijinja::value::Serde(context)))
-        .map_err(|e| match e.kind() {
-            minijinja::ErrorKind::OutOfFuel => over(OverLimit::render_fuel(limits.render_fuel)),
-            _ => RenderError::Jinja {
-                template: template.to_string(),
-                reason: format!("{e:#}"),
-            },
-        })?;
-    if text.len() > limits.template_bytes {
+    let jinja = |e: minijinja::Error| RenderError::Jinja {
+        template: template.to_string(),
+        reason: format!("{e:#}"),
+    };
+    let env = environment(limits);
+    let compiled = env.template_from_str(source).map_err(jinja)?;
+    // Written into a buffer that refuses to grow past the limit, so output
+    // is stopped as it is produced rather than measured afterwards.
+    let mut out = Bounded {
+        text: Vec::new(),
+        limit: limits.template_bytes,
+        over: false,
+    };
+    let rendered =
+        compiled.render_captured_to(JinjaValue::from(minijinja::value::Serde(context)), &mut out);
+    if out.over {
         return Err(over(OverLimit::template_bytes(
             "rendered template",
             limits.template_bytes,
         )));
     }
-    Ok(text)
+    match rendered {
+        Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => {
+            Err(over(OverLimit::render_fuel(limits.render_fuel)))
+        }
+        Err(e) => Err(jinja(e)),
+        Ok(_) => String::from_utf8(out.text).map_err(|e| RenderError::Jinja {
+            template: template.to_string(),
+            reason: format!("rendered text is not UTF-8: {e}"),
+        }),
+    }
+}
+
+/// A writer that holds at most `limit` bytes and fails past them.
+struct Bounded {
+    text: Vec<u8>,
+    limit: usize,
+    over: bool,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.text.len().saturating_add(buf.len()) > self.limit {
+            self.over = true;
+            return Err(std::io::Error::other("rendered template over its limit"));
+        }
+        self.text.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Renders and parses the result as a HOT document.
@@ -129,5 +166,18 @@ mod tests {
             assert!(matches!(e, RenderError::OverLimit { .. }), "{src}: {e}");
             assert!(e.to_string().contains("--max-render-fuel"), "{e}");
         }
+        // Output is stopped as it grows past the template limit.
+        let small = Limits {
+            template_bytes: 1000,
+            ..Limits::default()
+        };
+        let e = render(
+            "wide",
+            "{% for i in range(5000) %}x{% endfor %}",
+            &Map::new(),
+            &small,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("--max-template-bytes"), "{e}");
     }
 }

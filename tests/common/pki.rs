@@ -141,6 +141,17 @@ impl Pki {
         }
     }
 
+    /// Whether the certificate at `path` is X.509 v1 (OpenSSL 3.2 and later
+    /// make v3 even without an extension file).
+    pub fn is_v1(&self, path: &Path) -> bool {
+        let out = Command::new("openssl")
+            .args(["x509", "-noout", "-text", "-in"])
+            .arg(path)
+            .output()
+            .expect("openssl");
+        String::from_utf8_lossy(&out.stdout).contains("Version: 1 (0x0)")
+    }
+
     /// etcd's side: the server certificate, trusting the CA.
     pub fn server(&self, client_cert_auth: bool) -> esi_reconciler::store::embedded::ServerTls {
         esi_reconciler::store::embedded::ServerTls {

@@ -78,7 +78,7 @@ tls.crt and tls.key: with etcd --client-cert-auth its CN is the etcd user).
 {{- range $k, $val := $v.limits }}
 {{- if $val }}
 - name: ESI_MAX_{{ $k | snakecase | upper }}
-  value: {{ $val | quote }}
+  value: {{ $val | int64 | quote }}
 {{- end }}
 {{- end }}
 {{- if $v.catalog.configMap }}

@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 use super::expr::{Condition, Mapping, PathStep};
 use crate::esi::records::{OutputRef, Param, ParamValue, ResourceId};
 use crate::esi::schema::Schemas;
+use crate::limits::Budget;
 
 /// The resource a mapping is evaluated for.
 #[derive(Debug, Clone, Copy)]
@@ -81,10 +82,9 @@ struct Ctx<'a, C: Configs + ?Sized> {
     configs: &'a C,
     /// The param name, for the items of a list.
     param: &'a str,
-    /// Bytes the evaluation may still produce by concatenating and
-    /// repeating ([`crate::limits::Limits::eval_bytes`]).
-    left: std::cell::Cell<usize>,
-    limit: usize,
+    /// What the evaluation may still produce, shared with every other
+    /// param of the job ([`crate::limits::Limits::eval_bytes`]).
+    budget: &'a Budget,
 }
 
 /// Evaluates `mapping` for `subject` as param `param`.
@@ -94,15 +94,14 @@ pub fn evaluate<C: Configs + ?Sized>(
     subject: Subject<'_>,
     schemas: &Schemas,
     configs: &C,
+    budget: &Budget,
 ) -> Result<Evaluated, EvalError> {
-    let limit = crate::limits::Limits::current().eval_bytes;
     let ctx = Ctx {
         subject,
         schemas,
         configs,
         param,
-        left: std::cell::Cell::new(limit),
-        limit,
+        budget,
     };
     let current = Cursor {
         rtype: Some(subject.rtype),
@@ -149,24 +148,9 @@ enum Hop<'a> {
     Missing,
 }
 
-/// About how many bytes `v` takes as JSON (never less than one), without
-/// building the text.
-fn json_size(v: &Value) -> usize {
-    match v {
-        Value::Null | Value::Bool(_) | Value::Number(_) => 8,
-        Value::String(s) => s.len().saturating_add(2),
-        Value::Array(a) => a
-            .iter()
-            .fold(2, |n: usize, x| n.saturating_add(json_size(x))),
-        Value::Object(o) => o.iter().fold(2, |n: usize, (k, x)| {
-            n.saturating_add(k.len()).saturating_add(json_size(x))
-        }),
-    }
-}
-
 fn param_size(p: &ParamValue) -> usize {
     match p {
-        ParamValue::Value(v) => json_size(v),
+        ParamValue::Value(v) => crate::limits::json_size(v),
         ParamValue::OutputKey(_) => 64,
         ParamValue::List(l) => l
             .iter()
@@ -176,25 +160,25 @@ fn param_size(p: &ParamValue) -> usize {
 
 impl<'a, C: Configs + ?Sized> Ctx<'a, C> {
     fn spend(&self, bytes: usize) -> Result<(), EvalError> {
-        match self.left.get().checked_sub(bytes) {
-            Some(left) => {
-                self.left.set(left);
-                Ok(())
-            }
-            None => Err(crate::limits::OverLimit::eval_bytes(self.limit).into()),
-        }
+        Ok(self.budget.spend(bytes)?)
+    }
+
+    /// A literal result, charged what it copies.
+    fn copied(&self, v: Value) -> Result<Evaluated, EvalError> {
+        self.budget.spend_on(&v)?;
+        Ok(Evaluated::literal(v))
     }
 
     fn eval(&self, m: &Mapping, cur: Cursor<'a>) -> Result<Evaluated, EvalError> {
         match m {
-            Mapping::Property(f) => Ok(Evaluated::literal(cur.value.get(f))),
-            Mapping::Constant(c) => Ok(Evaluated::literal(c.clone())),
+            Mapping::Property(f) => self.copied(cur.value.get(f)),
+            Mapping::Constant(c) => self.copied(c.clone()),
             Mapping::Version => Ok(Evaluated::literal(Value::from(self.subject.version))),
             Mapping::Nested(path) => {
                 // Walked by reference: only what the path ends at is copied.
                 let mut segs = path.iter();
                 let Some(first) = segs.next() else {
-                    return Ok(Evaluated::literal(cur.value.whole()));
+                    return self.copied(cur.value.whole());
                 };
                 let mut v = match cur.value {
                     ValueRef::Object(o) => o.get(first),
@@ -203,7 +187,7 @@ impl<'a, C: Configs + ?Sized> Ctx<'a, C> {
                 for seg in segs {
                     v = v.and_then(|x| x.get(seg));
                 }
-                Ok(Evaluated::literal(v.cloned().unwrap_or(Value::Null)))
+                self.copied(v.cloned().unwrap_or(Value::Null))
             }
             Mapping::Output {
                 rtype,
@@ -301,7 +285,8 @@ impl<'a, C: Configs + ?Sized> Ctx<'a, C> {
                             value: ValueRef::Other(item),
                         },
                     )?;
-                    self.spend(param_size(&e.value))?;
+                    // Each item repeats the param's name.
+                    self.spend(param_size(&e.value).saturating_add(self.param.len()))?;
                     resources.extend(e.resources);
                     list.push(Param {
                         param: self.param.to_string(),
@@ -341,6 +326,7 @@ impl<'a, C: Configs + ?Sized> Ctx<'a, C> {
             Some(Hop::Unset | Hop::Missing) => Value::Null,
             None => cur.value.get(field),
         };
+        self.budget.spend_on(&value)?;
         Ok(Evaluated {
             value: ParamValue::Value(value),
             resources,
@@ -495,6 +481,7 @@ mod tests {
             },
             &schemas(),
             &configs,
+            &Budget::eval(),
         )
     }
 
@@ -642,7 +629,15 @@ mod tests {
         };
         // Fifty copies of a 1 MiB field.
         let concat = Mapping::parse(&json!(format!("A{}", vec!["Pbig"; 50].join("&")))).unwrap();
-        let e = evaluate(&concat, "p", subject, &schemas, &Fixed(HashMap::new())).unwrap_err();
+        let e = evaluate(
+            &concat,
+            "p",
+            subject,
+            &schemas,
+            &Fixed(HashMap::new()),
+            &Budget::eval(),
+        )
+        .unwrap_err();
         assert!(matches!(e, EvalError::OverLimit(_)), "{e}");
         // A 1 MiB constant for each of 100,000 items.
         let each = json!({"for_field": "items", "for_mapping": {"constant": big}});
@@ -652,11 +647,39 @@ mod tests {
             subject,
             &schemas,
             &Fixed(HashMap::new()),
+            &Budget::eval(),
         )
         .unwrap_err();
         assert!(e.to_string().contains("--max-eval-bytes"), "{e}");
+        // Many params of one job share one budget: fifty params each
+        // copying the 1 MiB field run out as one param would.
+        let copy = Mapping::parse(&json!("Pbig")).unwrap();
+        let shared = Budget::eval();
+        let spent: Result<Vec<_>, _> = (0..50)
+            .map(|_| {
+                evaluate(
+                    &copy,
+                    "p",
+                    subject,
+                    &schemas,
+                    &Fixed(HashMap::new()),
+                    &shared,
+                )
+            })
+            .collect();
+        assert!(matches!(spent, Err(EvalError::OverLimit(_))));
         // What fits, evaluates.
-        let fits = Mapping::parse(&json!("APbig&Pbig")).unwrap();
-        assert!(evaluate(&fits, "p", subject, &schemas, &Fixed(HashMap::new())).is_ok());
+        let fits = Mapping::parse(&json!("APbig")).unwrap();
+        assert!(
+            evaluate(
+                &fits,
+                "p",
+                subject,
+                &schemas,
+                &Fixed(HashMap::new()),
+                &Budget::eval()
+            )
+            .is_ok()
+        );
     }
 }

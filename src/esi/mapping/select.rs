@@ -113,6 +113,7 @@ impl TemplateMappings {
             },
             schemas,
             &NoConfigs,
+            &crate::limits::Budget::eval(),
         )?;
         Ok(match e.as_json() {
             Value::String(t) if !t.is_empty() => TemplateChoice::Template {

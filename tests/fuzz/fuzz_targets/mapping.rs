@@ -36,6 +36,14 @@ fuzz_target!(|data: &[u8]| {
             body,
             version: 3,
         };
-        let _ = evaluate(&mapping, "p", subject, &CATALOG.schemas, &Same(body));
+        let budget = esi_reconciler::limits::Budget::eval();
+        let _ = evaluate(
+            &mapping,
+            "p",
+            subject,
+            &CATALOG.schemas,
+            &Same(body),
+            &budget,
+        );
     }
 });
