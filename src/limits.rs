@@ -26,11 +26,11 @@ pub struct Limits {
     /// Deepest nesting of a template (YAML) or an evaluated value.
     pub nesting_depth: usize,
     /// Jinja fuel for rendering one template: instructions run plus bytes
-    /// produced, as minijinja counts them.
+    /// produced (64 to a unit), as minijinja counts them.
     pub render_fuel: u64,
-    /// Bytes one param's `parameter_mappings` may produce by concatenating
-    /// and repeating, and an intrinsic-function evaluation (`str_replace`,
-    /// `list_join`, …) for one stack's outputs.
+    /// Bytes one job's `parameter_mappings` may copy, concatenate and repeat
+    /// (all its params together), and an intrinsic-function evaluation
+    /// (`get_param`, `str_replace`, `list_join`, …) for one stack's outputs.
     pub eval_bytes: usize,
 }
 

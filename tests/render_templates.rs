@@ -40,7 +40,7 @@ fn all_reference_templates_render() {
     let mut rendered = 0;
     let mut problems = vec![];
     let d = Limits::default();
-    // 50x below the default nodes, bytes and fuel.
+    // 50x below the default template bytes, nodes and fuel.
     let tight = Limits {
         record_bytes: d.record_bytes / 10,
         template_bytes: 20 << 10,

@@ -147,8 +147,9 @@ pub struct LimitsArgs {
     /// Jinja fuel for one template render (instructions plus bytes output).
     #[arg(long, env = "ESI_MAX_RENDER_FUEL", default_value_t = Limits::default().render_fuel)]
     pub max_render_fuel: u64,
-    /// Bytes one param's mapping may produce by concatenating and repeating,
-    /// and the sim engine's output functions for one stack.
+    /// Bytes one job's parameter mappings may copy, concatenate and repeat
+    /// (all params together), and the sim engine's output functions for one
+    /// stack.
     #[arg(long, env = "ESI_MAX_EVAL_BYTES", default_value_t = Limits::default().eval_bytes)]
     pub max_eval_bytes: usize,
 }
