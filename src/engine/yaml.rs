@@ -33,11 +33,105 @@ pub enum YamlError {
     OverLimit(#[from] OverLimit),
 }
 
+/// Flow collections in the key position of a flow mapping (`{{…`, `{a, {…`,
+/// `{? [` …) that may be open at once. yaml-rust2's parser takes time
+/// exponential in how deep those nest (20 levels take milliseconds, 40 would
+/// take hours; found by fuzzing), before any event reaches the node budget.
+/// No template writes a collection as a key; nested values (`{a: {b: [c]}}`)
+/// and nested sequences are not counted.
+const MAX_FLOW_KEY_CHAIN: usize = 8;
+
+/// Refuses text whose flow collections nest as keys deeper than
+/// [`MAX_FLOW_KEY_CHAIN`], in one linear pass. Quoted scalars and comments
+/// are skipped; a bracket inside a block scalar may be counted, and a `:`
+/// not followed by a blank keeps the key position, which can only refuse
+/// more.
+fn check_flow_keys(text: &str) -> Result<(), YamlError> {
+    struct Open {
+        mapping: bool,
+        /// In a mapping: what comes next is a key.
+        at_key: bool,
+        /// It was itself opened at a key position.
+        counted: bool,
+    }
+    let mut open: Vec<Open> = Vec::new();
+    let mut chain = 0usize;
+    let mut chars = text.chars().peekable();
+    let mut prev_blank = true;
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                while let Some(q) = chars.next() {
+                    match q {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => break,
+                        _ => {}
+                    }
+                }
+            }
+            '\'' => {
+                while let Some(q) = chars.next() {
+                    if q == '\'' {
+                        if chars.peek() == Some(&'\'') {
+                            chars.next();
+                        } else {
+                            break;
+                        }
+                    }
+                }
+            }
+            '#' if prev_blank => {
+                for q in chars.by_ref() {
+                    if q == '\n' {
+                        break;
+                    }
+                }
+            }
+            '{' | '[' => {
+                let counted = open.last().is_some_and(|o| o.mapping && o.at_key);
+                if counted {
+                    chain = chain.saturating_add(1);
+                    if chain > MAX_FLOW_KEY_CHAIN {
+                        return Err(YamlError::Syntax(format!(
+                            "flow collections nested as keys more than {MAX_FLOW_KEY_CHAIN} deep \
+                             (YAML parsing of that takes exponential time)"
+                        )));
+                    }
+                }
+                open.push(Open {
+                    mapping: c == '{',
+                    at_key: c == '{',
+                    counted,
+                });
+            }
+            '}' | ']' if open.pop().is_some_and(|o| o.counted) => {
+                chain = chain.saturating_sub(1);
+            }
+            ',' => {
+                if let Some(o) = open.last_mut() {
+                    o.at_key = o.mapping;
+                }
+            }
+            ':' if chars.peek().is_none_or(|n| n.is_whitespace()) => {
+                if let Some(o) = open.last_mut() {
+                    o.at_key = false;
+                }
+            }
+            _ => {}
+        }
+        prev_blank = c.is_whitespace();
+    }
+    Ok(())
+}
+
 /// The first document of `text` as JSON (`Value::Null` for an empty text).
 pub fn load(text: &str, limits: &Limits) -> Result<Value, YamlError> {
     if text.len() > limits.template_bytes {
         return Err(OverLimit::template_bytes("rendered template", limits.template_bytes).into());
     }
+    check_flow_keys(text)?;
     let mut b = Builder {
         limits,
         used: Size::default(),
@@ -303,6 +397,34 @@ mod tests {
         // Shallow enough, it loads.
         let text = format!("a: &d {deep}\nb: [[*d]]\n");
         assert!(load(&text, &small(1_000_000, 64)).is_ok());
+    }
+
+    #[test]
+    fn flow_collections_nested_as_keys_are_refused_before_parsing() {
+        // Found by fuzzing: exponential in the parser, 387 bytes ran for
+        // longer than the fuzzer's 10 s.
+        for (open, close) in [
+            ("{", "}"),
+            ("{[", "]}"),
+            ("[{", "}]"),
+            ("{a, ", "}"),
+            ("{a: b, ", "}"),
+            ("{? ", "}"),
+        ] {
+            let text = format!("a:\n  {}x{}\n", open.repeat(40), close.repeat(40));
+            let start = std::time::Instant::now();
+            let e = load(&text, &Limits::default()).unwrap_err();
+            assert!(e.to_string().contains("exponential"), "{e}");
+            assert!(start.elapsed() < std::time::Duration::from_secs(1));
+        }
+        // Nested flow values, quoted brackets and comments are fine.
+        let ok = format!(
+            "a: {}x{}\nb: '{{{{{{{{{{{{{{{{{{{{'\nc: \"[[[[[[[[[[[[\" # {{{{{{{{{{{{{{{{\n",
+            "{k: ".repeat(30),
+            "}".repeat(30)
+        );
+        assert!(load(&ok, &Limits::default()).is_ok(), "{ok}");
+        assert!(load("a: {{x: 1}: 2}\n", &Limits::default()).is_ok());
     }
 
     #[test]
