@@ -40,6 +40,23 @@ pub(crate) fn wrapped(e: &etcd_client::Error) -> Option<&(dyn std::error::Error 
     }
 }
 
+/// `err` and its sources, at most 32: a cyclic chain must not hang the
+/// error path.
+pub(crate) fn causes<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Vec<&'a (dyn std::error::Error + 'static)> {
+    let mut out = vec![err];
+    let mut cur = err;
+    while let Some(next) = cur.source() {
+        if out.len() >= 32 {
+            break;
+        }
+        out.push(next);
+        cur = next;
+    }
+    out
+}
+
 /// A one-line description of an etcd error: the gRPC message or the
 /// transport failure, then each cause once, root last (tonic repeats
 /// "transport error" at every layer).
@@ -49,20 +66,17 @@ pub fn describe(e: &etcd_client::Error) -> String {
         etcd_client::Error::TransportError(_) => "transport error".to_string(),
         other => other.to_string(),
     }];
-    let mut cur = wrapped(e).and_then(|w| match e {
+    let start = wrapped(e).and_then(|w| match e {
         etcd_client::Error::GRpcStatus(_) => w.source(),
         _ => Some(w),
     });
-    // Bounded: a cyclic chain must not hang the error path.
-    for _ in 0..32 {
-        let Some(err) = cur else { break };
+    for err in start.map(causes).unwrap_or_default() {
         let t = err.to_string();
         // tonic's layers each say only "transport error": no news.
         let news = t != "transport error";
         if news && parts.len() < 16 && !parts.iter().any(|p| p.contains(&t)) {
             parts.push(t);
         }
-        cur = err.source();
     }
     match parts.split_first() {
         Some((head, rest)) if !rest.is_empty() => format!("{head} ({})", rest.join(": ")),

@@ -13,7 +13,7 @@ use rustls::{AlertDescription, CertificateError};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::client::TlsFiles;
+use super::client::{TlsFiles, causes};
 
 /// Reads and checks the TLS files before anything connects: each must hold
 /// what its flag says, and the client certificate must be one rustls
@@ -74,8 +74,8 @@ pub fn explain(
     first_contact: bool,
 ) -> Option<String> {
     let chain = match super::client::wrapped(err) {
-        Some(inner) => chain(inner),
-        None => chain(err),
+        Some(inner) => causes(inner),
+        None => causes(err),
     };
     if let Some(e) = chain.iter().find_map(|e| rustls_error(*e)) {
         return Some(from_rustls(e, tls, endpoint));
@@ -151,20 +151,6 @@ fn alert_named(name: &str) -> Option<AlertDescription> {
     ]
     .into_iter()
     .find(|a| format!("{a:?}") == name)
-}
-
-fn chain<'a>(err: &'a (dyn StdError + 'static)) -> Vec<&'a (dyn StdError + 'static)> {
-    let mut out = vec![err];
-    let mut cur = err;
-    while let Some(next) = cur.source() {
-        // Bounded: a cyclic chain must not hang the error path.
-        if out.len() >= 32 {
-            break;
-        }
-        out.push(next);
-        cur = next;
-    }
-    out
 }
 
 fn rustls_error<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
