@@ -4,7 +4,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
 use clap::{Args, ValueEnum};
+use serde_json::{Map, Value};
+
+use esi_reconciler::engine::Engine;
+use esi_reconciler::engine::heat::{HeatAuth, HeatEngine, HeatOptions, auth, wire};
+use esi_reconciler::esi::Catalog;
+use esi_reconciler::store::Etcd;
 
 use esi_reconciler::engine::sim::{SimEngine, SimOptions};
 use esi_reconciler::telemetry::metrics::WorkerMetrics;
@@ -20,6 +29,18 @@ use esi_reconciler::limits::Limits;
 pub enum EngineKind {
     /// The embedded simulated orchestrator (stacks kept in etcd).
     Sim,
+    /// OpenStack Heat's orchestration API v1.
+    Heat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HeatAuthKind {
+    /// Keystone v3: `OS_CLOUD` with a clouds.yaml entry, or the `OS_*`
+    /// variables (password or application credential).
+    Keystone,
+    /// A Heat without Keystone (its no-auth pipeline): the project is sent
+    /// as `X-Auth-Project`.
+    None,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -33,6 +54,8 @@ pub struct WorkerArgs {
     pub engine: EngineKind,
     #[command(flatten)]
     pub sim: SimArgs,
+    #[command(flatten)]
+    pub heat: HeatArgs,
     #[command(flatten)]
     pub limits: LimitsArgs,
     /// The job handler this worker serves.
@@ -79,6 +102,80 @@ pub struct SimArgs {
     pub sim_panic: Vec<String>,
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct HeatArgs {
+    /// Heat engine: the orchestration endpoint (`http://heat:8004/v1/PROJECT`).
+    /// With Keystone, taken from the catalog when absent.
+    #[arg(long, env = "ESI_HEAT_URL")]
+    pub heat_url: Option<String>,
+    /// Heat engine: how to authenticate.
+    #[arg(long, env = "ESI_HEAT_AUTH", value_enum, default_value_t = HeatAuthKind::Keystone)]
+    pub heat_auth: HeatAuthKind,
+    /// Heat engine, `--heat-auth none`: the project sent as `X-Auth-Project`.
+    #[arg(long, env = "ESI_HEAT_PROJECT", default_value = "admin")]
+    pub heat_project: String,
+    /// Heat engine: an environment file (YAML or JSON) sent with every
+    /// create and update, e.g. a `resource_registry` for resource types
+    /// the cloud lacks. Template files it names are sent as `files`.
+    #[arg(long, env = "ESI_HEAT_ENVIRONMENT")]
+    pub heat_environment: Option<PathBuf>,
+}
+
+impl HeatArgs {
+    pub fn options(&self, limits: Limits) -> anyhow::Result<HeatOptions> {
+        let auth = match self.heat_auth {
+            HeatAuthKind::None => HeatAuth::None {
+                project: self.heat_project.clone(),
+            },
+            HeatAuthKind::Keystone => HeatAuth::Keystone(Box::new(
+                auth::from_environment(&|k| std::env::var(k).ok(), &|p| {
+                    std::fs::read_to_string(p).ok()
+                })
+                .map_err(|e| anyhow::anyhow!("Keystone credentials: {e} (or use --heat-auth none for a Heat without Keystone)"))?,
+            )),
+        };
+        let mut opts = HeatOptions::new(self.heat_url.clone(), auth);
+        opts.max_answer_bytes = limits.record_bytes;
+        if let Some(path) = &self.heat_environment {
+            let (environment, files) = load_environment(path, &limits)?;
+            opts.environment = environment;
+            opts.files = files;
+        }
+        Ok(opts)
+    }
+}
+
+/// Reads a Heat environment file and the template files it names, as
+/// `python-heatclient` does for `-e`.
+fn load_environment(
+    path: &Path,
+    limits: &Limits,
+) -> anyhow::Result<(Map<String, Value>, Map<String, Value>)> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading --heat-environment {}", path.display()))?;
+    let doc = esi_reconciler::engine::yaml::load(&text, limits)
+        .with_context(|| format!("--heat-environment {} is not YAML", path.display()))?;
+    let environment = match doc {
+        Value::Object(m) => m,
+        Value::Null => Map::new(),
+        _ => anyhow::bail!("--heat-environment {} is not a mapping", path.display()),
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut files = Map::new();
+    for name in wire::registry_files(&environment) {
+        let file = dir.join(&name);
+        let body = std::fs::read_to_string(&file).with_context(|| {
+            format!(
+                "--heat-environment {} names template {name}, read as {}",
+                path.display(),
+                file.display()
+            )
+        })?;
+        files.insert(name, Value::String(body));
+    }
+    Ok((environment, files))
+}
+
 impl SimArgs {
     pub fn options(&self, limits: Limits) -> anyhow::Result<SimOptions> {
         anyhow::ensure!(
@@ -122,14 +219,28 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let cfg = args.config()?;
     let catalog = args.catalog.load()?;
     let client = args.etcd.connect_lazily().await?;
+    match args.engine {
+        EngineKind::Sim => {
+            let engine = SimEngine::new(client.clone(), args.sim.options(cfg.job.limits)?);
+            serve_worker(&args, cfg, catalog, client, engine).await
+        }
+        EngineKind::Heat => {
+            let engine = HeatEngine::new(args.heat.options(cfg.job.limits)?)
+                .map_err(|e| anyhow::anyhow!("Heat engine: {e}"))?;
+            serve_worker(&args, cfg, catalog, client, engine).await
+        }
+    }
+}
+
+async fn serve_worker<E: Engine>(
+    args: &WorkerArgs,
+    cfg: WorkerConfig,
+    catalog: Arc<Catalog>,
+    client: Etcd,
+    engine: E,
+) -> anyhow::Result<()> {
     let metrics = Arc::new(WorkerMetrics::new().with_store(client.stats()));
-    let engine = match args.engine {
-        EngineKind::Sim => Arc::new(SimEngine::new(
-            client.clone(),
-            args.sim.options(cfg.job.limits)?,
-        )),
-    };
-    let worker = Worker::new(client, catalog, engine, cfg, metrics.clone());
+    let worker = Worker::new(client, catalog, Arc::new(engine), cfg, metrics.clone());
     let health = Health {
         encode: Arc::new(move || metrics.encode()),
         ready: worker.ready_flag(),

@@ -13,9 +13,11 @@
         clippy::arithmetic_side_effects
     )
 )]
+pub mod heat;
 pub mod hot;
 pub mod sim;
 pub mod yaml;
+pub mod yaml11;
 
 use std::future::Future;
 
@@ -61,6 +63,10 @@ pub enum EngineError {
     Storage(String),
     #[error("engine rejected the request: {0}")]
     Rejected(String),
+    /// The engine could not be reached (after its own retries): worth
+    /// asking again while the job's time lasts.
+    #[error("engine unreachable: {0}")]
+    Unavailable(String),
 }
 
 /// An orchestrator the worker can drive.

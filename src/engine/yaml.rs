@@ -13,16 +13,18 @@
 //!   values also overflow the stack when dropped);
 //! - only the first document is read.
 //!
-//! A repeated key wins over the earlier one, as PyYAML (and so Heat) does:
-//! one reference template declares a parameter twice.
+//! Scalars, tags and merge keys are read as Heat reads them (YAML 1.1,
+//! PyYAML's safe loader: see [`super::yaml11`]). A repeated key wins over
+//! the earlier one, as PyYAML does: one reference template declares a
+//! parameter twice.
 
 use std::collections::HashMap;
 
-use serde_json::{Map, Number, Value};
-use yaml_rust2::Yaml;
+use serde_json::{Map, Value};
 use yaml_rust2::parser::{Event, Parser};
 use yaml_rust2::scanner::TScalarStyle;
 
+use super::yaml11::{self, Tagged};
 use crate::limits::{Limits, OverLimit};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -195,7 +197,56 @@ struct Frame {
 
 enum Collection {
     Seq(Vec<Value>),
-    Map(Map<String, Value>, Option<String>),
+    Map {
+        entries: Map<String, Value>,
+        /// The key read, waiting for its value.
+        key: Option<Key>,
+        /// Values of `<<` keys, in order.
+        merges: Vec<Value>,
+    },
+}
+
+enum Key {
+    Text(String),
+    /// A plain `<<`: YAML 1.1's merge key, which PyYAML (and so Heat) reads.
+    Merge,
+}
+
+/// A mapping with its `<<` merges applied as PyYAML applies them: merged
+/// entries first (of a list of mappings, the first wins), then the
+/// mapping's own keys over them.
+fn merged(
+    entries: Map<String, Value>,
+    merges: Vec<Value>,
+) -> Result<Map<String, Value>, YamlError> {
+    if merges.is_empty() {
+        return Ok(entries);
+    }
+    let not_mapping =
+        || YamlError::Syntax("expected a mapping or list of mappings for merging".into());
+    let mut sources: Vec<Map<String, Value>> = Vec::new();
+    for m in merges {
+        match m {
+            Value::Object(o) => sources.push(o),
+            Value::Array(list) => {
+                let mut maps = list
+                    .into_iter()
+                    .map(|v| match v {
+                        Value::Object(o) => Ok(o),
+                        _ => Err(not_mapping()),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                maps.reverse();
+                sources.extend(maps);
+            }
+            _ => return Err(not_mapping()),
+        }
+    }
+    let mut out = Map::new();
+    for (k, v) in sources.into_iter().flatten().chain(entries) {
+        out.insert(k, v);
+    }
+    Ok(out)
 }
 
 impl Builder<'_> {
@@ -217,17 +268,32 @@ impl Builder<'_> {
 
     fn on_event(&mut self, ev: Event) -> Result<(), YamlError> {
         match ev {
-            Event::Scalar(text, style, anchor, _) => {
+            Event::Scalar(text, style, anchor, tag) => {
                 let size = Size {
                     nodes: 1,
                     bytes: text.len(),
                 };
                 self.charge(size)?;
-                let v = scalar(text, style == TScalarStyle::Plain);
+                let plain = style == TScalarStyle::Plain;
+                let tagged = match &tag {
+                    None => Tagged::Implicit,
+                    Some(t) => yaml11::tagged(&t.handle, &t.suffix).map_err(YamlError::Syntax)?,
+                };
+                if plain && tagged == Tagged::Implicit && text == "<<" && self.merge_key() {
+                    return Ok(());
+                }
+                let v = yaml11::scalar(text, plain, tagged).map_err(YamlError::Syntax)?;
                 self.push(v, anchor, size, 0)
             }
             Event::SequenceStart(anchor, _) => self.open(anchor, Collection::Seq(Vec::new())),
-            Event::MappingStart(anchor, _) => self.open(anchor, Collection::Map(Map::new(), None)),
+            Event::MappingStart(anchor, _) => self.open(
+                anchor,
+                Collection::Map {
+                    entries: Map::new(),
+                    key: None,
+                    merges: Vec::new(),
+                },
+            ),
             Event::SequenceEnd | Event::MappingEnd => {
                 let Some(f) = self.stack.pop() else {
                     return Err(YamlError::Syntax("unbalanced collection end".into()));
@@ -235,7 +301,9 @@ impl Builder<'_> {
                 let size = self.used.since(f.start);
                 let v = match f.kind {
                     Collection::Seq(items) => Value::Array(items),
-                    Collection::Map(map, _) => Value::Object(map),
+                    Collection::Map {
+                        entries, merges, ..
+                    } => Value::Object(merged(entries, merges)?),
                 };
                 self.push(v, f.anchor, size, f.deepest.saturating_add(1))
             }
@@ -255,6 +323,22 @@ impl Builder<'_> {
                 self.push(v.unwrap_or(Value::Null), 0, size, depth)
             }
             _ => Ok(()),
+        }
+    }
+
+    /// Takes a plain `<<` as the merge key when a mapping waits for a key.
+    fn merge_key(&mut self) -> bool {
+        match self.stack.last_mut() {
+            Some(Frame {
+                kind: Collection::Map {
+                    key: key @ None, ..
+                },
+                ..
+            }) => {
+                *key = Some(Key::Merge);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -293,35 +377,22 @@ impl Builder<'_> {
                 ..
             }) => items.push(v),
             Some(Frame {
-                kind: Collection::Map(map, key),
+                kind:
+                    Collection::Map {
+                        entries,
+                        key,
+                        merges,
+                    },
                 ..
             }) => match key.take() {
-                None => *key = Some(key_text(v)),
-                Some(k) => {
-                    map.insert(k, v);
+                None => *key = Some(Key::Text(key_text(v))),
+                Some(Key::Text(k)) => {
+                    entries.insert(k, v);
                 }
+                Some(Key::Merge) => merges.push(v),
             },
         }
         Ok(())
-    }
-}
-
-/// A plain scalar as YAML's core schema reads it.
-fn scalar(text: String, plain: bool) -> Value {
-    if !plain {
-        return Value::String(text);
-    }
-    match Yaml::from_str(&text) {
-        Yaml::Integer(i) => Value::from(i),
-        Yaml::Real(r) => r
-            .parse::<f64>()
-            .ok()
-            .and_then(Number::from_f64)
-            .map(Value::Number)
-            .unwrap_or(Value::String(r)),
-        Yaml::Boolean(b) => Value::Bool(b),
-        Yaml::Null => Value::Null,
-        _ => Value::String(text),
     }
 }
 
@@ -354,6 +425,23 @@ mod tests {
             s += &format!("a{i}: &a{i} [{}]\n", vec![prev; 10].join(", "));
         }
         s
+    }
+
+    /// Merge keys as PyYAML applies them (checked against Heat 19's loader).
+    #[test]
+    fn merge_keys() {
+        let l = Limits::default();
+        let got = load(
+            "base: &b {a: 1, b: 2}\nmore: &m {b: 3, c: 4}\nx:\n  <<: *b\n  b: 9\ny:\n  <<: [*b, *m]\nq: {'<<': 1}\n",
+            &l,
+        )
+        .unwrap();
+        assert_eq!(got["x"], json!({"a": 1, "b": 9}));
+        assert_eq!(got["y"], json!({"b": 2, "c": 4, "a": 1}));
+        assert_eq!(got["q"], json!({"<<": 1}), "a quoted << is a key");
+        for bad in ["x:\n  <<: 1\n", "x:\n  <<: [1]\n"] {
+            assert!(load(bad, &l).is_err(), "{bad}");
+        }
     }
 
     #[test]

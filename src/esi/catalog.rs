@@ -23,15 +23,14 @@ pub struct Catalog {
     pub mappings: TemplateMappings,
 }
 
-/// The schema document and template mappings the demo is written for:
-/// project-authored, modelled on ESI's networks, subnets and ports.
+/// The schema document the demo is written for: project-authored, modelled
+/// on ESI's networks, subnets and ports, with their `template_path`s.
 pub const DEFAULT_SCHEMAS: &str = include_str!("../../src/demo/assets/schemas.json");
-pub const DEFAULT_TEMPLATE_MAPPINGS: &str =
-    include_str!("../../src/demo/assets/template_mappings.json");
 
 impl Catalog {
-    /// Loads the schemas and mappings files; without a mappings file every
-    /// type maps to the template of its own name.
+    /// Loads the schemas and, if given, a mappings file. Without one,
+    /// templates are chosen as ESI chooses them: by each schema's
+    /// `metadata.template_path` (a mappings file overrides them all).
     pub fn load(schemas: Option<&Path>, mappings: Option<&Path>) -> Result<Self, CatalogError> {
         let schemas = match schemas {
             Some(p) => Schemas::load(p)?,
@@ -41,8 +40,12 @@ impl Catalog {
         };
         let mappings = match mappings {
             Some(p) => TemplateMappings::load(p)?,
-            None => TemplateMappings::parse(DEFAULT_TEMPLATE_MAPPINGS)
-                .map_err(|e| CatalogError::BuiltIn("template mappings", e))?,
+            None => TemplateMappings::from_schemas(&schemas).map_err(|reason| {
+                CatalogError::Mappings(TemplateMappingsError::Parse {
+                    path: "the schemas' metadata.template_path".into(),
+                    reason,
+                })
+            })?,
         };
         Ok(Self { schemas, mappings })
     }

@@ -27,6 +27,9 @@ pub struct TypeInfo {
     /// Reference fields: field name → the singular type it points to.
     /// Array fields whose items are references are included.
     pub relations: HashMap<String, String>,
+    /// `metadata.template_path`: the mapping that chooses the type's heat
+    /// template, as ESI reads it (absent: the type has no template).
+    pub template_path: Option<Value>,
 }
 
 /// Every resource type of a deployment.
@@ -50,6 +53,8 @@ struct RawSchema {
     plural: Option<String>,
     #[serde(default)]
     schema: Value,
+    #[serde(default)]
+    metadata: Value,
 }
 
 impl Schemas {
@@ -91,6 +96,11 @@ impl Schemas {
                     singular,
                     plural,
                     relations,
+                    template_path: raw
+                        .metadata
+                        .get("template_path")
+                        .filter(|v| !v.is_null())
+                        .cloned(),
                 },
             );
         }

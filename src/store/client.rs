@@ -57,6 +57,19 @@ pub(crate) fn causes<'a>(
     out
 }
 
+/// `err` and each cause once, on one line: `a: b: c`. Layers that repeat
+/// their source's text (hyper, reqwest) are said once.
+pub(crate) fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = vec![];
+    for e in causes(err) {
+        let t = e.to_string();
+        if !parts.iter().any(|p| p.contains(&t)) {
+            parts.push(t);
+        }
+    }
+    parts.join(": ")
+}
+
 /// A one-line description of an etcd error: the gRPC message or the
 /// transport failure, then each cause once, root last (tonic repeats
 /// "transport error" at every layer).

@@ -11,7 +11,7 @@ use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use serde_json::{Map, Value, json};
 use tokio::sync::watch;
 
-use crate::engine::{Engine, StackInfo, StackSpec};
+use crate::engine::{Engine, EngineError, StackInfo, StackSpec};
 use crate::esi::Catalog;
 use crate::esi::keys::{JobAction, JobId, JobSlot, ResourceRef, TEMPLATES};
 use crate::esi::mapping::select::TemplateChoice;
@@ -196,6 +196,12 @@ impl<E: Engine> JobRunner<E> {
                     return self
                         .finish(c, Some(&r), format!("stack {name} vanished"), None)
                         .await;
+                }
+                // Heat restarting, a proxy in between: the stack goes on
+                // without us, so ask again until the job's time is up.
+                Err(e @ EngineError::Unavailable(_)) => {
+                    tracing::warn!(job = %c.id, error = %e, "cannot see the stack; polling again");
+                    continue;
                 }
                 Err(e) => return self.finish(c, Some(&r), format!("engine: {e}"), None).await,
             };

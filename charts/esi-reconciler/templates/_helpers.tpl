@@ -84,8 +84,10 @@ tls.crt and tls.key: with etcd --client-cert-auth its CN is the etcd user).
 {{- if $v.catalog.configMap }}
 - name: ESI_SCHEMAS
   value: /etc/esi/catalog/schemas.json
+{{- if $v.catalog.templateMappings }}
 - name: ESI_TEMPLATE_MAPPINGS
   value: /etc/esi/catalog/template_mappings.json
+{{- end }}
 {{- end }}
 {{- end -}}
 

@@ -232,6 +232,7 @@ impl<'a, C: Configs + ?Sized> Ctx<'a, C> {
                         value: output(output_key, target),
                         resources: visited,
                     }),
+                    Some(Hop::Missing) => Ok(Evaluated::literal(Value::String(String::new()))),
                     _ => Ok(Evaluated {
                         value: ParamValue::Value(Value::Null),
                         resources: visited,
@@ -270,13 +271,17 @@ impl<'a, C: Configs + ?Sized> Ctx<'a, C> {
                 self.eval(chosen, cur)
             }
             Mapping::ForEach { over, each } => {
-                let items = match self.eval(over, cur)?.as_json() {
+                // `for_field` may be a `{field, path}`: the list is read at
+                // the path's end, and the job depends on what it went through.
+                let over = self.eval(over, cur)?;
+                let items = match over.as_json() {
                     Value::Array(items) => items,
                     Value::Null => vec![],
+                    Value::String(s) if s.is_empty() => vec![],
                     single => vec![single],
                 };
                 let mut list = Vec::with_capacity(items.len());
-                let mut resources = Vec::new();
+                let mut resources = over.resources;
                 for item in &items {
                     let e = self.eval(
                         each,
@@ -323,7 +328,10 @@ impl<'a, C: Configs + ?Sized> Ctx<'a, C> {
         let (end, resources) = self.follow(cur, path, ignore_missing)?;
         let value = match end {
             Some(Hop::To(_, body)) => body.get(field).cloned().unwrap_or(Value::Null),
-            Some(Hop::Unset | Hop::Missing) => Value::Null,
+            // ESI: an absent target that may be missing reads as "", and
+            // the job depends on nothing of the path.
+            Some(Hop::Missing) => return Ok(Evaluated::literal(Value::String(String::new()))),
+            Some(Hop::Unset) => Value::Null,
             None => cur.value.get(field),
         };
         self.budget.spend_on(&value)?;
@@ -461,7 +469,7 @@ mod tests {
         let configs = Fixed(HashMap::from([
             (
                 ("vm".into(), "vm1".into()),
-                obj(json!({"id": "vm1", "ip": "10.0.0.1", "template_id": "t1"})),
+                obj(json!({"id": "vm1", "ip": "10.0.0.1", "template_id": "t1", "subnets": ["s1"]})),
             ),
             (
                 ("template".into(), "t1".into()),
@@ -548,9 +556,15 @@ mod tests {
                 id: "nope".into()
             }
         );
-        let got = run(json!({"field": "ip", "path": [{"type": "vm", "id": "device_id"}], "ignore_missing": true}), json!({"device_id": "nope"}))
-            .unwrap();
-        assert_eq!(got, Evaluated::literal(Value::Null));
+        // ignore_missing: an absent target is "", with no resources (the
+        // path's earlier hops included), for a field and for an output.
+        for m in [
+            json!({"field": "ip", "path": [{"type": "vm", "id": "device_id"}], "ignore_missing": true}),
+            json!({"output_key": "ip", "path": [{"type": "vm", "id": "device_id"}], "ignore_missing": true}),
+        ] {
+            let got = run(m.clone(), json!({"device_id": "nope"})).unwrap();
+            assert_eq!(got, Evaluated::literal(json!("")), "{m}");
+        }
         let e = run(
             json!({"field": "ip", "path": ["device_id"]}),
             json!({"device_id": "unloaded"}),
@@ -565,6 +579,25 @@ mod tests {
         assert_eq!(got, Evaluated::literal(Value::Null));
         let e = run(json!({"field": "ip", "path": ["no_such_ref"]}), json!({})).unwrap_err();
         assert!(matches!(e, EvalError::UnknownRelation { .. }));
+    }
+
+    /// `for_field` given as `{field, path}` iterates the list found at the
+    /// end of the path; the job depends on the path and on each item.
+    #[test]
+    fn for_field_at_the_end_of_a_path() {
+        let m = json!({"for_field": {"field": "subnets", "path": [{"type": "vm", "id": "device_id"}], "ignore_missing": true},
+                       "for_mapping": {"path": [{"type": "subnet", "id": ""}], "output_key": "id"}});
+        let got = run(m.clone(), json!({"device_id": "vm1"})).unwrap();
+        assert_eq!(got.resources, vec![rid("vm", "vm1"), rid("subnet", "s1")]);
+        let ParamValue::List(items) = &got.value else {
+            panic!("{got:?}")
+        };
+        assert_eq!(items.len(), 1);
+        assert!(matches!(&items[0].value, ParamValue::OutputKey(o) if o.resource_id == "s1"));
+        // The path's target absent (and allowed to be): no items, no resources.
+        let got = run(m, json!({"device_id": "nope"})).unwrap();
+        assert_eq!(got.value, ParamValue::List(vec![]));
+        assert!(got.resources.is_empty());
     }
 
     #[test]

@@ -75,22 +75,19 @@ impl TemplateMappings {
         Ok(Self { by_type })
     }
 
-    /// Every type maps to the template of the same name, with the
-    /// `heat_worker` handler: the default when no mappings file is given.
-    pub fn identity<'a>(types: impl IntoIterator<Item = &'a str>) -> Self {
-        let by_type = types
-            .into_iter()
-            .map(|t| {
-                (
-                    t.to_string(),
-                    (
-                        "heat_worker".to_string(),
-                        Mapping::Constant(Value::String(t.to_string())),
-                    ),
-                )
-            })
-            .collect();
-        Self { by_type }
+    /// The mappings ESI itself uses: each schema's `metadata.template_path`,
+    /// with the `heat_worker` handler. Types without one have no template.
+    pub fn from_schemas(schemas: &Schemas) -> Result<Self, String> {
+        let mut by_type = HashMap::new();
+        for t in schemas.types() {
+            if let Some(path) = &t.template_path {
+                let m = Mapping::parse(path).map_err(|e: MappingError| {
+                    format!("schema {}: metadata.template_path: {e}", t.singular)
+                })?;
+                by_type.insert(t.singular.clone(), ("heat_worker".to_string(), m));
+            }
+        }
+        Ok(Self { by_type })
     }
 
     pub fn choose(
@@ -169,6 +166,39 @@ mod tests {
             tpl("static_route_aws")
         );
         assert_eq!(choose("vnf_template", json!({})), TemplateChoice::Unmapped);
+    }
+
+    /// ESI has no mappings file: its schemas carry `template_path`. The
+    /// choices made from them are the ones the extracted file makes.
+    #[test]
+    fn schema_template_paths_choose_what_the_mappings_file_does() {
+        let dir = crate::shared_dir().join("esi-reference");
+        let file = TemplateMappings::load(&dir.join("template_mappings.json")).unwrap();
+        let schemas = Schemas::load(&dir.join("schemas.json")).unwrap();
+        let from_schemas = TemplateMappings::from_schemas(&schemas).unwrap();
+        let bodies = [
+            json!({}),
+            json!({"device_owner": "compute:nova"}),
+            json!({"device_owner": "network:dhcp"}),
+            json!({"existing": "existing", "service_type": "aws"}),
+            json!({"existing": "", "service_type": "gcp"}),
+        ];
+        let mut compared = 0;
+        for t in schemas.types() {
+            for b in &bodies {
+                let b = b.as_object().unwrap();
+                let want = file.choose(&t.singular, b, 1, &schemas);
+                let got = from_schemas.choose(&t.singular, b, 1, &schemas);
+                assert_eq!(format!("{got:?}"), format!("{want:?}"), "{}", t.singular);
+                compared += 1;
+            }
+        }
+        assert!(compared > 100 && from_schemas.by_type.len() >= 31);
+        let bad =
+            Schemas::parse(r#"{"schemas": [{"id": "x", "metadata": {"template_path": "Qnope"}}]}"#)
+                .unwrap();
+        let e = TemplateMappings::from_schemas(&bad).unwrap_err();
+        assert!(e.contains("schema x: metadata.template_path"), "{e}");
     }
 
     #[test]
