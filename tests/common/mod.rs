@@ -11,6 +11,7 @@ use etcd_client::GetOptions;
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
+pub mod heat;
 pub mod pki;
 
 pub use esi_reconciler::store::embedded::EtcdProcess;

@@ -1,0 +1,469 @@
+//! The worker's Heat engine against a real OpenStack Heat (Debian's Heat 19
+//! as one `heat-all`, no Keystone), with the reconciler, as real processes
+//! on a real etcd. The catalog is ESI's schema document alone: templates are
+//! chosen by each schema's `metadata.template_path`, as ESI does.
+
+mod common;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use common::heat::TestHeat;
+use common::*;
+
+const LB: &str = "05_load_balancer";
+const PORT: &str = "db3bff62-cf93-48ce-8d6b-cfb2f7fd7dfc";
+
+/// ESI's schema document, and nothing else.
+fn esi_catalog() -> Vec<String> {
+    vec![
+        "--schemas".into(),
+        reference().join("schemas.json").display().to_string(),
+    ]
+}
+
+fn reconciler(etcd: &str, catalog: &[String]) -> Proc {
+    let mut a: Vec<String> = [
+        "run",
+        "--etcd-endpoints",
+        etcd,
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--no-mirror",
+        "--backoff-base-ms",
+        "200",
+        "--backoff-cap-secs",
+        "2",
+    ]
+    .map(String::from)
+    .to_vec();
+    a.extend_from_slice(catalog);
+    spawn_args(&a)
+}
+
+fn heat_worker(etcd: &str, heat: &TestHeat, catalog: &[String], extra: &[&str]) -> Proc {
+    let env = heat.environment_file();
+    let mut a: Vec<String> = [
+        "worker",
+        "--etcd-endpoints",
+        etcd,
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--engine",
+        "heat",
+        "--heat-auth",
+        "none",
+        "--heat-url",
+        &heat.url(),
+        "--heat-environment",
+        &env.display().to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    a.extend_from_slice(catalog);
+    a.extend(extra.iter().map(|s| s.to_string()));
+    spawn_args(&a)
+}
+
+async fn get_all(etcd: &str, catalog: &[String]) -> Option<Vec<Value>> {
+    let mut a: Vec<String> = ["get", "-o", "json", "--etcd-endpoints", etcd]
+        .map(String::from)
+        .to_vec();
+    a.extend_from_slice(catalog);
+    let (ok, out, _) = cli(&a.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let v: Value = serde_json::from_str(&out).ok()?;
+    ok.then(|| v["resources"].as_array().cloned())?
+}
+
+/// The load-balancer scenario, every step as Gohan wrote it, converges on a
+/// real Heat; Heat's stacks are the resources' `{type}_{id}` with the
+/// statuses and outputs the records carry; the seed port's stack is
+/// deleted and its records are the seed's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_balancer_story_converges_on_real_heat() {
+    let etcd = TestEtcd::start().await;
+    let heat = TestHeat::start().await;
+    load_reference_templates(&etcd).await;
+    let catalog = esi_catalog();
+    let rec = Recorder::start(&etcd, "/esi-worker/job_state/").await;
+    let _r = reconciler(&etcd.url(), &catalog);
+    let _w = heat_worker(&etcd.url(), &heat, &catalog, &[]);
+    let order = read_json(reference().join("step_order.json"));
+    for step in order[LB].as_array().unwrap() {
+        for (k, v) in gohan_step(LB, step.as_str().unwrap()) {
+            etcd.put_json(&k, &v).await;
+        }
+    }
+    let resources = eventually(
+        Duration::from_secs(240),
+        "every resource converged on Heat",
+        || async {
+            let all = get_all(&etcd.url(), &catalog).await?;
+            all.iter()
+                .all(|r| {
+                    r["phase"] == "Converged" && r["next"].as_array().is_some_and(|n| n.is_empty())
+                })
+                .then_some(all)
+        },
+    )
+    .await;
+    let stacks = heat.stacks().await;
+    let schemas =
+        esi_reconciler::esi::schema::Schemas::load(&reference().join("schemas.json")).unwrap();
+    let mut checked = 0;
+    for r in &resources {
+        let (Some(rtype), Some(id)) = (r["type"].as_str(), r["id"].as_str()) else {
+            panic!("a resource without type and id: {r}");
+        };
+        if !r["observed_version"].is_u64() {
+            continue;
+        }
+        let plural = schemas.plural_of(rtype).unwrap();
+        let record = etcd
+            .get_json(&format!("/esi-worker/heat_stacks/v2.0/{plural}/{id}"))
+            .await
+            .unwrap_or_else(|| panic!("no heat_stacks record for {rtype}/{id}"));
+        let name = format!("{rtype}_{id}");
+        let listed = stacks.iter().find(|(n, ..)| *n == name);
+        if record["stack_status"] == "DELETE_COMPLETE" {
+            assert!(listed.is_none(), "{name} is deleted but Heat lists it");
+            continue;
+        }
+        let (_, status, stack_id) =
+            listed.unwrap_or_else(|| panic!("Heat has no stack {name}: {stacks:?}"));
+        assert!(
+            status == "CREATE_COMPLETE" || status == "UPDATE_COMPLETE",
+            "{name}: {status}"
+        );
+        assert_eq!(record["stack_id"], json!(stack_id), "{name}");
+        assert_eq!(record["stack_status"], json!(status), "{name}");
+        // Outputs as Heat itself reports them.
+        let shown = heat.stack(&name).await.unwrap();
+        let mut want = shown["outputs"].as_array().cloned().unwrap_or_default();
+        let mut got = record["output"].as_array().cloned().unwrap_or_default();
+        let by_key = |v: &Value| v["output_key"].as_str().unwrap_or_default().to_string();
+        want.sort_by_key(by_key);
+        got.sort_by_key(by_key);
+        assert_eq!(got, want, "{name}: outputs");
+        checked += 1;
+    }
+    assert!(checked >= 10, "{checked} stacks compared with Heat");
+    assert!(
+        stacks.iter().all(|(n, ..)| !n.ends_with(PORT)),
+        "the seed port's stack is deleted"
+    );
+    // The seed's records (3) heat_stacks, (5) /state, and (4) the job state
+    // written before it was removed: exactly the seed's.
+    let seed = |n: &str| read_json(seed_records().join(n))["value"].clone();
+    assert_eq!(
+        etcd.get_json(&format!("/esi-worker/heat_stacks/v2.0/ports/{PORT}"))
+            .await
+            .unwrap(),
+        seed("3_heat_stack.json")
+    );
+    assert_eq!(
+        etcd.get_json(&format!("/state/v2.0/ports/{PORT}"))
+            .await
+            .unwrap(),
+        seed("5_state.json")
+    );
+    let job_state_key = format!("/esi-worker/job_state/v2.0/ports/{PORT}");
+    let last: Value = rec
+        .events()
+        .await
+        .iter()
+        .filter(|(_, put, k, v)| *put && *k == job_state_key && v.len() > 2)
+        .map(|(.., v)| serde_json::from_slice(v).unwrap())
+        .next_back()
+        .unwrap();
+    assert_eq!(last, seed("4_job_state.json"));
+}
+
+/// A type whose template is one `OS::Heat::TestResource`, so a test can
+/// make Heat fail (`fail`) or take its time (`wait_secs`; -1: forever).
+struct Widgets {
+    dir: tempfile::TempDir,
+}
+
+impl Widgets {
+    async fn install(etcd: &TestEtcd) -> Widgets {
+        let dir = tempfile::tempdir().unwrap();
+        let schemas = json!({"schemas": [{
+            "id": "widget", "singular": "widget", "plural": "widgets",
+            "metadata": {"template_path": "Cwidget"},
+            "schema": {"properties": {"id": {"type": "string"}}}}]});
+        std::fs::write(dir.path().join("schemas.json"), schemas.to_string()).unwrap();
+        let template = "heat_template_version: 2018-08-31
+parameters:
+  value: {type: string}
+  fail: {type: boolean, default: false}
+  wait_secs: {type: number, default: 0}
+resources:
+  r:
+    type: OS::Heat::TestResource
+    properties:
+      value: {get_param: value}
+      fail: {get_param: fail}
+      wait_secs: {get_param: wait_secs}
+outputs:
+  out:
+    description: what the resource made
+    value: {get_attr: [r, output]}
+";
+        etcd.put_json(
+            "/config/v2.0/heat_templates/widget",
+            &json!({"body": {"id": "widget", "handler": "heat_worker", "watch": [],
+                "template_file": template,
+                "parameter_mappings": {"value": "Pvalue", "fail": "Pfail",
+                    "wait_secs": "Pwait_secs", "heat_timeout": "C1"}},
+                "version": 1, "marked_for_deletion": false}),
+        )
+        .await;
+        Widgets { dir }
+    }
+
+    fn catalog(&self) -> Vec<String> {
+        vec![
+            "--schemas".into(),
+            self.dir.path().join("schemas.json").display().to_string(),
+        ]
+    }
+
+    async fn put(etcd: &TestEtcd, id: &str, version: u64, body: Value) {
+        let mut b = body;
+        b["id"] = json!(id);
+        b["tenant_id"] = json!("t1");
+        etcd.put_json(
+            &format!("/config/v2.0/widgets/{id}"),
+            &json!({"body": b, "version": version, "marked_for_deletion": false}),
+        )
+        .await;
+    }
+}
+
+async fn state(etcd: &TestEtcd, id: &str) -> Option<Value> {
+    etcd.get_json(&format!("/state/v2.0/widgets/{id}")).await
+}
+
+/// Waits until Heat shows the stack in progress; returns its id.
+async fn in_progress(heat: &TestHeat, name: &str) -> String {
+    eventually(Duration::from_secs(60), "the stack in progress", || async {
+        let s = heat.stack(name).await?;
+        (s["stack_status"].as_str()?.ends_with("_IN_PROGRESS"))
+            .then(|| s["id"].as_str().unwrap().to_string())
+    })
+    .await
+}
+
+/// A stack that fails in Heat fails the job with Heat's reason; the
+/// reconciler retries it with backoff (each retry recovers the FAILED stack
+/// with PUT, and fails again); once the config is fixed, the same stack is
+/// updated into shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_stack_backs_off_and_recovers() {
+    let etcd = TestEtcd::start().await;
+    let heat = TestHeat::start().await;
+    let widgets = Widgets::install(&etcd).await;
+    let rec = Recorder::start(&etcd, "/state/").await;
+    let _r = reconciler(&etcd.url(), &widgets.catalog());
+    let _w = heat_worker(&etcd.url(), &heat, &widgets.catalog(), &[]);
+    Widgets::put(&etcd, "w1", 1, json!({"value": "one", "fail": true})).await;
+    let failed = eventually(
+        Duration::from_secs(60),
+        "a second failed attempt",
+        || async {
+            let failures: Vec<Value> = rec
+                .events()
+                .await
+                .iter()
+                .filter(|(_, put, k, _)| *put && k.ends_with("/widgets/w1"))
+                .map(|(.., v)| serde_json::from_slice::<Value>(v).unwrap())
+                .filter(|v| v["state"]["worker_state"] == "CREATE_FAILED")
+                .collect();
+            (failures.len() >= 2).then_some(failures)
+        },
+    )
+    .await;
+    let error = failed[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("Test Resource failed"),
+        "Heat's reason: {error}"
+    );
+    assert_eq!(failed[0]["state"]["orchestration_state"], "CREATE_FAILED");
+    let first = heat.stack("widget_w1").await.unwrap();
+    assert!(
+        first["stack_status"].as_str().unwrap().ends_with("_FAILED"),
+        "{first}"
+    );
+    let stack_id = first["id"].as_str().unwrap().to_string();
+
+    Widgets::put(&etcd, "w1", 2, json!({"value": "two", "fail": false})).await;
+    let s = eventually(Duration::from_secs(60), "v2 converged", || async {
+        let s = state(&etcd, "w1").await?;
+        (s["version"] == 2 && s["error"] == "").then_some(s)
+    })
+    .await;
+    assert_eq!(s["state"]["orchestration_state"], "UPDATE_COMPLETE", "{s}");
+    let now = heat.stack("widget_w1").await.unwrap();
+    assert_eq!(
+        now["id"],
+        json!(stack_id),
+        "the failed stack was recovered, not replaced"
+    );
+    assert_eq!(now["stack_status"], "UPDATE_COMPLETE");
+    let outputs: Value =
+        serde_json::from_str(s["state"]["heat_outputs"].as_str().unwrap()).unwrap();
+    assert_eq!(outputs[0]["output_key"], "out");
+    assert_eq!(outputs[0]["output_value"], "two");
+    assert_eq!(heat.stacks().await.len(), 1);
+}
+
+/// A stack that outlives the job's time fails the job (the worker's cap
+/// stands in for `heat_timeout`, which is whole minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stack_that_outlives_its_timeout_fails_the_job() {
+    let etcd = TestEtcd::start().await;
+    let heat = TestHeat::start().await;
+    let widgets = Widgets::install(&etcd).await;
+    let _r = reconciler(&etcd.url(), &widgets.catalog());
+    let _w = heat_worker(
+        &etcd.url(),
+        &heat,
+        &widgets.catalog(),
+        &["--job-timeout-cap-secs", "2"],
+    );
+    Widgets::put(&etcd, "slow", 1, json!({"value": "v", "wait_secs": -1})).await;
+    let s = eventually(Duration::from_secs(60), "the job to time out", || async {
+        let s = state(&etcd, "slow").await?;
+        (s["state"]["worker_state"] == "CREATE_FAILED").then_some(s)
+    })
+    .await;
+    let error = s["error"].as_str().unwrap();
+    assert!(error.contains("timed out"), "{error}");
+    // Heat is still at it: the job failed, not the stack.
+    let shown = heat.stack("widget_slow").await.unwrap();
+    assert_eq!(shown["stack_status"], "CREATE_IN_PROGRESS");
+}
+
+/// heat-all killed while a stack is being made: the worker keeps polling
+/// through the outage; Heat, restarted, marks the stack FAILED ("Engine
+/// went down"); the job fails with that reason and its retry recovers the
+/// same stack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heat_killed_mid_stack_and_restarted() {
+    let etcd = TestEtcd::start().await;
+    let mut heat = TestHeat::start().await;
+    let widgets = Widgets::install(&etcd).await;
+    let rec = Recorder::start(&etcd, "/state/").await;
+    let _r = reconciler(&etcd.url(), &widgets.catalog());
+    let _w = heat_worker(&etcd.url(), &heat, &widgets.catalog(), &[]);
+    Widgets::put(&etcd, "w2", 1, json!({"value": "v", "wait_secs": 3})).await;
+    let id = in_progress(&heat, "widget_w2").await;
+    heat.restart().await;
+    let s = eventually(Duration::from_secs(90), "w2 converged", || async {
+        let s = state(&etcd, "w2").await?;
+        (s["error"] == "" && s["state"]["worker_state"] == "CREATE_COMPLETED").then_some(s)
+    })
+    .await;
+    let shown = heat.stack("widget_w2").await.unwrap();
+    assert_eq!(
+        shown["id"],
+        json!(id),
+        "the same stack, recovered: {}",
+        heat.log_tail()
+    );
+    assert!(
+        shown["stack_status"]
+            .as_str()
+            .unwrap()
+            .ends_with("_COMPLETE"),
+        "{shown}"
+    );
+    assert_eq!(s["state"]["orchestration_state"], shown["stack_status"]);
+    let went_down = rec
+        .events()
+        .await
+        .iter()
+        .any(|(_, put, _, v)| *put && String::from_utf8_lossy(v).contains("Engine went down"));
+    assert!(
+        went_down,
+        "the interrupted attempt failed with Heat's reason"
+    );
+}
+
+/// The worker killed while Heat makes a stack: a new worker claims the job
+/// again, finds the stack (409 StackExists) and adopts it: one stack, the
+/// same id, created once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_killed_mid_stack_and_the_stack_adopted() {
+    let etcd = TestEtcd::start().await;
+    let heat = TestHeat::start().await;
+    let widgets = Widgets::install(&etcd).await;
+    let _r = reconciler(&etcd.url(), &widgets.catalog());
+    let lease = ["--lease-ttl-secs", "2"];
+    let mut first = heat_worker(&etcd.url(), &heat, &widgets.catalog(), &lease);
+    Widgets::put(&etcd, "w3", 1, json!({"value": "v", "wait_secs": 4})).await;
+    let id = in_progress(&heat, "widget_w3").await;
+    first.sigkill().await;
+    let _second = heat_worker(&etcd.url(), &heat, &widgets.catalog(), &lease);
+    let s = eventually(Duration::from_secs(60), "w3 converged", || async {
+        let s = state(&etcd, "w3").await?;
+        (s["error"] == "" && s["state"]["worker_state"] == "CREATE_COMPLETED").then_some(s)
+    })
+    .await;
+    let shown = heat.stack("widget_w3").await.unwrap();
+    assert_eq!(shown["id"], json!(id), "adopted, not made again");
+    assert_eq!(
+        shown["stack_status"], "CREATE_COMPLETE",
+        "adopted as it was"
+    );
+    assert_eq!(s["state"]["orchestration_state"], "CREATE_COMPLETE");
+    assert_eq!(heat.stacks().await.len(), 1);
+}
+
+/// The worker refuses a Heat configuration that can never work, at start.
+#[tokio::test]
+async fn bad_heat_settings_stop_the_worker_with_a_reason() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--heat-auth", "none"], "--heat-url is required"),
+        (
+            &["--heat-auth", "none", "--heat-url", "ftp://x"],
+            "not an http(s) endpoint",
+        ),
+        (&["--heat-auth", "keystone"], "OS_AUTH_URL"),
+        (
+            &[
+                "--heat-auth",
+                "none",
+                "--heat-url",
+                "http://127.0.0.1:1/v1/a",
+                "--heat-environment",
+                "/nonexistent.yaml",
+            ],
+            "/nonexistent.yaml",
+        ),
+    ];
+    for (flags, want) in cases {
+        let mut a = vec![
+            "worker",
+            "--engine",
+            "heat",
+            "--etcd-endpoints",
+            "http://127.0.0.1:1",
+        ];
+        a.extend_from_slice(flags);
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_esi-reconciler"))
+            .args(&a)
+            .env_remove("OS_AUTH_URL")
+            .env_remove("OS_CLOUD")
+            .output()
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(want),
+            "{flags:?}: {err}"
+        );
+    }
+}
