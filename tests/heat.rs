@@ -453,12 +453,15 @@ async fn bad_heat_settings_stop_the_worker_with_a_reason() {
             "http://127.0.0.1:1",
         ];
         a.extend_from_slice(flags);
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_esi-reconciler"))
+        let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_esi-reconciler"))
             .args(&a)
             .env_remove("OS_AUTH_URL")
             .env_remove("OS_CLOUD")
-            .output()
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(30), run)
             .await
+            .unwrap_or_else(|_| panic!("{flags:?}: the worker did not stop"))
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -466,4 +469,60 @@ async fn bad_heat_settings_stop_the_worker_with_a_reason() {
             "{flags:?}: {err}"
         );
     }
+}
+
+/// The chaos drill on the Heat engine: a worker killed mid-job while Heat
+/// makes the stacks; everything converges, no job is issued twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_worker_kill_on_heat() {
+    let heat = TestHeat::start().await;
+    let report = tempfile::NamedTempFile::new().unwrap();
+    let env = heat.environment_file();
+    let url = heat.url();
+    let args = [
+        "chaos",
+        "--engine",
+        "heat",
+        "--heat-auth",
+        "none",
+        "--heat-url",
+        &url,
+        "--heat-environment",
+        env.to_str().unwrap(),
+        "--drills",
+        "worker-kill",
+        "--ports",
+        "20",
+        "--within-secs",
+        "120",
+        "--report",
+        report.path().to_str().unwrap(),
+    ];
+    let (ok, out, err) = cli(&args).await;
+    assert!(ok, "{out}\n{err}\n{}", heat.log_tail());
+    let r = read_json(report.path());
+    assert_eq!(r["drills"][0]["passed"], true, "{r}");
+    // The drill's stacks are Heat's, complete, in a project of the drill's own.
+    let stacks = heat.all_stacks();
+    assert!(stacks.len() >= 20, "{stacks:?}");
+    for (project, name, status) in &stacks {
+        assert!(
+            project.starts_with("admin-chaos-worker-kill-"),
+            "{project} {name}"
+        );
+        assert!(status.ends_with("_COMPLETE"), "{name}: {status}");
+    }
+    let (ok, _, err) = cli(&[
+        "chaos",
+        "--engine",
+        "heat",
+        "--heat-auth",
+        "none",
+        "--heat-url",
+        &url,
+        "--drills",
+        "engine-fails",
+    ])
+    .await;
+    assert!(!ok && err.contains("sim engine"), "{err}");
 }

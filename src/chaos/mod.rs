@@ -1,5 +1,6 @@
 //! `esi-reconciler chaos`: fault drills against real processes. Each drill
-//! starts a private etcd, a reconciler and a worker (sim engine) as separate
+//! starts a private etcd, a reconciler and a worker (sim engine, or a real
+//! Heat with `--engine heat`) as separate
 //! OS processes, loads a scenario, waits for convergence, injects one fault
 //! and checks, with deadlines, that every resource converges to its latest
 //! config and that the invariants held the whole time.
@@ -32,6 +33,51 @@ pub struct ChaosOptions {
     pub within: Duration,
     /// This binary, to run reconcilers and workers.
     pub binary: PathBuf,
+    pub engine: ChaosEngine,
+}
+
+/// What the drills' workers drive.
+#[derive(Debug, Clone, Default)]
+pub enum ChaosEngine {
+    /// The simulated engine, in the drill's own etcd.
+    #[default]
+    Sim,
+    /// A real Heat: the worker flags that reach it (`--engine heat …`).
+    /// With `per_drill_project`, each drill's stacks go in a project of
+    /// their own (`{project}-chaos-{drill}-{ms}`, Heat's no-auth mode), so
+    /// no drill meets another's (or an earlier run's) stacks.
+    Heat {
+        args: Vec<String>,
+        project: String,
+        per_drill_project: bool,
+    },
+}
+
+impl ChaosEngine {
+    /// Drills that need the sim engine's fault injection.
+    pub fn supports(&self, drill: &str) -> bool {
+        matches!(self, ChaosEngine::Sim) || drill != "engine-fails"
+    }
+
+    fn worker_args(&self, drill: &str) -> Vec<String> {
+        match self {
+            ChaosEngine::Sim => vec!["--sim-latency-ms".into(), "100".into()],
+            ChaosEngine::Heat {
+                args,
+                project,
+                per_drill_project,
+            } => {
+                let mut a = args.clone();
+                a.push("--heat-project".into());
+                a.push(if *per_drill_project {
+                    format!("{project}-chaos-{drill}-{}", crate::clock::now_ms())
+                } else {
+                    project.clone()
+                });
+                a
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -67,16 +113,9 @@ fn reconciler_args() -> Vec<String> {
 }
 
 fn worker_args() -> Vec<String> {
-    [
-        "--sim-latency-ms",
-        "100",
-        "--lease-ttl-secs",
-        "2",
-        "--shutdown-grace-secs",
-        "1",
-    ]
-    .map(String::from)
-    .to_vec()
+    ["--lease-ttl-secs", "2", "--shutdown-grace-secs", "1"]
+        .map(String::from)
+        .to_vec()
 }
 
 /// Runs one drill from a fresh cluster.
@@ -104,7 +143,10 @@ async fn drill(name: &str, opts: &ChaosOptions, out: &mut DrillResult) -> anyhow
     let cluster = Cluster::start(ClusterOptions {
         binary: opts.binary.clone(),
         reconciler_args: reconciler_args(),
-        worker_args: worker_args(),
+        worker_args: worker_args()
+            .into_iter()
+            .chain(opts.engine.worker_args(name))
+            .collect(),
         etcd_members: setup.etcd_members,
     })
     .await?;

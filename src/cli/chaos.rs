@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use clap::Args;
 
-use esi_reconciler::chaos::{self, ChaosOptions, drills::DRILLS};
+use esi_reconciler::chaos::{self, ChaosEngine, ChaosOptions, drills::DRILLS};
+
+use super::worker::{EngineKind, HeatArgs, HeatAuthKind};
 
 #[derive(Debug, Clone, Args)]
 pub struct ChaosArgs {
@@ -25,14 +27,37 @@ pub struct ChaosArgs {
     /// Where to write the JSON report.
     #[arg(long, default_value = "chaos-report.json")]
     pub report: PathBuf,
+    /// What the workers drive: the sim engine, or a real Heat reached with
+    /// the --heat-* flags (every drill but engine-fails).
+    #[arg(long, value_enum, default_value_t = EngineKind::Sim)]
+    pub engine: EngineKind,
+    #[command(flatten)]
+    pub heat: HeatArgs,
 }
 
 pub async fn chaos(args: ChaosArgs) -> anyhow::Result<()> {
+    let engine = match args.engine {
+        EngineKind::Sim => ChaosEngine::Sim,
+        EngineKind::Heat => ChaosEngine::Heat {
+            args: args.heat.worker_args(),
+            project: args.heat.heat_project.clone(),
+            per_drill_project: args.heat.heat_auth == HeatAuthKind::None,
+        },
+    };
     let drills: Vec<String> = if args.drills.is_empty() {
-        DRILLS.iter().map(|s| s.to_string()).collect()
+        DRILLS
+            .iter()
+            .filter(|d| engine.supports(d))
+            .map(|s| s.to_string())
+            .collect()
     } else {
         args.drills.clone()
     };
+    if let Some(d) = drills.iter().find(|d| !engine.supports(d)) {
+        anyhow::bail!(
+            "drill {d} injects faults through the sim engine; it cannot run with --engine heat"
+        );
+    }
     for d in &drills {
         anyhow::ensure!(
             DRILLS.contains(&d.as_str()),
@@ -45,6 +70,7 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<()> {
         drills: drills.clone(),
         within: Duration::from_secs(args.within_secs),
         binary: std::env::current_exe()?,
+        engine,
     };
     let mut results = vec![];
     for d in &drills {

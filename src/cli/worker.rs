@@ -11,7 +11,7 @@ use clap::{Args, ValueEnum};
 use serde_json::{Map, Value};
 
 use esi_reconciler::engine::Engine;
-use esi_reconciler::engine::heat::{HeatAuth, HeatEngine, HeatOptions, auth, wire};
+use esi_reconciler::engine::heat::{HeatAuth, HeatEngine, HeatOptions, wire};
 use esi_reconciler::esi::Catalog;
 use esi_reconciler::store::Etcd;
 
@@ -122,17 +122,36 @@ pub struct HeatArgs {
 }
 
 impl HeatArgs {
+    /// The same settings as `worker` flags (but `--heat-project`, which the
+    /// caller chooses), for the workers a command starts (the chaos drills).
+    pub fn worker_args(&self) -> Vec<String> {
+        let mut a = vec!["--engine".to_string(), "heat".into(), "--heat-auth".into()];
+        a.push(
+            match self.heat_auth {
+                HeatAuthKind::Keystone => "keystone",
+                HeatAuthKind::None => "none",
+            }
+            .into(),
+        );
+        if let Some(u) = &self.heat_url {
+            a.extend(["--heat-url".to_string(), u.clone()]);
+        }
+        if let Some(e) = &self.heat_environment {
+            a.extend(["--heat-environment".to_string(), e.display().to_string()]);
+        }
+        a
+    }
+
     pub fn options(&self, limits: Limits) -> anyhow::Result<HeatOptions> {
         let auth = match self.heat_auth {
             HeatAuthKind::None => HeatAuth::None {
                 project: self.heat_project.clone(),
             },
-            HeatAuthKind::Keystone => HeatAuth::Keystone(Box::new(
-                auth::from_environment(&|k| std::env::var(k).ok(), &|p| {
-                    std::fs::read_to_string(p).ok()
-                })
-                .map_err(|e| anyhow::anyhow!("Keystone credentials: {e} (or use --heat-auth none for a Heat without Keystone)"))?,
-            )),
+            HeatAuthKind::Keystone => HeatAuth::keystone_from_environment().map_err(|e| {
+                anyhow::anyhow!(
+                    "Keystone credentials (OS_CLOUD and clouds.yaml, or OS_AUTH_URL and the other OS_* variables): {e} (or use --heat-auth none for a Heat without Keystone)"
+                )
+            })?,
         };
         let mut opts = HeatOptions::new(self.heat_url.clone(), auth);
         opts.max_answer_bytes = limits.record_bytes;

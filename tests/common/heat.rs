@@ -56,7 +56,6 @@ impl TestHeat {
             .await
             .unwrap();
         assert!(sync.success(), "heat-manage db_sync failed");
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut heat = TestHeat {
             port,
             dir,
@@ -165,6 +164,26 @@ impl TestHeat {
         self.get(&format!("stacks/{name}"))
             .await
             .map(|v| v["stack"].clone())
+    }
+
+    /// Stacks in every project, read from Heat's database (the API lists
+    /// one project's): `(project, name, status)`.
+    pub fn all_stacks(&self) -> Vec<(String, String, String)> {
+        let out = std::process::Command::new(PYTHON)
+            .args([
+                "-c",
+                "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); [print(*r, sep='\\t') for r in c.execute('select tenant, name, action || \\'_\\' || status from stack where deleted_at is null')]",
+            ])
+            .arg(self.dir.path().join("heat.sqlite"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split('\t');
+                Some((f.next()?.into(), f.next()?.into(), f.next()?.into()))
+            })
+            .collect()
     }
 
     /// Heat's own log, for a failing test's message.

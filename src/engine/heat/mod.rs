@@ -14,33 +14,57 @@
 //! reconciler retries it with backoff once Heat has finished.
 //!
 //! The stack is found by name (`GET /stacks/{name}` answers 302 to the
-//! name/id URL) and every change is sent to the name/id URL we build
-//! ourselves: a redirect drops the body, and Heat's own links carry the
-//! host it was asked by, which behind a proxy is not ours.
+//! name/id URL, which the GET follows) and every change is sent to the
+//! name/id URL built here: a redirect would drop the body.
+//!
+//! HTTP is reqwest's; Keystone (credentials from `clouds.yaml` or `OS_*`,
+//! tokens, the catalog) is osauth's.
 
-pub mod auth;
 pub mod wire;
 
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
+use osauth::client::AuthenticatedClient;
+use osauth::{CloudConfig, ErrorKind, NoAuth};
 use reqwest::{Method, StatusCode, Url};
 use serde_json::{Map, Value};
-use tokio::sync::Mutex;
+use tokio::sync::OnceCell;
 
 use super::{Engine, EngineError, StackInfo, StackSpec};
-use auth::Credentials;
 use wire::HeatFault;
 
-/// How the worker proves who it is.
+/// How the worker proves who it is. Keystone is `osauth`'s: the
+/// credentials come from `OS_CLOUD` and a `clouds.yaml`, or from the `OS_*`
+/// variables (password or application credential), as the OpenStack tools
+/// read them; tokens are cached and renewed by it.
 #[derive(Debug, Clone)]
 pub enum HeatAuth {
     /// Heat's no-auth pipeline (no Keystone): the project is sent as
-    /// `X-Auth-Project`, the user as `X-Auth-User`.
+    /// `X-Auth-Project`.
     None {
         project: String,
     },
-    Keystone(Box<Credentials>),
+    Keystone(Box<CloudConfig>),
+}
+
+impl HeatAuth {
+    /// Keystone credentials from the process's environment (and a
+    /// `clouds.yaml` when `OS_CLOUD` names one).
+    pub fn keystone_from_environment() -> Result<HeatAuth, String> {
+        let config = CloudConfig::from_env().map_err(|e| e.to_string())?;
+        // osauth checks the rest when it first authenticates; without an
+        // auth URL nothing can work, so say so at start.
+        let shown = serde_json::to_value(&config).unwrap_or_default();
+        if shown
+            .pointer("/auth/auth_url")
+            .and_then(Value::as_str)
+            .is_none()
+        {
+            return Err("no Keystone auth_url: set OS_AUTH_URL, or OS_CLOUD naming a clouds.yaml entry with one".into());
+        }
+        Ok(HeatAuth::Keystone(Box::new(config)))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -55,8 +79,8 @@ pub struct HeatOptions {
     pub files: Map<String, Value>,
     /// Bound on one HTTP request.
     pub request_timeout: Duration,
-    /// Retries of a request that found Heat unreachable or overloaded
-    /// (connection refused, 502, 503, 504) before the call fails.
+    /// Retries of a request that found Heat (or Keystone) unreachable or
+    /// overloaded (connection refused, 502, 503, 504) before the call fails.
     pub retries: usize,
     /// Bound on any answer's body.
     pub max_answer_bytes: usize,
@@ -76,24 +100,22 @@ impl HeatOptions {
     }
 }
 
-/// A Keystone token and the endpoint it found.
+/// An authenticated client and the endpoint it talks to.
 struct Session {
-    token: Option<String>,
-    expires_at_ms: Option<u64>,
+    client: AuthenticatedClient,
     base: Url,
 }
 
 pub struct HeatEngine {
-    http: reqwest::Client,
     opts: HeatOptions,
-    session: Mutex<Option<Session>>,
+    /// Made on first use, so a Keystone that is down when the worker starts
+    /// fails jobs (retried with backoff) rather than the worker.
+    session: OnceCell<Session>,
 }
 
-/// An answer: status and body (JSON when it parses).
+/// An answer: status and body.
 struct Answer {
     status: StatusCode,
-    /// `Location`, for the 302 of a lookup by name.
-    location: Option<String>,
     body: Vec<u8>,
 }
 
@@ -113,7 +135,8 @@ impl Answer {
 
 /// Why a request did not get an answer worth reading.
 enum Failure {
-    /// Heat unreachable, timed out, or answering 502/503/504: retried.
+    /// Heat or Keystone unreachable, timed out, or answering 502/503/504:
+    /// retried.
     Transient(String),
     /// The token was refused: get a new one, once.
     Unauthorized(String),
@@ -124,142 +147,88 @@ fn rejected(what: &str, f: HeatFault) -> EngineError {
     EngineError::Rejected(format!("{what}: {f}"))
 }
 
+/// osauth's errors: bad credentials and configuration are final; the rest
+/// (Keystone unreachable or failing) is worth another try.
+fn auth_failure(e: osauth::Error) -> Failure {
+    let why = format!("Keystone: {e}");
+    match e.kind() {
+        ErrorKind::AuthenticationFailed
+        | ErrorKind::AccessDenied
+        | ErrorKind::InvalidConfig
+        | ErrorKind::InvalidInput
+        | ErrorKind::EndpointNotFound => Failure::Fatal(EngineError::Rejected(why)),
+        _ => Failure::Transient(why),
+    }
+}
+
 impl HeatEngine {
-    /// Builds the client. Fails on options that can never work (a bad URL,
-    /// an unreadable CA file), so the worker stops at start instead of
-    /// failing every job.
+    /// Checks what can be checked before any request (the URL), so the
+    /// worker stops at start on settings that can never work.
     pub fn new(opts: HeatOptions) -> Result<Self, String> {
-        // reqwest is built without a bundled crypto provider: use ring, as
-        // the rest of the product does. Installing twice is harmless.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut builder = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(opts.request_timeout)
-            .connect_timeout(Duration::from_secs(5))
-            .user_agent(concat!("esi-reconciler/", env!("CARGO_PKG_VERSION")));
-        if let HeatAuth::Keystone(c) = &opts.auth
-            && let Some(ca) = &c.cacert
-        {
-            let pem = std::fs::read(ca).map_err(|e| format!("cannot read OS_CACERT {ca}: {e}"))?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| format!("OS_CACERT {ca} is not a PEM bundle: {e}"))?
-            {
-                builder = builder.add_root_certificate(cert);
+        match (&opts.url, &opts.auth) {
+            (Some(u), _) => {
+                parse_base(u)?;
             }
+            (None, HeatAuth::None { .. }) => {
+                return Err("--heat-url is required with --heat-auth none (there is no Keystone catalog to find Heat in)".into());
+            }
+            (None, HeatAuth::Keystone(_)) => {}
         }
-        if let Some(u) = &opts.url {
-            parse_base(u)?;
-        } else if matches!(opts.auth, HeatAuth::None { .. }) {
-            return Err("--heat-url is required with --heat-auth none (there is no Keystone catalog to find Heat in)".into());
-        }
-        let http = builder
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(Self {
-            http,
             opts,
-            session: Mutex::new(None),
+            session: OnceCell::new(),
         })
     }
 
-    /// The endpoint and the token to use, authenticating when there is no
-    /// token or it is about to expire.
-    async fn session(&self) -> Result<(Url, Option<String>), EngineError> {
-        let mut s = self.session.lock().await;
-        let fresh = s.as_ref().is_some_and(|s| {
-            s.expires_at_ms
-                .is_none_or(|t| t > crate::clock::now_ms().saturating_add(60_000))
-        });
-        if !fresh {
-            *s = Some(self.authenticate().await?);
-        }
-        let s = s
-            .as_ref()
-            .ok_or_else(|| EngineError::Unavailable("no Heat session".into()))?;
-        Ok((s.base.clone(), s.token.clone()))
-    }
-
-    async fn authenticate(&self) -> Result<Session, EngineError> {
-        let c = match &self.opts.auth {
-            HeatAuth::None { .. } => {
-                let base = parse_base(self.opts.url.as_deref().unwrap_or_default())
-                    .map_err(EngineError::Rejected)?;
-                return Ok(Session {
-                    token: None,
-                    expires_at_ms: None,
-                    base,
-                });
-            }
-            HeatAuth::Keystone(c) => c,
-        };
-        let url = auth::tokens_url(&c.auth_url);
-        let attempt = || async {
-            let resp = self
-                .http
-                .post(&url)
-                .header("Accept", "application/json")
-                .json(&auth::token_request(c))
-                .send()
-                .await
-                .map_err(|e| {
-                    Failure::Transient(format!(
-                        "Keystone at {url}: {}",
-                        crate::store::client::one_line(&e)
-                    ))
-                })?;
-            let status = resp.status();
-            let token = resp
-                .headers()
-                .get("X-Subject-Token")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            let body = self.read(resp).await.map_err(Failure::Fatal)?;
-            if is_transient(status) {
-                return Err(Failure::Transient(format!(
-                    "Keystone at {url}: HTTP {status}"
-                )));
-            }
-            if !status.is_success() {
-                return Err(Failure::Fatal(EngineError::Rejected(format!(
-                    "Keystone refused the credentials: {}",
-                    wire::fault(status.as_u16(), &body)
-                ))));
-            }
-            Ok((token, body))
-        };
-        let (token, body) = attempt
-            .retry(self.backoff())
-            .when(|f| matches!(f, Failure::Transient(_)))
+    async fn session(&self) -> Result<&Session, Failure> {
+        self.session
+            .get_or_try_init(|| async {
+                let s = self.connect().await?;
+                tracing::info!(heat = %s.base, "Heat endpoint");
+                Ok(s)
+            })
             .await
-            .map_err(Failure::into_error)?;
-        let token = token.ok_or_else(|| {
-            EngineError::Rejected("Keystone answered without X-Subject-Token".into())
-        })?;
-        let body: Value = serde_json::from_slice(&body).map_err(|e| {
-            EngineError::Rejected(format!("Keystone's token answer is not JSON: {e}"))
-        })?;
-        let info = auth::token_info(&body, &c.interface, c.region.as_deref())
-            .map_err(EngineError::Rejected)?;
-        let url = match (&self.opts.url, &info.heat_url) {
-            (Some(u), _) => u.clone(),
-            (None, Some(u)) => u.clone(),
-            (None, None) => {
-                return Err(EngineError::Rejected(format!(
-                    "Keystone's catalog has no orchestration endpoint for interface {}{}; give --heat-url",
-                    c.interface,
-                    c.region
-                        .as_deref()
-                        .map(|r| format!(" in region {r}"))
-                        .unwrap_or_default()
-                )));
+    }
+
+    async fn connect(&self) -> Result<Session, Failure> {
+        let (client, catalog_url) = match &self.opts.auth {
+            HeatAuth::None { .. } => {
+                let url = self.opts.url.clone().unwrap_or_default();
+                let client = AuthenticatedClient::new(
+                    reqwest::Client::new(),
+                    NoAuth::new(&url).map_err(auth_failure)?,
+                )
+                .await
+                .map_err(auth_failure)?;
+                (client, None)
+            }
+            HeatAuth::Keystone(config) => {
+                let session = config
+                    .as_ref()
+                    .clone()
+                    .create_session()
+                    .await
+                    .map_err(auth_failure)?;
+                let client = session.client().clone();
+                let url = match &self.opts.url {
+                    Some(_) => None,
+                    None => Some(
+                        client
+                            .get_endpoint("orchestration", session.endpoint_filters())
+                            .await
+                            .map_err(auth_failure)?,
+                    ),
+                };
+                (client, url)
             }
         };
-        tracing::info!(heat = %url, project = %info.project_id, "authenticated with Keystone");
-        Ok(Session {
-            token: Some(token),
-            expires_at_ms: info.expires_at_ms,
-            base: parse_base(&url).map_err(EngineError::Rejected)?,
-        })
+        let base = match (&self.opts.url, catalog_url) {
+            (Some(u), _) => parse_base(u),
+            (None, Some(u)) => parse_base(u.as_str()),
+            (None, None) => Err("no Heat endpoint: give --heat-url".into()),
+        }
+        .map_err(|e| Failure::Fatal(EngineError::Rejected(e)))?;
+        Ok(Session { client, base })
     }
 
     fn backoff(&self) -> ExponentialBuilder {
@@ -272,19 +241,19 @@ impl HeatEngine {
 
     /// Reads a body up to the bound: a server is not trusted to send a
     /// sane amount.
-    async fn read(&self, mut resp: reqwest::Response) -> Result<Vec<u8>, EngineError> {
+    async fn read(&self, mut resp: reqwest::Response) -> Result<Vec<u8>, Failure> {
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(|e| {
-            EngineError::Unavailable(format!(
+            Failure::Transient(format!(
                 "reading Heat's answer: {}",
                 crate::store::client::one_line(&e)
             ))
         })? {
             if body.len().saturating_add(chunk.len()) > self.opts.max_answer_bytes {
-                return Err(EngineError::Rejected(format!(
+                return Err(Failure::Fatal(EngineError::Rejected(format!(
                     "Heat's answer is larger than {} bytes",
                     self.opts.max_answer_bytes
-                )));
+                ))));
             }
             body.extend_from_slice(&chunk);
         }
@@ -292,7 +261,8 @@ impl HeatEngine {
     }
 
     /// One request to Heat, retried while Heat is unreachable, with a new
-    /// token once if the token was refused.
+    /// token once if the token was refused. A lookup by name answers 302
+    /// to the name/id URL, which a GET follows.
     async fn call(
         &self,
         method: Method,
@@ -302,51 +272,41 @@ impl HeatEngine {
         let mut reauthenticated = false;
         loop {
             let attempt = || async {
-                let (base, token) = self.session().await.map_err(Failure::Fatal)?;
-                let url = join(&base, path);
-                let mut req = self
-                    .http
+                let session = self.session().await?;
+                let url = join(&session.base, path);
+                let mut req = session
+                    .client
                     .request(method.clone(), url.clone())
-                    .header("Accept", "application/json");
-                req = match (&token, &self.opts.auth) {
-                    (Some(t), _) => req.header("X-Auth-Token", t),
-                    (None, HeatAuth::None { project }) => req
-                        .header("X-Auth-Project", project)
-                        .header("X-Auth-User", "esi-reconciler"),
-                    (None, HeatAuth::Keystone(_)) => req,
-                };
+                    .header("Accept", "application/json")
+                    .timeout(self.opts.request_timeout);
+                if let HeatAuth::None { project } = &self.opts.auth {
+                    req = req
+                        .header("X-Auth-Project", project.as_str())
+                        .header("X-Auth-User", "esi-reconciler");
+                }
                 if let Some(b) = body {
                     req = req.json(b);
                 }
-                let resp = req.send().await.map_err(|e| {
-                    Failure::Transient(format!(
-                        "Heat at {url}: {}",
-                        crate::store::client::one_line(&e)
-                    ))
+                let resp = req.send_unchecked().await.map_err(|e| match e.kind() {
+                    ErrorKind::AuthenticationFailed | ErrorKind::InvalidConfig => auth_failure(e),
+                    _ => Failure::Transient(format!("Heat at {url}: {e}")),
                 })?;
                 let status = resp.status();
-                let location = resp
-                    .headers()
-                    .get(reqwest::header::LOCATION)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
-                let body = self.read(resp).await.map_err(Failure::Fatal)?;
+                let body = self.read(resp).await?;
                 if is_transient(status) {
                     return Err(Failure::Transient(format!(
                         "Heat at {url}: {}",
                         wire::fault(status.as_u16(), &body)
                     )));
                 }
-                if status == StatusCode::UNAUTHORIZED && token.is_some() {
+                if status == StatusCode::UNAUTHORIZED
+                    && matches!(self.opts.auth, HeatAuth::Keystone(_))
+                {
                     return Err(Failure::Unauthorized(
                         wire::fault(status.as_u16(), &body).to_string(),
                     ));
                 }
-                Ok(Answer {
-                    status,
-                    location,
-                    body,
-                })
+                Ok(Answer { status, body })
             };
             match attempt
                 .retry(self.backoff())
@@ -362,7 +322,13 @@ impl HeatEngine {
                 Err(Failure::Unauthorized(why)) if !reauthenticated => {
                     tracing::info!(reason = %why, "Heat refused the token; authenticating again");
                     reauthenticated = true;
-                    *self.session.lock().await = None;
+                    if let Some(s) = self.session.get() {
+                        let mut c = s.client.clone();
+                        c.refresh().await.map_err(|e| match auth_failure(e) {
+                            Failure::Fatal(e) => e,
+                            other => other.into_error(),
+                        })?;
+                    }
                 }
                 Err(f) => return Err(f.into_error()),
             }
@@ -372,32 +338,14 @@ impl HeatEngine {
     /// The stack of this name, if Heat has one (a deleted stack is gone).
     async fn find(&self, name: &str) -> Result<Option<StackInfo>, EngineError> {
         let a = self.call(Method::GET, &["stacks", name], None).await?;
-        let what = || format!("looking up stack {name}");
         match a.status {
             StatusCode::NOT_FOUND => Ok(None),
-            StatusCode::OK => self.stack(&a).map(Some),
-            s if s.is_redirection() => {
-                // `/stacks/{name}` → `/stacks/{name}/{id}`: take the id, and
-                // ask at our own URL for it.
-                let id = a
-                    .location
-                    .as_deref()
-                    .and_then(|l| l.trim_end_matches('/').rsplit('/').next())
-                    .filter(|id| !id.is_empty())
-                    .map(str::to_string)
-                    .ok_or_else(|| rejected(&what(), a.fault()))?;
-                let b = self.call(Method::GET, &["stacks", name, &id], None).await?;
-                match b.status {
-                    StatusCode::NOT_FOUND => Ok(None),
-                    StatusCode::OK => {
-                        let info = self.stack(&b)?;
-                        // Soft-deleted: Heat still shows it by id.
-                        Ok((info.status != "DELETE_COMPLETE").then_some(info))
-                    }
-                    _ => Err(rejected(&what(), b.fault())),
-                }
+            StatusCode::OK => {
+                let info = self.stack(&a)?;
+                // Soft-deleted: Heat still shows it by id.
+                Ok((info.status != "DELETE_COMPLETE").then_some(info))
             }
-            _ => Err(rejected(&what(), a.fault())),
+            _ => Err(rejected(&format!("looking up stack {name}"), a.fault())),
         }
     }
 
