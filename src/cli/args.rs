@@ -85,12 +85,14 @@ impl EtcdArgs {
 #[derive(Debug, Clone, Args)]
 pub struct CatalogArgs {
     /// Gohan schema document (JSON, `{"schemas": [...]}`) naming the resource
-    /// types, their plurals and reference fields. Default: the built-in demo
+    /// types, their plurals, reference fields and heat templates
+    /// (`metadata.template_path`), as ESI's own. Default: the built-in demo
     /// schemas (network, subnet, port).
     #[arg(long, env = "ESI_SCHEMAS")]
     pub schemas: Option<PathBuf>,
     /// Template mappings (JSON, `{"heat_worker": {"<type>": <mapping>}}`):
-    /// which heat template each resource uses. Default: the built-in demo mappings.
+    /// which heat template each resource uses, overriding the schemas'
+    /// `metadata.template_path`. Default: those `template_path`s.
     #[arg(long, env = "ESI_TEMPLATE_MAPPINGS")]
     pub template_mappings: Option<PathBuf>,
 }
