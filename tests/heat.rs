@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use common::heat::TestHeat;
+use common::keystone::{self, TestKeystone};
 use common::*;
 
 const LB: &str = "05_load_balancer";
@@ -525,4 +526,136 @@ async fn chaos_worker_kill_on_heat() {
     ])
     .await;
     assert!(!ok && err.contains("sim engine"), "{err}");
+}
+
+/// A worker started as the OpenStack tools are: no --heat-url, credentials
+/// in the environment (and a `clouds.yaml` in its working directory).
+fn keystone_worker(
+    etcd: &str,
+    heat: &TestHeat,
+    catalog: &[String],
+    env: &[(&str, &str)],
+    cwd: &std::path::Path,
+) -> tokio::process::Child {
+    let environment = heat.environment_file();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_esi-reconciler"));
+    cmd.args([
+        "worker",
+        "--etcd-endpoints",
+        etcd,
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--engine",
+        "heat",
+        "--heat-auth",
+        "keystone",
+        "--heat-environment",
+    ])
+    .arg(environment)
+    .args(catalog)
+    .current_dir(cwd)
+    .env("ESI_LOG_LEVEL", "warn")
+    .env("HOME", cwd)
+    .kill_on_drop(true);
+    for k in [
+        "OS_CLOUD",
+        "OS_AUTH_URL",
+        "OS_USERNAME",
+        "OS_PASSWORD",
+        "OS_PROJECT_NAME",
+        "OS_AUTH_TYPE",
+    ] {
+        cmd.env_remove(k);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn the worker")
+}
+
+/// Keystone v3 for real: the worker authenticates with a password from the
+/// `OS_*` variables, then with an application credential from a
+/// `clouds.yaml` entry, and finds Heat in the catalog each time; a wrong
+/// password fails the job with Keystone's refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keystone_password_and_application_credential() {
+    let etcd = TestEtcd::start().await;
+    let heat = TestHeat::start().await;
+    let ks = TestKeystone::start().await;
+    ks.register_heat(&heat.url()).await;
+    let widgets = Widgets::install(&etcd).await;
+    let _r = reconciler(&etcd.url(), &widgets.catalog());
+    let home = tempfile::tempdir().unwrap();
+    let auth_url = ks.auth_url();
+    let converged = |id: &'static str| {
+        let etcd = &etcd;
+        async move {
+            eventually(
+                Duration::from_secs(60),
+                &format!("{id} converged"),
+                || async {
+                    let s = state(etcd, id).await?;
+                    (s["state"]["worker_state"] == "CREATE_COMPLETED").then_some(s)
+                },
+            )
+            .await
+        }
+    };
+
+    let password = [
+        ("OS_AUTH_URL", auth_url.as_str()),
+        ("OS_USERNAME", "admin"),
+        ("OS_PASSWORD", keystone::PASSWORD),
+        ("OS_PROJECT_NAME", "admin"),
+        ("OS_USER_DOMAIN_NAME", "Default"),
+        ("OS_PROJECT_DOMAIN_NAME", "Default"),
+        ("OS_REGION_NAME", keystone::REGION),
+    ];
+    let mut w = keystone_worker(
+        &etcd.url(),
+        &heat,
+        &widgets.catalog(),
+        &password,
+        home.path(),
+    );
+    Widgets::put(&etcd, "pw", 1, json!({"value": "by password"})).await;
+    converged("pw").await;
+    w.kill().await.unwrap();
+
+    let (id, secret) = ks.application_credential("esi-worker").await;
+    std::fs::write(
+        home.path().join("clouds.yaml"),
+        format!("clouds:\n  esi:\n    auth_type: v3applicationcredential\n    auth:\n      auth_url: {auth_url}\n      application_credential_id: {id}\n      application_credential_secret: {secret}\n    region_name: {}\n    interface: public\n", keystone::REGION),
+    )
+    .unwrap();
+    let mut w = keystone_worker(
+        &etcd.url(),
+        &heat,
+        &widgets.catalog(),
+        &[("OS_CLOUD", "esi")],
+        home.path(),
+    );
+    Widgets::put(
+        &etcd,
+        "ac",
+        1,
+        json!({"value": "by application credential"}),
+    )
+    .await;
+    converged("ac").await;
+    w.kill().await.unwrap();
+    let names: Vec<String> = heat.stacks().await.into_iter().map(|(n, ..)| n).collect();
+    assert_eq!(names, ["widget_ac", "widget_pw"]);
+
+    let mut wrong = password;
+    wrong[2] = ("OS_PASSWORD", "wrong");
+    let _w = keystone_worker(&etcd.url(), &heat, &widgets.catalog(), &wrong, home.path());
+    Widgets::put(&etcd, "no", 1, json!({"value": "refused"})).await;
+    let s = eventually(Duration::from_secs(60), "the job to fail", || async {
+        let s = state(&etcd, "no").await?;
+        (s["state"]["worker_state"] == "CREATE_FAILED").then_some(s)
+    })
+    .await;
+    let error = s["error"].as_str().unwrap();
+    assert!(error.contains("Keystone"), "{error}");
 }

@@ -12,6 +12,7 @@ use serde_json::Value;
 use tokio::process::{Child, Command};
 
 pub mod heat;
+pub mod keystone;
 pub mod pki;
 
 pub use esi_reconciler::store::embedded::EtcdProcess;
