@@ -659,3 +659,88 @@ async fn keystone_password_and_application_credential() {
     let error = s["error"].as_str().unwrap();
     assert!(error.contains("Keystone"), "{error}");
 }
+
+/// Templates mean here what they mean to Heat: the same YAML read by our
+/// loader and by Heat 19's own (`heat.common.template_format`) gives the
+/// same JSON. (Infinities and NaN are left out: JSON has none; they stay
+/// text here.)
+#[tokio::test]
+async fn yaml_reads_as_heat_reads_it() {
+    let scalars = [
+        "yes",
+        "Yes",
+        "YES",
+        "no",
+        "on",
+        "Off",
+        "y",
+        "n",
+        "true",
+        "False",
+        "~",
+        "null",
+        "Null",
+        "",
+        "017",
+        "08",
+        "0o17",
+        "0b101",
+        "0x_1F",
+        "1_000",
+        "+1",
+        "-0",
+        "1:30",
+        "-1:30.5",
+        "190:20:30",
+        "1e3",
+        "1.0e+3",
+        "1.",
+        ".5",
+        "-.5",
+        "2001-12-14",
+        "2001-12-14 21:59:43.10 -5",
+        "2001-12-14t21:59:43.10-05:00",
+        "12:60",
+        "port",
+        "0x",
+        "1__0",
+        "'017'",
+        "\"yes\"",
+        "!!str 017",
+        "!!int '12'",
+        "!!float '1'",
+        "!!bool 'yes'",
+        "9223372036854775807",
+    ];
+    let mut doc = String::from("heat_template_version: 2018-08-31\nvalues:\n");
+    for (i, v) in scalars.iter().enumerate() {
+        doc.push_str(&format!("  k{i}: {v}\n"));
+    }
+    doc.push_str("base: &b {a: 1, b: 2}\nmerged:\n  <<: *b\n  b: 3\nyes: key\n017: octal-key\n");
+    let ours = esi_reconciler::engine::yaml::load(&doc, &esi_reconciler::limits::Limits::default())
+        .unwrap();
+    let mut heat = tokio::process::Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; from heat.common import template_format as t; print(json.dumps(yaml.load(sys.stdin.read(), Loader=t.yaml_loader)))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("Heat's python (run .ci/deps)");
+    use tokio::io::AsyncWriteExt;
+    heat.stdin
+        .take()
+        .unwrap()
+        .write_all(doc.as_bytes())
+        .await
+        .unwrap();
+    let out = heat.wait_with_output().await.unwrap();
+    assert!(out.status.success());
+    let theirs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (i, v) in scalars.iter().enumerate() {
+        let k = format!("k{i}");
+        assert_eq!(ours["values"][&k], theirs["values"][&k], "{v}");
+    }
+    assert_eq!(ours, theirs);
+}

@@ -75,7 +75,8 @@ pub fn scalar(text: String, plain: bool, tag: Tagged) -> Result<Value, String> {
         }
         Tagged::Core(kind) => match (kind, resolve(&text)) {
             ("int", Some(v @ Value::Number(_))) if INT.is_match(&text) => Ok(v),
-            ("float", Some(Value::Number(n))) => Ok(Value::Number(n)),
+            // PyYAML's `float(text)`: `!!float 1` is 1.0.
+            ("float", _) if let Some(v) = float(&text) => Ok(v),
             ("bool", Some(v @ Value::Bool(_))) => Ok(v),
             ("null", Some(Value::Null)) => Ok(Value::Null),
             _ => Err(format!("{text:?} is not a YAML 1.1 {kind}")),
