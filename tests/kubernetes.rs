@@ -452,6 +452,51 @@ async fn the_chart_installs_and_its_service_account_suffices() {
     ] {
         assert!(rendered.contains(want), "rendered chart lacks {want:?}");
     }
+    // The worker on OpenStack Heat: Keystone credentials from a Secret's
+    // clouds.yaml (where osauth looks), the environment from a ConfigMap.
+    let (ok, heat, err) = cp
+        .helm(&[
+            "template",
+            "esi",
+            chart,
+            "--set",
+            "worker.engine=heat",
+            "--set",
+            "worker.heat.cloudsSecret=openstack",
+            "--set",
+            "worker.heat.cloud=prod",
+            "--set",
+            "worker.heat.environmentConfigMap=heat-env",
+        ])
+        .await;
+    assert!(ok, "helm template (heat): {err}");
+    for want in [
+        "--engine=heat",
+        "--heat-auth=keystone",
+        "--heat-environment=/etc/esi/heat/environment.yaml",
+        "name: OS_CLOUD",
+        "mountPath: /etc/openstack",
+        "secretName: openstack",
+        "configMap: {name: heat-env}",
+    ] {
+        assert!(heat.contains(want), "the heat worker lacks {want:?}");
+    }
+    assert!(!heat.contains("--sim-latency-ms") && !heat.contains("--heat-url"));
+    let (ok, _, err) = cp
+        .helm(&[
+            "template",
+            "esi",
+            chart,
+            "--set",
+            "worker.engine=heat",
+            "--set",
+            "worker.heat.auth=token",
+        ])
+        .await;
+    assert!(
+        !ok && err.contains("heat/auth"),
+        "values.schema.json did not reject auth=token: {err}"
+    );
     let (ok, _, err) = cp
         .helm(&["template", "esi", chart, "--set", "worker.slots=0"])
         .await;
