@@ -43,8 +43,9 @@ fn reconciler(etcd: &str, catalog: &[String]) -> Proc {
     spawn_args(&a)
 }
 
-fn heat_worker(etcd: &str, heat: &TestHeat, catalog: &[String], extra: &[&str]) -> Proc {
-    let env = heat.environment_file();
+/// `worker` flags for the Heat engine with `auth` (and the test
+/// environment), and the catalog.
+fn heat_worker_args(etcd: &str, heat: &TestHeat, catalog: &[String], auth: &[&str]) -> Vec<String> {
     let mut a: Vec<String> = [
         "worker",
         "--etcd-endpoints",
@@ -53,16 +54,25 @@ fn heat_worker(etcd: &str, heat: &TestHeat, catalog: &[String], extra: &[&str]) 
         "127.0.0.1:0",
         "--engine",
         "heat",
-        "--heat-auth",
-        "none",
-        "--heat-url",
-        &heat.url(),
         "--heat-environment",
-        &env.display().to_string(),
+        &heat.environment_file().display().to_string(),
     ]
     .map(String::from)
     .to_vec();
+    a.extend(auth.iter().map(|s| s.to_string()));
     a.extend_from_slice(catalog);
+    a
+}
+
+/// A worker on Heat's no-auth pipeline.
+fn heat_worker(etcd: &str, heat: &TestHeat, catalog: &[String], extra: &[&str]) -> Proc {
+    let url = heat.url();
+    let mut a = heat_worker_args(
+        etcd,
+        heat,
+        catalog,
+        &["--heat-auth", "none", "--heat-url", &url],
+    );
     a.extend(extra.iter().map(|s| s.to_string()));
     spawn_args(&a)
 }
@@ -154,31 +164,8 @@ async fn the_load_balancer_story_converges_on_real_heat() {
         stacks.iter().all(|(n, ..)| !n.ends_with(PORT)),
         "the seed port's stack is deleted"
     );
-    // The seed's records (3) heat_stacks, (5) /state, and (4) the job state
-    // written before it was removed: exactly the seed's.
-    let seed = |n: &str| read_json(seed_records().join(n))["value"].clone();
-    assert_eq!(
-        etcd.get_json(&format!("/esi-worker/heat_stacks/v2.0/ports/{PORT}"))
-            .await
-            .unwrap(),
-        seed("3_heat_stack.json")
-    );
-    assert_eq!(
-        etcd.get_json(&format!("/state/v2.0/ports/{PORT}"))
-            .await
-            .unwrap(),
-        seed("5_state.json")
-    );
-    let job_state_key = format!("/esi-worker/job_state/v2.0/ports/{PORT}");
-    let last: Value = rec
-        .events()
-        .await
-        .iter()
-        .filter(|(_, put, k, v)| *put && *k == job_state_key && v.len() > 2)
-        .map(|(.., v)| serde_json::from_slice(v).unwrap())
-        .next_back()
-        .unwrap();
-    assert_eq!(last, seed("4_job_state.json"));
+    // The seed port's records (3)-(5): exactly the seed's.
+    assert_seed_port_records(&etcd, &rec).await;
 }
 
 /// A type whose template is one `OS::Heat::TestResource`, so a test can
@@ -537,22 +524,13 @@ fn keystone_worker(
     env: &[(&str, &str)],
     cwd: &std::path::Path,
 ) -> tokio::process::Child {
-    let environment = heat.environment_file();
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_esi-reconciler"));
-    cmd.args([
-        "worker",
-        "--etcd-endpoints",
+    cmd.args(heat_worker_args(
         etcd,
-        "--metrics-addr",
-        "127.0.0.1:0",
-        "--engine",
-        "heat",
-        "--heat-auth",
-        "keystone",
-        "--heat-environment",
-    ])
-    .arg(environment)
-    .args(catalog)
+        heat,
+        catalog,
+        &["--heat-auth", "keystone"],
+    ))
     .current_dir(cwd)
     .env("ESI_LOG_LEVEL", "warn")
     .env("HOME", cwd)

@@ -79,26 +79,9 @@ async fn the_seed_scenario_yields_the_seed_records() {
     ] {
         assert_eq!(job[1][f], want[1][f], "{f}");
     }
-    // (3) and (5): exactly the seed's records.
-    assert_eq!(
-        etcd.get_json(&format!("/esi-worker/heat_stacks/v2.0/ports/{PORT}"))
-            .await
-            .unwrap(),
-        seed("3_heat_stack.json")
-    );
-    assert_eq!(
-        etcd.get_json(&state(PORT, "ports")).await.unwrap(),
-        seed("5_state.json")
-    );
-    // (4): the job state the worker wrote before removing it at the job's end.
+    // (3), (4) and (5): exactly the seed's records.
+    assert_seed_port_records(&etcd, &rec).await;
     let job_state_key = format!("/esi-worker/job_state/v2.0/ports/{PORT}");
-    let last: Value = events
-        .iter()
-        .filter(|(_, put, k, _)| *put && *k == job_state_key)
-        .map(|(.., v)| serde_json::from_slice(v).unwrap())
-        .next_back()
-        .unwrap();
-    assert_eq!(last, seed("4_job_state.json"));
     eventually(
         within,
         "job_state to be removed at the job's end",

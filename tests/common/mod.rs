@@ -435,6 +435,34 @@ pub async fn load_worker_results(etcd: &TestEtcd, scenario: &str, step: &str) {
     }
 }
 
+/// The seed port's records equal the seed's: (3) its heat stack record and
+/// (5) its `/state` as they stand, and (4) the last job state the worker
+/// wrote (it removes it at the job's end), from `rec`, a recorder that
+/// watched `/esi-worker/job_state/`.
+pub async fn assert_seed_port_records(etcd: &TestEtcd, rec: &Recorder) {
+    const PORT: &str = "db3bff62-cf93-48ce-8d6b-cfb2f7fd7dfc";
+    let seed = |n: &str| read_json(seed_records().join(n))["value"].clone();
+    for (key, record) in [
+        (
+            format!("/esi-worker/heat_stacks/v2.0/ports/{PORT}"),
+            "3_heat_stack.json",
+        ),
+        (format!("/state/v2.0/ports/{PORT}"), "5_state.json"),
+    ] {
+        assert_eq!(etcd.get_json(&key).await.unwrap(), seed(record), "{key}");
+    }
+    let job_state_key = format!("/esi-worker/job_state/v2.0/ports/{PORT}");
+    let last: Value = rec
+        .events()
+        .await
+        .iter()
+        .filter(|(_, put, k, _)| *put && *k == job_state_key)
+        .map(|(.., v)| serde_json::from_slice(v).unwrap())
+        .next_back()
+        .expect("the worker wrote the port's job state");
+    assert_eq!(last, seed("4_job_state.json"), "{job_state_key}");
+}
+
 /// The seed's world: the port, network and subnet templates; the converged
 /// network and subnet the port references; the seed's config of port
 /// `db3bff62-…` (v4, marked for deletion) and its state and stack at v3.

@@ -274,8 +274,10 @@ impl HeatEngine {
             let attempt = || async {
                 let session = self.session().await?;
                 let url = join(&session.base, path);
-                let mut req = session
-                    .client
+                // osauth adds the token (renewing it when it expires); the
+                // request itself is reqwest's, so its errors keep their cause.
+                let http = session.client.inner();
+                let mut req = http
                     .request(method.clone(), url.clone())
                     .header("Accept", "application/json")
                     .timeout(self.opts.request_timeout);
@@ -287,9 +289,17 @@ impl HeatEngine {
                 if let Some(b) = body {
                     req = req.json(b);
                 }
-                let resp = req.send_unchecked().await.map_err(|e| match e.kind() {
-                    ErrorKind::AuthenticationFailed | ErrorKind::InvalidConfig => auth_failure(e),
-                    _ => Failure::Transient(format!("Heat at {url}: {e}")),
+                let req = session
+                    .client
+                    .auth_type()
+                    .authenticate(http, req)
+                    .await
+                    .map_err(auth_failure)?;
+                let resp = req.send().await.map_err(|e| {
+                    Failure::Transient(format!(
+                        "Heat at {url}: {}",
+                        crate::store::client::one_line(&e)
+                    ))
                 })?;
                 let status = resp.status();
                 let body = self.read(resp).await?;
