@@ -380,6 +380,44 @@ async fn heat_killed_mid_stack_and_restarted() {
     );
 }
 
+/// heat-all frozen (SIGSTOP: connections accepted, nothing answered) while
+/// a stack is made, for longer than a request may take: the worker's
+/// requests time out and are retried, and once Heat thaws the job
+/// completes. No attempt fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heat_frozen_mid_stack_costs_no_failed_job() {
+    const SIGSTOP: i32 = 19;
+    const SIGCONT: i32 = 18;
+    let etcd = TestEtcd::start().await;
+    let heat = TestHeat::start().await;
+    let widgets = Widgets::install(&etcd).await;
+    let rec = Recorder::start(&etcd, "/state/").await;
+    let _r = reconciler(&etcd.url(), &widgets.catalog());
+    let _w = heat_worker(
+        &etcd.url(),
+        &heat,
+        &widgets.catalog(),
+        &["--heat-request-timeout-secs", "1"],
+    );
+    Widgets::put(&etcd, "w4", 1, json!({"value": "v", "wait_secs": 2})).await;
+    in_progress(&heat, "widget_w4").await;
+    heat.signal(SIGSTOP);
+    // Longer than a request may take (1 s), shorter than the retries (5).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    heat.signal(SIGCONT);
+    eventually(Duration::from_secs(60), "w4 converged", || async {
+        let s = state(&etcd, "w4").await?;
+        (s["state"]["worker_state"] == "CREATE_COMPLETED").then_some(s)
+    })
+    .await;
+    let failed = rec
+        .events()
+        .await
+        .iter()
+        .any(|(_, put, _, v)| *put && String::from_utf8_lossy(v).contains("_FAILED"));
+    assert!(!failed, "a frozen Heat cost a failed job");
+}
+
 /// The worker killed while Heat makes a stack: a new worker claims the job
 /// again, finds the stack (409 StackExists) and adopts it: one stack, the
 /// same id, created once.

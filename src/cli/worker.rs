@@ -119,6 +119,10 @@ pub struct HeatArgs {
     /// the cloud lacks. Template files it names are sent as `files`.
     #[arg(long, env = "ESI_HEAT_ENVIRONMENT")]
     pub heat_environment: Option<PathBuf>,
+    /// Heat engine: seconds one request to Heat may take; a request that
+    /// times out is retried (5 times, with backoff) before the call fails.
+    #[arg(long, env = "ESI_HEAT_REQUEST_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub heat_request_timeout_secs: u64,
 }
 
 impl HeatArgs {
@@ -139,6 +143,10 @@ impl HeatArgs {
         if let Some(e) = &self.heat_environment {
             a.extend(["--heat-environment".to_string(), e.display().to_string()]);
         }
+        a.extend([
+            "--heat-request-timeout-secs".to_string(),
+            self.heat_request_timeout_secs.to_string(),
+        ]);
         a
     }
 
@@ -154,6 +162,7 @@ impl HeatArgs {
             })?,
         };
         let mut opts = HeatOptions::new(self.heat_url.clone(), auth);
+        opts.request_timeout = Duration::from_secs(self.heat_request_timeout_secs);
         opts.max_answer_bytes = limits.record_bytes;
         if let Some(path) = &self.heat_environment {
             let (environment, files) = load_environment(path, &limits)?;
