@@ -418,6 +418,55 @@ async fn heat_frozen_mid_stack_costs_no_failed_job() {
     assert!(!failed, "a frozen Heat cost a failed job");
 }
 
+/// A "Heat" that accepts connections and never answers: the job fails
+/// within its own time (capped here to 3 s; each request would wait 30 s
+/// and be retried 5 times), the claim is not held forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heat_that_never_answers_fails_the_job_in_its_time() {
+    let etcd = TestEtcd::start().await;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1/admin", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut conns = vec![];
+        while let Ok((c, _)) = silent.accept().await {
+            conns.push(c);
+        }
+    });
+    let widgets = Widgets::install(&etcd).await;
+    let _r = reconciler(&etcd.url(), &widgets.catalog());
+    let mut a: Vec<String> = [
+        "worker",
+        "--etcd-endpoints",
+        &etcd.url(),
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--engine",
+        "heat",
+        "--heat-auth",
+        "none",
+        "--heat-url",
+        &url,
+        "--job-timeout-cap-secs",
+        "3",
+    ]
+    .map(String::from)
+    .to_vec();
+    a.extend(widgets.catalog());
+    let _w = spawn_args(&a);
+    Widgets::put(&etcd, "mute", 1, json!({"value": "v"})).await;
+    let s = eventually(Duration::from_secs(30), "the job to fail", || async {
+        let s = state(&etcd, "mute").await?;
+        (s["state"]["worker_state"] == "CREATE_FAILED").then_some(s)
+    })
+    .await;
+    let error = s["error"].as_str().unwrap();
+    assert!(
+        error.contains("timed out after 3 s waiting for the engine"),
+        "{error}"
+    );
+    held.abort();
+}
+
 /// The worker killed while Heat makes a stack: a new worker claims the job
 /// again, finds the stack (409 StackExists) and adopts it: one stack, the
 /// same id, created once.

@@ -135,13 +135,6 @@ impl<E: Engine> JobRunner<E> {
             Ok(w) => w,
             Err(reason) => return self.finish(c, Some(&r), reason, None).await,
         };
-        let started = match &work {
-            Work::Apply(spec) if c.id.action == JobAction::Create => {
-                self.engine.create_stack(spec).await
-            }
-            Work::Apply(spec) => self.engine.update_stack(spec).await,
-            Work::Delete(name) => self.engine.delete_stack(name).await,
-        };
         let timeout_mins = match &work {
             Work::Apply(s) => s.timeout_mins,
             Work::Delete(_) => self.timeout_mins(job),
@@ -150,15 +143,43 @@ impl<E: Engine> JobRunner<E> {
             Work::Apply(s) => s.name.clone(),
             Work::Delete(n) => n.clone(),
         };
-        let mut info = match started {
-            Ok(i) => i,
-            Err(e) => return self.finish(c, Some(&r), format!("engine: {e}"), None).await,
-        };
         let mut timeout = crate::clock::minutes(timeout_mins);
         if let Some(cap) = self.settings.timeout_cap {
             timeout = timeout.min(cap);
         }
+        // The job's time covers every engine call, the first included: an
+        // engine (or its Keystone) that accepts connections and never
+        // answers must not hold the claim forever.
         let deadline = crate::clock::deadline_in(timeout);
+        let timed_out = |waiting_for: &str| {
+            format!(
+                "timed out after {} s waiting for {waiting_for} (heat_timeout {timeout_mins} min)",
+                timeout.as_secs()
+            )
+        };
+        let start = async {
+            match &work {
+                Work::Apply(spec) if c.id.action == JobAction::Create => {
+                    self.engine.create_stack(spec).await
+                }
+                Work::Apply(spec) => self.engine.update_stack(spec).await,
+                Work::Delete(name) => self.engine.delete_stack(name).await,
+            }
+        };
+        let mut info = match tokio::time::timeout_at(deadline, start).await {
+            Ok(Ok(i)) => i,
+            Ok(Err(e)) => return self.finish(c, Some(&r), format!("engine: {e}"), None).await,
+            Err(_) => {
+                return self
+                    .finish(
+                        c,
+                        Some(&r),
+                        timed_out("the engine to accept the operation"),
+                        None,
+                    )
+                    .await;
+            }
+        };
         let mut delays = ExponentialBuilder::default()
             .with_min_delay(self.settings.poll_min)
             .with_max_delay(self.settings.poll_max)
@@ -177,13 +198,14 @@ impl<E: Engine> JobRunner<E> {
             if tokio::time::Instant::now() >= deadline {
                 let action = info.status.split('_').next().unwrap_or("STACK").to_string();
                 info.status = format!("{action}_FAILED");
-                info.reason = format!(
-                    "timed out after {} s waiting for the stack (heat_timeout {timeout_mins} min)",
-                    timeout.as_secs()
-                );
+                info.reason = timed_out("the stack");
                 break;
             }
-            info = match self.engine.get_stack(&name).await {
+            let Ok(seen) = tokio::time::timeout_at(deadline, self.engine.get_stack(&name)).await
+            else {
+                continue; // the deadline check above ends it
+            };
+            info = match seen {
                 Ok(Some(i)) => i,
                 Ok(None) if matches!(work, Work::Delete(_)) => StackInfo {
                     id: String::new(),

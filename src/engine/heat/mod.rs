@@ -183,7 +183,14 @@ impl HeatEngine {
     async fn session(&self) -> Result<&Session, Failure> {
         self.session
             .get_or_try_init(|| async {
-                let s = self.connect().await?;
+                let s = tokio::time::timeout(self.opts.request_timeout, self.connect())
+                    .await
+                    .map_err(|_| {
+                        Failure::Transient(format!(
+                            "Keystone did not answer within {:?}",
+                            self.opts.request_timeout
+                        ))
+                    })??;
                 tracing::info!(heat = %s.base, "Heat endpoint");
                 Ok(s)
             })
@@ -289,12 +296,18 @@ impl HeatEngine {
                 if let Some(b) = body {
                     req = req.json(b);
                 }
-                let req = session
-                    .client
-                    .auth_type()
-                    .authenticate(http, req)
-                    .await
-                    .map_err(auth_failure)?;
+                let req = tokio::time::timeout(
+                    self.opts.request_timeout,
+                    session.client.auth_type().authenticate(http, req),
+                )
+                .await
+                .map_err(|_| {
+                    Failure::Transient(format!(
+                        "Keystone did not renew the token within {:?}",
+                        self.opts.request_timeout
+                    ))
+                })?
+                .map_err(auth_failure)?;
                 let resp = req.send().await.map_err(|e| {
                     Failure::Transient(format!(
                         "Heat at {url}: {}",
