@@ -431,10 +431,10 @@ pub async fn inject(name: &str, c: &mut Ctx) -> anyhow::Result<()> {
             c.bump(10).await?;
             c.converged().await?;
             c.cluster.etcd.restart(first).await?;
-            c.cluster.etcd.wait_leader(c.within).await?;
-            // Wait until the restarted member serves again, then take the
-            // leader down once more.
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            // Once the restarted member is one of the quorum again (caught
+            // up, not merely listening: under load that takes a while),
+            // take the leader down once more.
+            c.cluster.etcd.wait_caught_up(first, c.within).await?;
             let second = c.cluster.etcd.wait_leader(c.within).await?;
             c.cluster.etcd.kill(second).await;
             c.bump(10).await?;

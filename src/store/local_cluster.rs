@@ -55,6 +55,8 @@ pub enum ClusterError {
     Snapshot(String),
     #[error("the cluster has no leader after {0:?}")]
     NoLeader(Duration),
+    #[error("member m{0} did not catch up with the leader within {1:?}")]
+    NotCaughtUp(usize, Duration),
 }
 
 impl LocalCluster {
@@ -154,6 +156,39 @@ impl LocalCluster {
             }
             if Instant::now() > deadline {
                 return Err(ClusterError::NoLeader(within));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until member `i` answers, follows a leader, and has applied
+    /// everything the leader had when this was first asked: a restarted
+    /// member that merely listens is not yet one of the quorum.
+    pub async fn wait_caught_up(&self, i: usize, within: Duration) -> Result<(), ClusterError> {
+        let deadline = crate::clock::deadline_in(within).into_std();
+        let url = self
+            .members
+            .get(i)
+            .map(LocalMember::client_url)
+            .unwrap_or_default();
+        let mut target: Option<u64> = None;
+        loop {
+            if target.is_none()
+                && let Some(l) = self.leader().await
+                && let Some(m) = self.members.get(l)
+                && let Ok(s) = status(&m.client_url()).await
+            {
+                target = Some(s.raft_index());
+            }
+            if let Some(t) = target
+                && let Ok(s) = status(&url).await
+                && s.leader() != 0
+                && s.raft_applied_index() >= t
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(ClusterError::NotCaughtUp(i, within));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
