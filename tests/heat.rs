@@ -386,8 +386,6 @@ async fn heat_killed_mid_stack_and_restarted() {
 /// completes. No attempt fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heat_frozen_mid_stack_costs_no_failed_job() {
-    const SIGSTOP: i32 = 19;
-    const SIGCONT: i32 = 18;
     let etcd = TestEtcd::start().await;
     let heat = TestHeat::start().await;
     let widgets = Widgets::install(&etcd).await;
@@ -401,10 +399,10 @@ async fn heat_frozen_mid_stack_costs_no_failed_job() {
     );
     Widgets::put(&etcd, "w4", 1, json!({"value": "v", "wait_secs": 2})).await;
     in_progress(&heat, "widget_w4").await;
-    heat.signal(SIGSTOP);
+    heat.signal(Signal::STOP);
     // Longer than a request may take (1 s), shorter than the retries (5).
     tokio::time::sleep(Duration::from_secs(4)).await;
-    heat.signal(SIGCONT);
+    heat.signal(Signal::CONT);
     eventually(Duration::from_secs(60), "w4 converged", || async {
         let s = state(&etcd, "w4").await?;
         (s["state"]["worker_state"] == "CREATE_COMPLETED").then_some(s)

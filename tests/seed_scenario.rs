@@ -168,7 +168,7 @@ async fn seed_scenario_issues_one_fenced_logical_delete() {
             .unwrap(),
         cfg
     );
-    reconciler.signal(15);
+    reconciler.signal(Signal::TERM);
     let status = tokio::time::timeout(Duration::from_secs(30), reconciler.child.wait())
         .await
         .expect("exits on SIGTERM")

@@ -177,7 +177,7 @@ async fn a_worker_that_loses_its_claim_writes_nothing() {
     .await;
     let reservation_a = etcd.get(&working_a).await.unwrap();
     // Freeze A mid-job: its lease lapses and etcd drops its claim.
-    a.signal(19); // SIGSTOP
+    a.signal(Signal::STOP);
     eventually(within, "A's claim to expire", || async {
         etcd.get(&working_a).await.is_none().then_some(())
     })
@@ -196,7 +196,7 @@ async fn a_worker_that_loses_its_claim_writes_nothing() {
     )
     .await;
     // Thaw A: it finds its claim gone and writes nothing.
-    a.signal(18); // SIGCONT
+    a.signal(Signal::CONT);
     let addr = format!("127.0.0.1:{a_port}");
     eventually(within, "A to notice its lost claim", || {
         let addr = addr.clone();
@@ -337,7 +337,7 @@ async fn sigterm_releases_running_jobs_after_the_grace_period() {
     })
     .await;
     let id = working.trim_start_matches("/jobs/working/").to_string();
-    w.signal(15); // SIGTERM
+    w.signal(Signal::TERM);
     let status = tokio::time::timeout(within, w.child.wait())
         .await
         .expect("worker exits after its grace period")

@@ -131,10 +131,10 @@ pub struct Memory {
 
 impl Memory {
     fn of(pid: Option<u32>) -> Memory {
-        let pid = pid.unwrap_or(0);
+        let status = pid.and_then(process).and_then(|p| p.status().ok());
         Memory {
-            rss_kib: proc_status(pid, "VmRSS:").unwrap_or(0),
-            anon_kib: proc_status(pid, "RssAnon:").unwrap_or(0),
+            rss_kib: status.as_ref().and_then(|s| s.vmrss).unwrap_or(0),
+            anon_kib: status.as_ref().and_then(|s| s.rssanon).unwrap_or(0),
         }
     }
 
@@ -150,20 +150,14 @@ impl Memory {
     }
 }
 
-fn proc_status(pid: u32, field: &str) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+fn process(pid: u32) -> Option<procfs::process::Process> {
+    procfs::process::Process::new(i32::try_from(pid).ok()?).ok()
 }
 
-/// utime + stime of a process, in seconds.
+/// utime + stime of a process, in seconds (at the kernel's tick rate).
 fn cpu_secs(pid: u32) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = s.rsplit_once(')')?.1;
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
+    let stat = process(pid)?.stat().ok()?;
+    Some((stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64)
 }
 
 async fn count(client: &Etcd, prefix: &str) -> anyhow::Result<usize> {
@@ -362,7 +356,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),
-        proc_status_mem().unwrap_or(0) / 1024,
+        mem_total_kib().unwrap_or(0) / 1024,
         std::process::Command::new("etcd")
             .arg("--version")
             .output()
@@ -506,11 +500,10 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     Ok(rep)
 }
 
-fn proc_status_mem() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+/// The machine's memory, in KiB.
+fn mem_total_kib() -> Option<u64> {
+    use procfs::Current;
+    Some(procfs::Meminfo::current().ok()?.mem_total / 1024)
 }
 
 /// When a change was seen in `ready/` and in `/state`.

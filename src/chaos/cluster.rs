@@ -39,20 +39,24 @@ impl Member {
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
     }
-    pub fn signal(&self, sig: i32) {
-        if let Some(pid) = self.child.id() {
-            // SAFETY: signalling our own child process.
-            unsafe { kill(pid as i32, sig) };
-        }
+    pub fn signal(&self, sig: Signal) {
+        signal(&self.child, sig);
     }
 }
 
-unsafe extern "C" {
-    fn kill(pid: i32, sig: i32) -> i32;
-}
+pub use rustix::process::Signal;
 
-pub const SIGSTOP: i32 = 19;
-pub const SIGCONT: i32 = 18;
+/// Sends `sig` to a child process that still runs (`Signal::STOP` freezes
+/// it with its connections open, `Signal::CONT` thaws it).
+pub fn signal(child: &Child, sig: Signal) {
+    if let Some(pid) = child
+        .id()
+        .and_then(|p| i32::try_from(p).ok())
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(pid, sig);
+    }
+}
 
 pub struct Cluster {
     pub etcd: LocalCluster,

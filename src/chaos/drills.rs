@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use etcd_client::GetOptions;
 use serde_json::{Value, json};
 
-use super::cluster::{Cluster, SIGCONT, SIGSTOP};
+use super::cluster::{Cluster, Signal};
 use super::ledger::{self, Entry, Ledger};
 use super::scenario::{Item, Scenario};
 use crate::esi::Catalog;
@@ -264,7 +264,7 @@ pub async fn inject(name: &str, c: &mut Ctx) -> anyhow::Result<()> {
         }
         "job-keys-deleted" => {
             // Slow the worker down so jobs sit in every slot, then delete by hand.
-            c.cluster.workers[0].signal(SIGSTOP);
+            c.cluster.workers[0].signal(Signal::STOP);
             c.bump(20).await?;
             c.wait_key("/jobs/ready/").await?;
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -277,7 +277,7 @@ pub async fn inject(name: &str, c: &mut Ctx) -> anyhow::Result<()> {
                     c.delete(k).await?
                 }
             }
-            c.cluster.workers[0].signal(SIGCONT);
+            c.cluster.workers[0].signal(Signal::CONT);
             let working = c.wait_key("/jobs/working/").await?;
             c.delete(&working).await?;
             c.notes.push(format!(
@@ -323,7 +323,7 @@ pub async fn inject(name: &str, c: &mut Ctx) -> anyhow::Result<()> {
         "compaction" => {
             // Freeze the reconciler, change things, compact and defragment
             // past its watch revision, then let it go on.
-            c.cluster.reconcilers[0].signal(SIGSTOP);
+            c.cluster.reconcilers[0].signal(Signal::STOP);
             c.bump(20).await?;
             let rev = crate::store::current_revision(&c.cluster.client).await?;
             c.cluster.client.compact(rev).await?;
@@ -334,7 +334,7 @@ pub async fn inject(name: &str, c: &mut Ctx) -> anyhow::Result<()> {
                 .maintenance_client()
                 .defragment()
                 .await?;
-            c.cluster.reconcilers[0].signal(SIGCONT);
+            c.cluster.reconcilers[0].signal(Signal::CONT);
             c.notes.push(format!(
                 "compacted at {rev} and defragmented while the reconciler was frozen"
             ));
@@ -354,10 +354,10 @@ pub async fn inject(name: &str, c: &mut Ctx) -> anyhow::Result<()> {
             c.cluster.opts.worker_args = plain;
             c.bump(20).await?;
             c.wait_key("/jobs/working/").await?;
-            c.cluster.workers[0].signal(SIGSTOP);
+            c.cluster.workers[0].signal(Signal::STOP);
             c.cluster.start_worker(false).await?;
             tokio::time::sleep(Duration::from_secs(5)).await;
-            c.cluster.workers[0].signal(SIGCONT);
+            c.cluster.workers[0].signal(Signal::CONT);
             c.notes.push("a worker hung 5 s mid-job, past its 3 s job timeout and 2 s lease; a second worker took over".into());
         }
         "engine-fails" => {
@@ -446,10 +446,10 @@ pub async fn inject(name: &str, c: &mut Ctx) -> anyhow::Result<()> {
             c.bump(10).await?;
             c.wait_key("/jobs/working/").await?;
             let leader = c.cluster.etcd.wait_leader(c.within).await?;
-            c.cluster.etcd.signal(leader, rustix::process::Signal::STOP);
+            c.cluster.etcd.signal(leader, Signal::STOP);
             c.bump(10).await?;
             tokio::time::sleep(Duration::from_secs(10)).await;
-            c.cluster.etcd.signal(leader, rustix::process::Signal::CONT);
+            c.cluster.etcd.signal(leader, Signal::CONT);
             c.notes.push(format!(
                 "etcd leader m{leader} frozen (SIGSTOP) for 10 s mid-jobs: it answers nothing and holds connections open"
             ));
@@ -517,12 +517,12 @@ pub async fn inject(name: &str, c: &mut Ctx) -> anyhow::Result<()> {
             ));
         }
         "replica-freeze" => {
-            c.cluster.reconcilers[0].signal(SIGSTOP);
+            c.cluster.reconcilers[0].signal(Signal::STOP);
             c.bump(30).await?;
             let gone = members_after(c, 2, MEMBER_TTL * 4).await?;
             // Converged by the other two while it is still frozen.
             c.converged().await?;
-            c.cluster.reconcilers[0].signal(SIGCONT);
+            c.cluster.reconcilers[0].signal(Signal::CONT);
             // Thawed, it registers again and acts on its share; whatever it
             // had in flight is fenced on the membership it lost.
             members_after(c, 3, MEMBER_TTL * 4).await?;

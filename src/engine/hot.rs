@@ -48,26 +48,32 @@ pub fn parse(text: &str, limits: &Limits) -> Result<Value, HotError> {
     Ok(doc)
 }
 
-/// A stable, UUID-shaped id for `resource` of `stack` (FNV-1a, so it is the
-/// same on every run and every machine).
+/// A stable, UUID-shaped id for `resource` of `stack`: two FNV-1a hashes
+/// (so it is the same on every run and every machine) laid out as a v4
+/// UUID's bits. The layout is pinned by a test: ids already in use (sim
+/// stacks, Kubernetes mirror names) must not change.
 pub fn stable_id(stack: &str, resource: &str) -> String {
     let h = |seed: u64| {
         let mut x: u64 = 0xcbf29ce484222325 ^ seed;
         for b in stack.bytes().chain([0]).chain(resource.bytes()) {
-            x ^= b as u64;
+            x ^= u64::from(b);
             x = x.wrapping_mul(0x100000001b3);
         }
         x
     };
-    let (a, b) = (h(1), h(2));
-    format!(
-        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0xfff,
-        b >> 52,
-        b & 0xffff_ffff_ffff
-    )
+    let (a, b) = (u128::from(h(1)), u128::from(h(2)));
+    // 48 bits of `a`, the version nibble, 12 more bits of `a`; the variant
+    // nibble, 12 bits of `b`'s top, then `b`'s low 48 bits.
+    let bits = (a >> 16) << 80
+        | 0x4000 << 64
+        | (a & 0xfff) << 64
+        | 0x8000 << 48
+        | (b >> 52) << 48
+        | (b & 0xffff_ffff_ffff);
+    uuid::Builder::from_random_bytes(bits.to_be_bytes())
+        .into_uuid()
+        .hyphenated()
+        .to_string()
 }
 
 /// What an output's intrinsic functions can see.
@@ -332,6 +338,15 @@ mod tests {
         );
         let id = eval(&json!({"get_resource": "vmi"}), &s);
         assert_eq!(id, json!(stable_id("port_p1", "vmi")));
+        // The ids in use stay what they were.
+        assert_eq!(
+            stable_id("port_p1", "vmi"),
+            "31fd98c8-670b-45db-82a2-0b1be1ef06aa"
+        );
+        assert_eq!(
+            stable_id("chaos-network", "0"),
+            "a7468b6c-788f-4943-8cd2-0407d977131a"
+        );
         assert_ne!(id, json!(stable_id("port_p2", "vmi")));
         assert_eq!(
             eval(

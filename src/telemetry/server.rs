@@ -92,20 +92,22 @@ pub fn is_ready(ready: &AtomicBool) -> bool {
 }
 
 /// GETs `path` from one of these servers (`addr` is host:port) and returns
-/// the status and body: a minimal client for probes, drills and tests.
+/// the status and body, for probes, drills and tests. No connection is
+/// kept idle: callers run on many runtimes (one per test), and a pooled
+/// connection belongs to the runtime that opened it.
 pub async fn fetch(addr: &str, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+    static CLIENT: std::sync::LazyLock<reqwest::Client> = std::sync::LazyLock::new(|| {
+        reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap_or_default()
+    });
+    let resp = CLIENT
+        .get(format!("http://{addr}{path}"))
+        .send()
         .await
         .ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((status, body))
+    let status = resp.status().as_u16();
+    Some((status, resp.text().await.ok()?))
 }

@@ -106,14 +106,10 @@ impl TestHeat {
 
     /// Sends `sig` to heat-all (SIGSTOP freezes it with its connections
     /// open, SIGCONT thaws it).
-    pub fn signal(&self, sig: i32) {
-        let pid = self
-            .child
-            .as_ref()
-            .and_then(Child::id)
-            .expect("heat-all runs") as i32;
-        // SAFETY: sending a signal to our own child process.
-        unsafe { super::libc_kill(pid, sig) };
+    pub fn signal(&self, sig: super::Signal) {
+        if let Some(c) = &self.child {
+            esi_reconciler::chaos::cluster::signal(c, sig);
+        }
     }
 
     /// Starts heat-all again on the same port and database.

@@ -174,17 +174,12 @@ impl Proc {
         self.child.kill().await.unwrap();
     }
 
-    pub fn signal(&self, sig: i32) {
-        let pid = self.child.id().expect("running") as i32;
-        // SAFETY: sending a signal to our own child process.
-        unsafe { libc_kill(pid, sig) };
+    pub fn signal(&self, sig: Signal) {
+        esi_reconciler::chaos::cluster::signal(&self.child, sig);
     }
 }
 
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
-}
+pub use esi_reconciler::chaos::cluster::Signal;
 
 /// Runs the binary to completion and returns (status, stdout, stderr).
 pub async fn cli(args: &[&str]) -> (bool, String, String) {
