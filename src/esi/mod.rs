@@ -2,7 +2,7 @@
 //! mapping engine that turns a config into a heat worker job.
 //!
 //! Everything here is pure: no I/O, no clocks. The reconciler and the CLI use
-//! these types to speak the protocol byte for byte (see DESIGN.md §2).
+//! these types to speak the protocol byte for byte (the key forms are in `keys`, the records in `records`).
 
 #![cfg_attr(
     not(test),

@@ -1,4 +1,4 @@
-//! serde types for every record of the ESI etcd protocol (DESIGN.md §2).
+//! serde types for every record of the ESI etcd protocol.
 //!
 //! Each record keeps the fields it does not know in `extra`, so reading and
 //! writing a record never loses what another ESI component put there.

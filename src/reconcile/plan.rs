@@ -1,7 +1,7 @@
 //! The planning step: a pure function from what is observed of one resource
 //! to the actions that move it toward what its config asks for.
 //!
-//! Desired target (DESIGN.md §3):
+//! Desired target (the README's "What it is"):
 //! - config present, not marked: `/state` at the config's version with
 //!   `CREATE_COMPLETED`/`MODIFY_COMPLETED` and no error;
 //! - config marked for deletion: `/state` at the config's version with

@@ -3,7 +3,7 @@
 //! create them (`esi-reconciler etcd-roles`).
 //!
 //! The split follows who owns which records in the ESI protocol
-//! (DESIGN.md §2): Gohan owns `/config`, the reconciler (ESI's Job Manager)
+//! (`esi::keys`): Gohan owns `/config`, the reconciler (ESI's Job Manager)
 //! owns the job queue and its own `/esi-reconciler` records, the worker owns
 //! its claims, `/esi-worker/…` and `/state`. Each process may read what it
 //! plans or acts from, and write only what it owns, so a stolen worker
