@@ -234,6 +234,32 @@ async fn state(etcd: &TestEtcd, id: &str) -> Option<Value> {
     etcd.get_json(&format!("/state/v2.0/widgets/{id}")).await
 }
 
+/// Waits until widget `id`'s `/state` has `worker_state` (and, for a
+/// completed one, no error); returns it.
+async fn wait_widget(etcd: &TestEtcd, id: &str, worker_state: &str) -> Value {
+    let completed = worker_state.ends_with("_COMPLETED");
+    eventually(
+        Duration::from_secs(60),
+        &format!("widget {id} {worker_state}"),
+        || async {
+            let s = state(etcd, id).await?;
+            (s["state"]["worker_state"] == worker_state && (!completed || s["error"] == ""))
+                .then_some(s)
+        },
+    )
+    .await
+}
+
+/// What most widget tests start from: an etcd with the widget template, a
+/// Heat, and a reconciler reading the widget catalog.
+async fn widget_world() -> (TestEtcd, TestHeat, Widgets, Proc) {
+    let etcd = TestEtcd::start().await;
+    let heat = TestHeat::start().await;
+    let widgets = Widgets::install(&etcd).await;
+    let reconciler = reconciler(&etcd.url(), &widgets.catalog());
+    (etcd, heat, widgets, reconciler)
+}
+
 /// Waits until Heat shows the stack in progress; returns its id.
 async fn in_progress(heat: &TestHeat, name: &str) -> String {
     eventually(Duration::from_secs(60), "the stack in progress", || async {
@@ -250,11 +276,8 @@ async fn in_progress(heat: &TestHeat, name: &str) -> String {
 /// updated into shape.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_stack_backs_off_and_recovers() {
-    let etcd = TestEtcd::start().await;
-    let heat = TestHeat::start().await;
-    let widgets = Widgets::install(&etcd).await;
+    let (etcd, heat, widgets, _r) = widget_world().await;
     let rec = Recorder::start(&etcd, "/state/").await;
-    let _r = reconciler(&etcd.url(), &widgets.catalog());
     let _w = heat_worker(&etcd.url(), &heat, &widgets.catalog(), &[]);
     Widgets::put(&etcd, "w1", 1, json!({"value": "one", "fail": true})).await;
     let failed = eventually(
@@ -311,10 +334,7 @@ async fn a_failing_stack_backs_off_and_recovers() {
 /// stands in for `heat_timeout`, which is whole minutes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stack_that_outlives_its_timeout_fails_the_job() {
-    let etcd = TestEtcd::start().await;
-    let heat = TestHeat::start().await;
-    let widgets = Widgets::install(&etcd).await;
-    let _r = reconciler(&etcd.url(), &widgets.catalog());
+    let (etcd, heat, widgets, _r) = widget_world().await;
     let _w = heat_worker(
         &etcd.url(),
         &heat,
@@ -322,11 +342,7 @@ async fn a_stack_that_outlives_its_timeout_fails_the_job() {
         &["--job-timeout-cap-secs", "2"],
     );
     Widgets::put(&etcd, "slow", 1, json!({"value": "v", "wait_secs": -1})).await;
-    let s = eventually(Duration::from_secs(60), "the job to time out", || async {
-        let s = state(&etcd, "slow").await?;
-        (s["state"]["worker_state"] == "CREATE_FAILED").then_some(s)
-    })
-    .await;
+    let s = wait_widget(&etcd, "slow", "CREATE_FAILED").await;
     let error = s["error"].as_str().unwrap();
     assert!(error.contains("timed out"), "{error}");
     // Heat is still at it: the job failed, not the stack.
@@ -340,20 +356,13 @@ async fn a_stack_that_outlives_its_timeout_fails_the_job() {
 /// same stack.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heat_killed_mid_stack_and_restarted() {
-    let etcd = TestEtcd::start().await;
-    let mut heat = TestHeat::start().await;
-    let widgets = Widgets::install(&etcd).await;
+    let (etcd, mut heat, widgets, _r) = widget_world().await;
     let rec = Recorder::start(&etcd, "/state/").await;
-    let _r = reconciler(&etcd.url(), &widgets.catalog());
     let _w = heat_worker(&etcd.url(), &heat, &widgets.catalog(), &[]);
     Widgets::put(&etcd, "w2", 1, json!({"value": "v", "wait_secs": 3})).await;
     let id = in_progress(&heat, "widget_w2").await;
     heat.restart().await;
-    let s = eventually(Duration::from_secs(90), "w2 converged", || async {
-        let s = state(&etcd, "w2").await?;
-        (s["error"] == "" && s["state"]["worker_state"] == "CREATE_COMPLETED").then_some(s)
-    })
-    .await;
+    let s = wait_widget(&etcd, "w2", "CREATE_COMPLETED").await;
     let shown = heat.stack("widget_w2").await.unwrap();
     assert_eq!(
         shown["id"],
@@ -386,11 +395,8 @@ async fn heat_killed_mid_stack_and_restarted() {
 /// completes. No attempt fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heat_frozen_mid_stack_costs_no_failed_job() {
-    let etcd = TestEtcd::start().await;
-    let heat = TestHeat::start().await;
-    let widgets = Widgets::install(&etcd).await;
+    let (etcd, heat, widgets, _r) = widget_world().await;
     let rec = Recorder::start(&etcd, "/state/").await;
-    let _r = reconciler(&etcd.url(), &widgets.catalog());
     let _w = heat_worker(
         &etcd.url(),
         &heat,
@@ -403,11 +409,7 @@ async fn heat_frozen_mid_stack_costs_no_failed_job() {
     // Longer than a request may take (1 s), shorter than the retries (5).
     tokio::time::sleep(Duration::from_secs(4)).await;
     heat.signal(Signal::CONT);
-    eventually(Duration::from_secs(60), "w4 converged", || async {
-        let s = state(&etcd, "w4").await?;
-        (s["state"]["worker_state"] == "CREATE_COMPLETED").then_some(s)
-    })
-    .await;
+    wait_widget(&etcd, "w4", "CREATE_COMPLETED").await;
     let failed = rec
         .events()
         .await
@@ -452,11 +454,7 @@ async fn a_heat_that_never_answers_fails_the_job_in_its_time() {
     a.extend(widgets.catalog());
     let _w = spawn_args(&a);
     Widgets::put(&etcd, "mute", 1, json!({"value": "v"})).await;
-    let s = eventually(Duration::from_secs(30), "the job to fail", || async {
-        let s = state(&etcd, "mute").await?;
-        (s["state"]["worker_state"] == "CREATE_FAILED").then_some(s)
-    })
-    .await;
+    let s = wait_widget(&etcd, "mute", "CREATE_FAILED").await;
     let error = s["error"].as_str().unwrap();
     assert!(
         error.contains("timed out after 3 s waiting for the engine"),
@@ -470,21 +468,14 @@ async fn a_heat_that_never_answers_fails_the_job_in_its_time() {
 /// same id, created once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_killed_mid_stack_and_the_stack_adopted() {
-    let etcd = TestEtcd::start().await;
-    let heat = TestHeat::start().await;
-    let widgets = Widgets::install(&etcd).await;
-    let _r = reconciler(&etcd.url(), &widgets.catalog());
+    let (etcd, heat, widgets, _r) = widget_world().await;
     let lease = ["--lease-ttl-secs", "2"];
     let mut first = heat_worker(&etcd.url(), &heat, &widgets.catalog(), &lease);
     Widgets::put(&etcd, "w3", 1, json!({"value": "v", "wait_secs": 4})).await;
     let id = in_progress(&heat, "widget_w3").await;
     first.sigkill().await;
     let _second = heat_worker(&etcd.url(), &heat, &widgets.catalog(), &lease);
-    let s = eventually(Duration::from_secs(60), "w3 converged", || async {
-        let s = state(&etcd, "w3").await?;
-        (s["error"] == "" && s["state"]["worker_state"] == "CREATE_COMPLETED").then_some(s)
-    })
-    .await;
+    let s = wait_widget(&etcd, "w3", "CREATE_COMPLETED").await;
     let shown = heat.stack("widget_w3").await.unwrap();
     assert_eq!(shown["id"], json!(id), "adopted, not made again");
     assert_eq!(
@@ -642,29 +633,11 @@ fn keystone_worker(
 /// password fails the job with Keystone's refusal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keystone_password_and_application_credential() {
-    let etcd = TestEtcd::start().await;
-    let heat = TestHeat::start().await;
+    let (etcd, heat, widgets, _r) = widget_world().await;
     let ks = TestKeystone::start().await;
     ks.register_heat(&heat.url()).await;
-    let widgets = Widgets::install(&etcd).await;
-    let _r = reconciler(&etcd.url(), &widgets.catalog());
     let home = tempfile::tempdir().unwrap();
     let auth_url = ks.auth_url();
-    let converged = |id: &'static str| {
-        let etcd = &etcd;
-        async move {
-            eventually(
-                Duration::from_secs(60),
-                &format!("{id} converged"),
-                || async {
-                    let s = state(etcd, id).await?;
-                    (s["state"]["worker_state"] == "CREATE_COMPLETED").then_some(s)
-                },
-            )
-            .await
-        }
-    };
-
     let password = [
         ("OS_AUTH_URL", auth_url.as_str()),
         ("OS_USERNAME", "admin"),
@@ -682,7 +655,7 @@ async fn keystone_password_and_application_credential() {
         home.path(),
     );
     Widgets::put(&etcd, "pw", 1, json!({"value": "by password"})).await;
-    converged("pw").await;
+    wait_widget(&etcd, "pw", "CREATE_COMPLETED").await;
     w.kill().await.unwrap();
 
     let (id, secret) = ks.application_credential("esi-worker").await;
@@ -705,7 +678,7 @@ async fn keystone_password_and_application_credential() {
         json!({"value": "by application credential"}),
     )
     .await;
-    converged("ac").await;
+    wait_widget(&etcd, "ac", "CREATE_COMPLETED").await;
     w.kill().await.unwrap();
     let names: Vec<String> = heat.stacks().await.into_iter().map(|(n, ..)| n).collect();
     assert_eq!(names, ["widget_ac", "widget_pw"]);
@@ -714,11 +687,7 @@ async fn keystone_password_and_application_credential() {
     wrong[2] = ("OS_PASSWORD", "wrong");
     let _w = keystone_worker(&etcd.url(), &heat, &widgets.catalog(), &wrong, home.path());
     Widgets::put(&etcd, "no", 1, json!({"value": "refused"})).await;
-    let s = eventually(Duration::from_secs(60), "the job to fail", || async {
-        let s = state(&etcd, "no").await?;
-        (s["state"]["worker_state"] == "CREATE_FAILED").then_some(s)
-    })
-    .await;
+    let s = wait_widget(&etcd, "no", "CREATE_FAILED").await;
     let error = s["error"].as_str().unwrap();
     assert!(error.contains("Keystone"), "{error}");
 }
@@ -782,7 +751,7 @@ async fn yaml_reads_as_heat_reads_it() {
     doc.push_str("base: &b {a: 1, b: 2}\nmerged:\n  <<: *b\n  b: 3\nyes: key\n017: octal-key\n");
     let ours = esi_reconciler::engine::yaml::load(&doc, &esi_reconciler::limits::Limits::default())
         .unwrap();
-    let mut heat = tokio::process::Command::new("/usr/bin/python3")
+    let mut heat = tokio::process::Command::new(DEBIAN_PYTHON)
         .args([
             "-c",
             "import json, sys, yaml; from heat.common import template_format as t; print(json.dumps(yaml.load(sys.stdin.read(), Loader=t.yaml_loader)))",

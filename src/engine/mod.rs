@@ -49,6 +49,16 @@ pub struct StackInfo {
 }
 
 impl StackInfo {
+    /// A stack that does not exist: deleting it is already done.
+    pub fn gone(name: &str) -> StackInfo {
+        StackInfo {
+            id: String::new(),
+            name: name.to_string(),
+            status: "DELETE_COMPLETE".into(),
+            reason: "Stack does not exist".into(),
+            outputs: vec![],
+        }
+    }
     pub fn is_terminal(&self) -> bool {
         !self.status.ends_with("_IN_PROGRESS")
     }

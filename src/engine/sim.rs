@@ -299,13 +299,7 @@ impl Engine for SimEngine {
     async fn delete_stack(&self, name: &str) -> Result<StackInfo, EngineError> {
         let (prev, version) = self.load_versioned(name).await?;
         match &prev {
-            None => Ok(StackInfo {
-                id: String::new(),
-                name: name.to_string(),
-                status: "DELETE_COMPLETE".into(),
-                reason: "Stack does not exist".into(),
-                outputs: vec![],
-            }),
+            None => Ok(StackInfo::gone(name)),
             Some(p)
                 if p.action == "DELETE"
                     && p.outcome == "COMPLETE"

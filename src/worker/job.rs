@@ -207,13 +207,7 @@ impl<E: Engine> JobRunner<E> {
             };
             info = match seen {
                 Ok(Some(i)) => i,
-                Ok(None) if matches!(work, Work::Delete(_)) => StackInfo {
-                    id: String::new(),
-                    name: name.clone(),
-                    status: "DELETE_COMPLETE".into(),
-                    reason: String::new(),
-                    outputs: vec![],
-                },
+                Ok(None) if matches!(work, Work::Delete(_)) => StackInfo::gone(&name),
                 Ok(None) => {
                     return self
                         .finish(c, Some(&r), format!("stack {name} vanished"), None)

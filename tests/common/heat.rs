@@ -13,9 +13,7 @@ use tokio::process::{Child, Command};
 
 use super::{eventually, free_port};
 
-/// Debian's Python: a python3 earlier on PATH (pyenv, a venv) cannot
-/// import heat.
-const PYTHON: &str = "/usr/bin/python3";
+use super::DEBIAN_PYTHON as PYTHON;
 
 pub struct TestHeat {
     pub port: u16,
@@ -31,14 +29,7 @@ pub const ENVIRONMENT: &str = "resource_registry:\n  \"OS::Contrail::*\": OS::He
 impl TestHeat {
     /// Starts Heat and waits until its API answers.
     pub async fn start() -> TestHeat {
-        assert!(
-            std::process::Command::new(PYTHON)
-                .args(["-c", "import heat"])
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success()),
-            "Heat is not installed: run .ci/deps (it installs Debian's python3-heat)"
-        );
+        super::require_python_module("heat", "python3-heat");
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         write_config(dir.path(), port);

@@ -12,7 +12,7 @@ use tokio::process::{Child, Command};
 
 use super::{eventually, free_port};
 
-const PYTHON: &str = "/usr/bin/python3";
+use super::DEBIAN_PYTHON as PYTHON;
 pub const PASSWORD: &str = "s3cret-admin";
 pub const REGION: &str = "RegionOne";
 
@@ -25,14 +25,7 @@ pub struct TestKeystone {
 
 impl TestKeystone {
     pub async fn start() -> TestKeystone {
-        assert!(
-            std::process::Command::new(PYTHON)
-                .args(["-c", "import keystone"])
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success()),
-            "Keystone is not installed: run .ci/deps (it installs Debian's python3-keystone)"
-        );
+        super::require_python_module("keystone", "python3-keystone");
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let d = dir.path().display().to_string();

@@ -430,6 +430,23 @@ pub async fn load_worker_results(etcd: &TestEtcd, scenario: &str, step: &str) {
     }
 }
 
+/// Debian's Python: a python3 earlier on PATH (pyenv, a venv) cannot
+/// import Debian's OpenStack packages.
+pub const DEBIAN_PYTHON: &str = "/usr/bin/python3";
+
+/// Panics with what to run when Debian's `package` (Python `module`) is
+/// missing: a test needing a real component says so, never skips.
+pub fn require_python_module(module: &str, package: &str) {
+    assert!(
+        std::process::Command::new(DEBIAN_PYTHON)
+            .args(["-c", &format!("import {module}")])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success()),
+        "{module} is not installed: run .ci/deps (it installs Debian's {package})"
+    );
+}
+
 /// The seed port's records equal the seed's: (3) its heat stack record and
 /// (5) its `/state` as they stand, and (4) the last job state the worker
 /// wrote (it removes it at the job's end), from `rec`, a recorder that

@@ -449,16 +449,6 @@ fn in_progress(name: &str, id: String, action: &str) -> StackInfo {
     }
 }
 
-fn gone(name: &str) -> StackInfo {
-    StackInfo {
-        id: String::new(),
-        name: name.to_string(),
-        status: "DELETE_COMPLETE".into(),
-        reason: "Stack does not exist".into(),
-        outputs: vec![],
-    }
-}
-
 impl Engine for HeatEngine {
     async fn create_stack(&self, spec: &StackSpec) -> Result<StackInfo, EngineError> {
         self.create(spec).await
@@ -478,7 +468,7 @@ impl Engine for HeatEngine {
 
     async fn delete_stack(&self, name: &str) -> Result<StackInfo, EngineError> {
         let Some(s) = self.find(name).await? else {
-            return Ok(gone(name));
+            return Ok(StackInfo::gone(name));
         };
         if s.status == "DELETE_IN_PROGRESS" {
             return Ok(s);
@@ -489,7 +479,7 @@ impl Engine for HeatEngine {
             .call(Method::DELETE, &["stacks", name, &s.id], None)
             .await?;
         match a.status {
-            StatusCode::NOT_FOUND => Ok(gone(name)),
+            StatusCode::NOT_FOUND => Ok(StackInfo::gone(name)),
             st if st.is_success() => Ok(in_progress(name, s.id, "DELETE")),
             _ => Err(rejected(&format!("deleting stack {name}"), a.fault())),
         }
