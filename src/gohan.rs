@@ -12,7 +12,7 @@
     )
 )]
 use crate::store::Etcd;
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use crate::store::txn::{Cond, Fenced, Kv, Op};
 use serde_json::{Map, Value};
 
 use crate::esi::records::{self, Body, ConfigRecord, RecordError};
@@ -75,10 +75,11 @@ async fn write_fenced(
     rec: &ConfigRecord,
 ) -> Result<bool, GohanError> {
     let value = serde_json::to_vec(rec).unwrap_or_default();
-    let txn = Txn::new()
-        .when(vec![Compare::mod_revision(key, CompareOp::Equal, rev)])
-        .and_then(vec![TxnOp::put(key, value, None)]);
-    Ok(client.txn(txn).await?.succeeded())
+    let txn = Fenced::new(
+        vec![Cond::ModRev(key.to_string(), rev)],
+        vec![Op::put(key, value)],
+    );
+    Ok(client.commit(&txn).await?.succeeded)
 }
 
 /// Creates or updates the config at `key` with `body`; `marked` marks it

@@ -16,6 +16,7 @@ fn opts(page_size: i64) -> MirrorOptions {
         end: "/state0".into(),
         page_size,
         list_prefixes: vec![],
+        from: None,
     }
 }
 

@@ -6,7 +6,6 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use etcd_client::{EventType, WatchOptions};
 use serde_json::json;
 
 use common::*;
@@ -46,40 +45,7 @@ async fn two_reconcilers_never_duplicate_a_job() {
     etcd.put_json("/esi-worker/heat_stacks/v2.0/subnets/s1", &json!({"id": "x", "stack_status": "CREATE_COMPLETE", "output": [{"output_key": "id", "output_value": "s1"}]})).await;
 
     // Record every job ever created, from before the reconcilers start.
-    let mut stream = etcd
-        .client
-        .watch("/jobs/all/", Some(WatchOptions::new().with_prefix()))
-        .await
-        .unwrap()
-        .stream;
-    let created = tokio::spawn(async move {
-        let mut seen: HashMap<(String, String, u64, String), Vec<String>> = HashMap::new();
-        while let Ok(Ok(Some(resp))) =
-            tokio::time::timeout(Duration::from_secs(8), stream.message()).await
-        {
-            for ev in resp.events() {
-                if ev.event_type() == EventType::Put && ev.kv().unwrap().version() == 1 {
-                    let key = ev
-                        .kv()
-                        .unwrap()
-                        .key_str()
-                        .unwrap()
-                        .trim_start_matches("/jobs/all/")
-                        .to_string();
-                    let id: JobId = key.parse().unwrap();
-                    seen.entry((
-                        id.resource_type,
-                        id.resource_id,
-                        id.version,
-                        id.action.to_string(),
-                    ))
-                    .or_default()
-                    .push(key);
-                }
-            }
-        }
-        seen
-    });
+    let recorder = Recorder::start(&etcd, "/jobs/all/").await;
 
     let start = |port: u16| {
         let mut a = vec![
@@ -134,7 +100,21 @@ async fn two_reconcilers_never_duplicate_a_job() {
         },
     )
     .await;
-    let seen = created.await.unwrap();
+    // Job keys are unique (a random suffix): a key's first put creates it.
+    let mut seen: HashMap<(String, String, u64, String), Vec<String>> = HashMap::new();
+    for (_, put, key, _) in recorder.events().await {
+        let id: JobId = key.trim_start_matches("/jobs/all/").parse().unwrap();
+        let tuple = (
+            id.resource_type,
+            id.resource_id,
+            id.version,
+            id.action.to_string(),
+        );
+        let keys = seen.entry(tuple).or_default();
+        if put && !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
     let dups: Vec<_> = seen.iter().filter(|(_, keys)| keys.len() > 1).collect();
     assert!(dups.is_empty(), "duplicate jobs: {dups:?}");
     assert!(seen.len() >= PORTS);

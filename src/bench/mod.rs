@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::store::Etcd;
-use etcd_client::{Compare, CompareOp, EventType, GetOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use serde::Serialize;
 use serde_json::json;
 use tokio::process::{Child, Command};
@@ -19,8 +19,11 @@ use tokio::sync::Mutex;
 use crate::chaos::scenario::Scenario;
 use crate::esi::Catalog;
 use crate::reconcile::snapshot;
+use crate::store::Change;
 use crate::store::embedded::EtcdProcess;
+use crate::store::mirror::{self, MirrorEvent, MirrorOptions};
 use crate::store::{EtcdOptions, connect_checked};
+use futures::StreamExt;
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -517,24 +520,24 @@ async fn steady(
     opts: &BenchOptions,
 ) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     let seen: Arc<Mutex<HashMap<String, Seen>>> = Arc::default();
-    let mut stream = client
-        .watch(
-            "/jobs/ready/",
-            Some(WatchOptions::new().with_range("/state0")),
-        )
-        .await?
-        .stream;
+    let from = crate::store::current_revision(client).await?;
+    let span = MirrorOptions {
+        start: "/jobs/ready/".into(),
+        end: "/state0".into(),
+        ..MirrorOptions::prefix("/jobs/ready/")
+    };
+    let mut stream = mirror::stream(client.clone(), span.after(from));
     let s = seen.clone();
     let watcher = tokio::spawn(async move {
-        while let Ok(Some(resp)) = stream.message().await {
+        while let Some(ev) = stream.next().await {
+            let MirrorEvent::Changes { changes, .. } = ev else {
+                continue;
+            };
             let now = Instant::now();
             let mut seen = s.lock().await;
-            for ev in resp.events() {
-                if ev.event_type() != EventType::Put {
-                    continue;
-                }
-                let Some(kv) = ev.kv() else { continue };
-                let key = String::from_utf8_lossy(kv.key());
+            for c in changes {
+                let Change::Put(kv) = c else { continue };
+                let key = kv.key.as_str();
                 if let Some(id) = key.strip_prefix("/jobs/ready/") {
                     // modify:heat_worker:port:{id}:{version}:{suffix}
                     let parts: Vec<&str> = id.split(':').collect();
@@ -546,7 +549,7 @@ async fn steady(
                     }
                 } else if let Some(rest) = key.strip_prefix("/state/v2.0/ports/") {
                     let v: serde_json::Value =
-                        serde_json::from_slice(kv.value()).unwrap_or_default();
+                        serde_json::from_slice(&kv.value).unwrap_or_default();
                     if let Some(ver) = v["version"].as_u64() {
                         seen.entry(format!("{rest}:{ver}"))
                             .or_default()

@@ -14,9 +14,11 @@ use super::ledger::{self, Entry, Ledger};
 use super::scenario::{Item, Scenario};
 use crate::esi::Catalog;
 use crate::esi::keys::{ResourceRef, TEMPLATES};
+use crate::esi::records::{Body, ConfigRecord};
 use crate::reconcile::controller::now_ms;
 use crate::reconcile::plan::Phase;
 use crate::reconcile::{report, snapshot};
+use crate::store::txn::{Cond, Fenced, Kv, Op};
 
 /// Every drill, by name, in order.
 pub const DRILLS: [&str; 19] = [
@@ -104,26 +106,24 @@ impl Ctx {
     pub async fn put_config(&mut self, item: &Item, marked: bool) -> anyhow::Result<()> {
         let key = item.r.config_key();
         let version = self.versions.get(&key).copied().unwrap_or(0) + 1;
-        let v = json!({"body": item.body, "version": version, "marked_for_deletion": marked});
-        let value = serde_json::to_vec(&v)?;
+        let record = ConfigRecord {
+            body: Body::new(item.body.clone()),
+            version,
+            marked_for_deletion: marked,
+            extra: Default::default(),
+        };
+        let value = serde_json::to_vec(&record)?;
         // Fenced like Gohan's writes, so a copy that an etcd member applies
         // late (after a retry elsewhere) cannot land twice.
-        let now = self.cluster.client.get(key.clone(), None).await?;
-        let read = now.kvs().first().map(|kv| kv.mod_revision()).unwrap_or(0);
-        let txn = etcd_client::Txn::new()
-            .when(vec![etcd_client::Compare::mod_revision(
-                key.clone(),
-                etcd_client::CompareOp::Equal,
-                read,
-            )])
-            .and_then(vec![etcd_client::TxnOp::put(
-                key.clone(),
-                value.clone(),
-                None,
-            )]);
-        let resp = self.cluster.client.txn(txn).await?;
-        let rev = if resp.succeeded() {
-            resp.header().map(|h| h.revision()).unwrap_or(0)
+        let client = &self.cluster.client;
+        let read = client.read(&key).await?.map(|r| r.mod_rev).unwrap_or(0);
+        let txn = Fenced::new(
+            vec![Cond::ModRev(key.clone(), read)],
+            vec![Op::put(key.clone(), value.clone())],
+        );
+        let resp = client.commit(&txn).await?;
+        let rev = if resp.succeeded {
+            resp.revision
         } else {
             let now = self.cluster.client.get(key.clone(), None).await?;
             match now.kvs().first() {
@@ -199,10 +199,16 @@ impl Ctx {
         let start = Instant::now();
         let deadline = start + self.within;
         loop {
-            let world = snapshot::load(&self.cluster.client, self.catalog.clone(), 1000).await;
+            let client = &self.cluster.client;
+            let reports = match snapshot::load(client, self.catalog.clone(), 1000).await {
+                Ok(world) => report::all(client, &tokio::sync::RwLock::new(world), now_ms())
+                    .await
+                    .ok(),
+                Err(_) => None,
+            };
             let mut stuck = vec![];
-            if let Ok(world) = &world {
-                for r in report::all(world, now_ms()) {
+            if let Some(reports) = &reports {
+                for r in reports {
                     let plural = self.catalog.schemas.plural_of(&r.rtype).unwrap_or_default();
                     let key = ResourceRef::new(plural, r.id.clone()).config_key();
                     let corrupt = self

@@ -3,10 +3,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::store::Etcd;
-use etcd_client::{EventType, WatchOptions};
+use crate::store::mirror::{self, MirrorEvent, MirrorOptions};
+use crate::store::{Change, Etcd};
+use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
@@ -23,6 +24,30 @@ pub struct Entry {
     pub value: Vec<u8>,
 }
 
+impl Entry {
+    fn from_change(c: Change) -> Entry {
+        let at = Instant::now();
+        match c {
+            Change::Put(kv) => Entry {
+                rev: kv.mod_revision,
+                at,
+                put: true,
+                created: kv.create_revision == kv.mod_revision,
+                key: kv.key,
+                value: kv.value,
+            },
+            Change::Delete { key, revision } => Entry {
+                rev: revision,
+                at,
+                put: false,
+                created: false,
+                key,
+                value: vec![],
+            },
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Ledger {
     entries: Arc<Mutex<Vec<Entry>>>,
@@ -31,44 +56,25 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    /// Records every change after `from`, reconnecting (from the last
-    /// revision seen) when the stream breaks.
+    /// Records every change after `from`, from the store's mirror (which
+    /// resumes across member failures and etcd restarts).
     pub fn start(client: Etcd, from: i64) -> Ledger {
         let entries = Arc::new(Mutex::new(Vec::new()));
         let gaps = Arc::new(Mutex::new(Vec::new()));
         let (e, g) = (entries.clone(), gaps.clone());
         let task = tokio::spawn(async move {
-            let mut next = from + 1;
-            loop {
-                let opts = WatchOptions::new().with_prefix().with_start_revision(next);
-                let Ok(mut stream) = client.watch("/", Some(opts)).await.map(|w| w.stream) else {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                };
-                while let Ok(Some(resp)) = stream.message().await {
-                    if resp.compact_revision() > 0 {
-                        g.lock().await.push(format!(
-                            "history before revision {} was compacted",
-                            resp.compact_revision()
-                        ));
-                        next = resp.compact_revision();
-                        break;
+            let mut events = mirror::stream(client, MirrorOptions::prefix("/").after(from));
+            while let Some(ev) = events.next().await {
+                match ev {
+                    MirrorEvent::Changes { changes, .. } => {
+                        let mut out = e.lock().await;
+                        out.extend(changes.into_iter().map(Entry::from_change));
                     }
-                    let mut out = e.lock().await;
-                    for ev in resp.events() {
-                        let Some(kv) = ev.kv() else { continue };
-                        next = next.max(kv.mod_revision() + 1);
-                        out.push(Entry {
-                            rev: kv.mod_revision(),
-                            at: Instant::now(),
-                            put: ev.event_type() == EventType::Put,
-                            created: kv.version() == 1,
-                            key: String::from_utf8_lossy(kv.key()).into_owned(),
-                            value: kv.value().to_vec(),
-                        });
-                    }
+                    MirrorEvent::ListStart { revision, .. } => g.lock().await.push(format!(
+                        "history before revision {revision} was compacted or restored away"
+                    )),
+                    _ => {}
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
         Ledger {

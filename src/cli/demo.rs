@@ -143,8 +143,8 @@ async fn converged(
 ) -> anyhow::Result<Vec<Report>> {
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        let world = snapshot::load(client, catalog.clone(), 1000).await?;
-        let reports = report::all(&world, now_ms());
+        let world = tokio::sync::RwLock::new(snapshot::load(client, catalog.clone(), 1000).await?);
+        let reports = report::all(client, &world, now_ms()).await?;
         if reports
             .iter()
             .all(|r| r.phase == Phase::Converged && r.next.is_empty())

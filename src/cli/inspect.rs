@@ -8,6 +8,7 @@ use esi_reconciler::reconcile::controller::now_ms;
 use esi_reconciler::reconcile::membership;
 use esi_reconciler::reconcile::report::{self, Report};
 use esi_reconciler::reconcile::snapshot;
+use tokio::sync::RwLock;
 
 use super::args::{CatalogArgs, EtcdArgs, parse_resource};
 
@@ -71,15 +72,17 @@ fn table(rows: &[Vec<String>]) -> String {
 pub async fn get(args: GetArgs) -> anyhow::Result<()> {
     let catalog = args.catalog.load()?;
     let client = args.etcd.connect().await?;
-    let world = snapshot::load(&client, catalog.clone(), 1000).await?;
+    let world = RwLock::new(snapshot::load(&client, catalog.clone(), 1000).await?);
     let want = args
         .rtype
         .as_deref()
         .map(|t| catalog.schemas.singular_of(t).unwrap_or(t).to_string());
-    let rows: Vec<Report> = report::all(&world, now_ms())
+    let rows: Vec<Report> = report::all(&client, &world, now_ms())
+        .await?
         .into_iter()
         .filter(|r| want.as_ref().is_none_or(|t| &r.rtype == t))
         .collect();
+    let world = world.into_inner();
     // Who acts on each resource: the replica that owns it among those
     // registered now ("-": no reconciler runs).
     let members = membership::list_members(&client).await?;
@@ -174,15 +177,21 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
 pub async fn plan(args: PlanArgs) -> anyhow::Result<()> {
     let catalog = args.catalog.load()?;
     let client = args.etcd.connect().await?;
-    let world = snapshot::load(&client, catalog.clone(), 1000).await?;
+    let world = RwLock::new(snapshot::load(&client, catalog.clone(), 1000).await?);
+    let revision = world.read().await.revision;
     let reports: Vec<Report> = match &args.resource {
         Some(s) => {
             let r = parse_resource(&catalog, s)?;
-            vec![Report::of(&world, &r, now_ms()).ok_or_else(|| {
-                anyhow::anyhow!("nothing recorded for {r} (at revision {})", world.revision)
-            })?]
+            vec![
+                Report::of(&client, &world, &r, now_ms())
+                    .await?
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("nothing recorded for {r} (at revision {revision})")
+                    })?,
+            ]
         }
-        None => report::all(&world, now_ms())
+        None => report::all(&client, &world, now_ms())
+            .await?
             .into_iter()
             .filter(|r| {
                 !r.next.is_empty() || r.phase != esi_reconciler::reconcile::Phase::Converged
@@ -209,10 +218,7 @@ pub async fn plan(args: PlanArgs) -> anyhow::Result<()> {
         }
     }
     if reports.is_empty() {
-        println!(
-            "every resource is converged (etcd revision {})",
-            world.revision
-        );
+        println!("every resource is converged (etcd revision {revision})");
     }
     Ok(())
 }

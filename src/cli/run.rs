@@ -48,20 +48,19 @@ pub struct MirrorArgs {
 
 const IN_CLUSTER_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
-/// Starts the Kubernetes mirror when Kubernetes is configured.
-async fn start_mirror(
+/// The Kubernetes mirror, when Kubernetes is configured.
+async fn prepare_mirror(
     args: &MirrorArgs,
     catalog: Arc<esi_reconciler::esi::Catalog>,
-    controller: Arc<Controller>,
-) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+) -> anyhow::Result<Option<Arc<KubeMirror>>> {
     if args.no_mirror {
-        return Ok(vec![]);
+        return Ok(None);
     }
     let config = match kube::Config::infer().await {
         Ok(c) => c,
         Err(e) => {
             tracing::info!(reason = %e, "Kubernetes mirror off: no kubeconfig or in-cluster config");
-            return Ok(vec![]);
+            return Ok(None);
         }
     };
     let namespace = args
@@ -85,7 +84,7 @@ async fn start_mirror(
         tracing::warn!(error = %e, %namespace, "Kubernetes mirror cannot list EsiResources yet (is the CRD installed?)");
     }
     tracing::info!(%namespace, "mirroring resources into EsiResources");
-    Ok(mirror.start(controller))
+    Ok(Some(mirror))
 }
 
 #[derive(Debug, Clone, Args)]
@@ -188,8 +187,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let cfg = args.tuning.config()?;
     let client = args.etcd.connect_lazily().await?;
     let metrics = Arc::new(Metrics::new().with_store(client.stats()));
-    let controller = Controller::new(client, catalog.clone(), cfg, metrics.clone());
-    let mirror_tasks = start_mirror(&args.mirror, catalog, controller.clone()).await?;
+    let (controller, mirror_tasks) = match prepare_mirror(&args.mirror, catalog.clone()).await? {
+        Some(mirror) => {
+            let (controller, updates) =
+                Controller::publishing(client, catalog, cfg, metrics.clone());
+            let tasks = mirror.start(controller.clone(), updates);
+            (controller, tasks)
+        }
+        None => (
+            Controller::new(client, catalog, cfg, metrics.clone()),
+            vec![],
+        ),
+    };
     let m = metrics.clone();
     let health = Health {
         encode: Arc::new(move || m.encode()),

@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use crate::store::Etcd;
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use crate::store::txn::{Cond, Fenced, Kv, Op};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -110,7 +110,7 @@ impl SimEngine {
         Ok(self.load_versioned(name).await?.0)
     }
 
-    /// The stack and the etcd version of its record (0: none), which its
+    /// The stack and the mod revision of its record (0: none), which its
     /// next save compares.
     async fn load_versioned(&self, name: &str) -> Result<(Option<SimStack>, i64), EngineError> {
         let resp = self
@@ -121,26 +121,24 @@ impl SimEngine {
         match resp.kvs().first() {
             None => Ok((None, 0)),
             Some(kv) => serde_json::from_slice(kv.value())
-                .map(|s| (Some(s), kv.version()))
+                .map(|s| (Some(s), kv.mod_revision()))
                 .map_err(|e| EngineError::Storage(format!("sim stack {name} is corrupt: {e}"))),
         }
     }
 
-    /// Saves a stack if its record is still at `version`: a write that a
+    /// Saves a stack if its record is still at `version` (its mod
+    /// revision as loaded): a write that a
     /// frozen etcd member applies late (after the store layer retried it
     /// elsewhere) can never overwrite a newer operation.
     async fn save(&self, s: &SimStack, version: i64) -> Result<(), EngineError> {
         let key = format!("{PREFIX}{}", s.name);
         let v = serde_json::to_vec(s).map_err(|e| EngineError::Storage(e.to_string()))?;
-        let txn = Txn::new()
-            .when(vec![Compare::version(
-                key.clone(),
-                CompareOp::Equal,
-                version,
-            )])
-            .and_then(vec![TxnOp::put(key.clone(), v.clone(), None)]);
-        let resp = self.client.txn(txn).await.map_err(storage)?;
-        if resp.succeeded() {
+        let txn = Fenced::new(
+            vec![Cond::ModRev(key.clone(), version)],
+            vec![Op::put(key.clone(), v.clone())],
+        );
+        let resp = self.client.commit(&txn).await.map_err(storage)?;
+        if resp.succeeded {
             return Ok(());
         }
         // Our own first attempt may have landed before a retry.

@@ -11,7 +11,7 @@ use super::records::{HeatTemplate, Job, JobEnvelope, Param};
 use super::schema::Schemas;
 
 /// A heat template with its mappings parsed once.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CompiledTemplate {
     pub id: String,
     pub handler: String,

@@ -288,6 +288,17 @@ pub struct JobState {
     pub extra: Object,
 }
 
+impl JobState {
+    /// What a worker records when the stack reached a final status.
+    pub fn finished(outputs: Vec<StackOutput>, orchestration_state: &str) -> Self {
+        JobState {
+            heat_outputs: Some(outputs),
+            orchestration_state: Some(orchestration_state.to_string()),
+            extra: Object::new(),
+        }
+    }
+}
+
 /// The `state` object inside a `/state` record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerState {
@@ -313,6 +324,28 @@ pub struct StateRecord {
 }
 
 impl StateRecord {
+    /// The `/state` a worker writes when a job ends: the stack's status and
+    /// outputs (as a JSON-encoded string, as ESI's worker writes them).
+    pub fn finished(
+        worker_state: &str,
+        orchestration_state: &str,
+        outputs: &[StackOutput],
+        version: u64,
+        error: &str,
+    ) -> Self {
+        StateRecord {
+            state: WorkerState {
+                worker_state: worker_state.to_string(),
+                orchestration_state: Some(orchestration_state.to_string()),
+                heat_outputs: Some(serde_json::to_string(outputs).unwrap_or_else(|_| "[]".into())),
+                extra: Object::new(),
+            },
+            version,
+            error: error.to_string(),
+            extra: Object::new(),
+        }
+    }
+
     /// A failed job leaves `…_FAILED` or a non-empty error.
     pub fn is_failed(&self) -> bool {
         !self.error.is_empty() || self.state.worker_state.ends_with("_FAILED")

@@ -4,9 +4,11 @@
 //! are deleted. Annotations pause a resource or clear its backoff, and
 //! actions and failures become Kubernetes Events.
 //!
-//! Nothing here can hold up reconciling: the controller only hands over
-//! names through non-blocking calls, and every Kubernetes call happens in the
-//! mirror's own tasks, retried on the next round if it fails.
+//! The mirror never plans: the controller sends each reconcile's report
+//! through a channel ([`Update`]), and the mirror writes the latest one per
+//! resource. Nothing here can hold up reconciling: the channel never blocks
+//! its sender, and every Kubernetes call happens in the mirror's own tasks,
+//! retried on the next round if it fails.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -19,17 +21,15 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
-use tokio::sync::RwLock;
+use tokio::sync::mpsc::{UnboundedReceiver, error::TryRecvError};
 
 use super::crd::*;
 use crate::esi::Catalog;
 use crate::esi::keys::ResourceRef;
-use crate::reconcile::controller::{Controller, Observer, Reconciled, now_ms};
-use crate::reconcile::execute::Outcome;
-use crate::reconcile::observed::Observed;
-use crate::reconcile::plan::{Phase, Plan, plan};
+use crate::reconcile::action::ActionKind;
+use crate::reconcile::controller::{Controller, Happened, Update, now_ms};
+use crate::reconcile::plan::Phase;
 use crate::reconcile::report::Report;
-use crate::reconcile::world::World;
 
 #[derive(Debug, Clone)]
 pub struct MirrorConfig {
@@ -170,9 +170,7 @@ pub struct KubeMirror {
     catalog: Arc<Catalog>,
     store: Store<EsiResource>,
     writer: Mutex<Option<reflector::store::Writer<EsiResource>>>,
-    dirty: Mutex<HashSet<ResourceRef>>,
     events: Mutex<Vec<PendingEvent>>,
-    controller: std::sync::OnceLock<Arc<Controller>>,
 }
 
 impl KubeMirror {
@@ -186,9 +184,7 @@ impl KubeMirror {
             catalog,
             store,
             writer: Mutex::new(Some(writer)),
-            dirty: Mutex::new(HashSet::new()),
             events: Mutex::new(vec![]),
-            controller: std::sync::OnceLock::new(),
         })
     }
 
@@ -196,15 +192,15 @@ impl KubeMirror {
         m.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Connects the mirror to the controller it mirrors and starts it.
+    /// Starts mirroring what `controller` reports on `updates` (see
+    /// [`Controller::publishing`]).
     pub fn start(
         self: &Arc<Self>,
         controller: Arc<Controller>,
+        updates: UnboundedReceiver<Update>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
-        controller.set_observer(self.clone());
-        let _ = self.controller.set(controller.clone());
-        let watch = tokio::spawn(self.clone().watch_annotations());
-        let sync = tokio::spawn(self.clone().sync_loop(controller.world()));
+        let watch = tokio::spawn(self.clone().watch_annotations(controller.clone()));
+        let sync = tokio::spawn(self.clone().sync_loop(controller, updates));
         vec![watch, sync]
     }
 
@@ -216,7 +212,7 @@ impl KubeMirror {
     /// Keeps a local copy of the mirrors (for pause lookups) and acts on
     /// annotation changes: pause and unpause reconcile the resource again,
     /// retry-now clears its backoff.
-    async fn watch_annotations(self: Arc<Self>) {
+    async fn watch_annotations(self: Arc<Self>, controller: Arc<Controller>) {
         let Some(writer) = Self::lock(&self.writer).take() else {
             return;
         };
@@ -247,11 +243,8 @@ impl KubeMirror {
             } else {
                 paused_before.remove(&name)
             };
-            let Some(controller) = self.controller.get() else {
-                continue;
-            };
             if changed {
-                controller.enqueue(r.clone());
+                controller.set_paused(&r, paused);
             }
             if obj.annotations().contains_key(RETRY_NOW_ANNOTATION) {
                 if let Err(e) = controller.retry_now(&r).await {
@@ -288,10 +281,40 @@ impl KubeMirror {
         }
     }
 
-    /// Writes changed mirrors every interval; deletes mirrors of resources
-    /// gone from etcd (checked in full every `gc_every` rounds).
-    async fn sync_loop(self: Arc<Self>, world: Arc<RwLock<World>>) {
+    /// Turns what a reconcile did into an Event of the resource's mirror.
+    fn event_for(&self, r: &ResourceRef, happened: Happened) {
+        let Some(name) = self.name_of(r) else { return };
+        match happened {
+            Happened::Applied { actions, note } if !actions.is_empty() => {
+                let (t, reason) = if actions.contains(&ActionKind::RecordFailure) {
+                    (EventType::Warning, "JobFailed")
+                } else {
+                    (EventType::Normal, "Reconciled")
+                };
+                self.queue_event(&name, t, reason, note);
+            }
+            Happened::Applied { .. } => {}
+            Happened::Held(reason) => {
+                self.queue_event(&name, EventType::Normal, "Deferred", reason)
+            }
+            Happened::Failed(e) => {
+                self.queue_event(&name, EventType::Warning, "ReconcileFailed", e)
+            }
+        }
+    }
+
+    /// Writes the latest report of every resource the controller reported
+    /// since the last round; deletes mirrors of resources gone from etcd
+    /// (checked in full after a relist, after a failure and every
+    /// 600 rounds).
+    async fn sync_loop(
+        self: Arc<Self>,
+        controller: Arc<Controller>,
+        mut updates: UnboundedReceiver<Update>,
+    ) {
         let mut written: HashMap<String, Written> = HashMap::new();
+        // The latest report per resource not yet written (`None`: gone).
+        let mut pending: HashMap<ResourceRef, Option<Box<Report>>> = HashMap::new();
         let recorder = Recorder::new(
             self.client.clone(),
             Reporter {
@@ -305,9 +328,26 @@ impl KubeMirror {
         let mut seen_epoch = 0;
         loop {
             tick.tick().await;
-            let Some(controller) = self.controller.get() else {
-                continue;
-            };
+            loop {
+                match updates.try_recv() {
+                    Ok(Update::Reconciled {
+                        resource,
+                        report,
+                        happened,
+                    }) => {
+                        if let Some(h) = happened {
+                            self.event_for(&resource, h);
+                        }
+                        pending.insert(resource, Some(report));
+                    }
+                    Ok(Update::Gone(r)) => {
+                        pending.insert(r, None);
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    // The controller is gone: so is the process.
+                    Err(TryRecvError::Disconnected) => return,
+                }
+            }
             if !controller
                 .ready_flag()
                 .load(std::sync::atomic::Ordering::Relaxed)
@@ -322,31 +362,14 @@ impl KubeMirror {
                 seen_epoch = epoch;
                 full = true;
             }
-            let names: Vec<ResourceRef> = if full {
-                world
-                    .read()
-                    .await
-                    .resources()
-                    .map(|(r, _)| r.clone())
-                    .collect()
-            } else {
-                Self::lock(&self.dirty).drain().collect()
-            };
             let mut failed = false;
             let pause = Duration::from_millis(
                 1000_u64
                     .checked_div(u64::from(self.cfg.qps))
                     .unwrap_or(1000),
             );
-            let mut live: HashSet<String> = HashSet::new();
-            for r in names {
-                let report = {
-                    let w = world.read().await;
-                    Observed::from_world(&w, &r, now_ms()).map(|mut o| {
-                        o.paused = self.is_paused(&r);
-                        Report::new(&o, &plan(&o))
-                    })
-                };
+            let batch: Vec<(ResourceRef, Option<Box<Report>>)> = pending.drain().collect();
+            for (r, report) in batch {
                 // Each resource is mirrored by the replica that owns it.
                 let owned = controller.owns(&r);
                 let Some(report) = report else {
@@ -356,13 +379,13 @@ impl KubeMirror {
                         if let Err(e) = self.api.delete(&name, &DeleteParams::default()).await
                             && !is_not_found(&e)
                         {
+                            pending.entry(r).or_insert(None);
                             failed = true;
                         }
                     }
                     continue;
                 };
                 let name = object_name(&report.rtype, &report.id);
-                live.insert(name.clone());
                 if !owned {
                     written.remove(&name);
                     continue;
@@ -393,13 +416,21 @@ impl KubeMirror {
                     }
                     Err(e) => {
                         tracing::debug!(%name, error = %e, "mirror write failed; retrying next round");
-                        Self::lock(&self.dirty).insert(r);
+                        // A newer report that arrived meanwhile wins.
+                        pending.entry(r).or_insert(Some(report));
                         failed = true;
                     }
                 }
                 tokio::time::sleep(pause).await;
             }
             if full && !failed {
+                let live: HashSet<String> = controller
+                    .world()
+                    .read()
+                    .await
+                    .resources()
+                    .filter_map(|(r, _)| self.name_of(r))
+                    .collect();
                 failed = self.collect_garbage(&live, &mut written).await.is_err();
             }
             self.publish_events(&recorder).await;
@@ -494,52 +525,4 @@ impl KubeMirror {
 
 fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
-}
-
-impl Observer for KubeMirror {
-    fn is_paused(&self, r: &ResourceRef) -> bool {
-        let Some(name) = self.name_of(r) else {
-            return false;
-        };
-        self.store
-            .get(&ObjectRef::new(&name).within(&self.cfg.namespace))
-            .is_some_and(|o| {
-                o.annotations()
-                    .get(PAUSED_ANNOTATION)
-                    .is_some_and(|v| v == "true")
-            })
-    }
-
-    fn gone(&self, r: &ResourceRef) {
-        Self::lock(&self.dirty).insert(r.clone());
-    }
-
-    fn reconciled(&self, r: &ResourceRef, plan: &Plan, what: Reconciled<'_>) {
-        Self::lock(&self.dirty).insert(r.clone());
-        let Some(name) = self.name_of(r) else { return };
-        match what {
-            Reconciled::Outcome(Outcome::Applied { actions, .. }) if !actions.is_empty() => {
-                let note = plan
-                    .actions
-                    .iter()
-                    .map(|a| format!("{} ({})", a.action, a.why))
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                let failed = actions.contains(&"record_failure");
-                let (t, reason) = if failed {
-                    (EventType::Warning, "JobFailed")
-                } else {
-                    (EventType::Normal, "Reconciled")
-                };
-                self.queue_event(&name, t, reason, note);
-            }
-            Reconciled::Outcome(Outcome::Deferred { reason, .. }) => {
-                self.queue_event(&name, EventType::Normal, "Deferred", reason.clone())
-            }
-            Reconciled::Error(e) => {
-                self.queue_event(&name, EventType::Warning, "ReconcileFailed", e.to_string())
-            }
-            _ => {}
-        }
-    }
 }

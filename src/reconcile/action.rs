@@ -2,9 +2,11 @@
 //! was planned from; the executor turns it into one fenced transaction.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::esi::keys::{JobAction, JobId, JobSlot};
 
+use super::draft::JobDraft;
 use super::observed::DepState;
 
 /// Issue a new job for the resource.
@@ -20,6 +22,10 @@ pub struct Issue {
     pub state_rev: i64,
     /// This retries a failed job after its backoff.
     pub retry: bool,
+    /// The params and body, read at `config_rev`.
+    pub job: Arc<JobDraft>,
+    /// Unfinished jobs this one waits for (empty: it goes to `ready/`).
+    pub dependency: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -86,6 +92,8 @@ pub enum Action {
         attempts: u32,
         failure_revision: i64,
         error: String,
+        /// Unix ms before which the job is not retried.
+        next_retry_ms: u64,
     },
     /// The resource converged: reset its backoff.
     ClearBackoff,
@@ -98,23 +106,66 @@ pub enum Action {
     },
 }
 
-impl Action {
-    /// A short name, for metrics labels and `last_action`.
-    pub fn kind(&self) -> &'static str {
+/// What kind of action, for metrics labels, events and `last_action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ActionKind {
+    IssueJob,
+    RetryJob,
+    ReleaseJob,
+    WithdrawJob,
+    FinishJob,
+    RequeueJob,
+    ReclaimJob,
+    CompleteState,
+    DropJob,
+    DropStrays,
+    RecordFailure,
+    ClearBackoff,
+    PurgeDeleted,
+}
+
+impl ActionKind {
+    pub fn as_str(self) -> &'static str {
         match self {
-            Action::IssueJob(i) if i.retry => "retry_job",
-            Action::IssueJob(_) => "issue_job",
-            Action::ReleaseJob { .. } => "release_job",
-            Action::WithdrawJob { .. } => "withdraw_job",
-            Action::FinishJob { .. } => "finish_job",
-            Action::RequeueJob { .. } => "requeue_job",
-            Action::ReclaimJob { .. } => "reclaim_job",
-            Action::CompleteState { .. } => "complete_state",
-            Action::DropJob { .. } => "drop_job",
-            Action::DropStrays { .. } => "drop_strays",
-            Action::RecordFailure { .. } => "record_failure",
-            Action::ClearBackoff => "clear_backoff",
-            Action::PurgeDeleted { .. } => "purge_deleted",
+            ActionKind::IssueJob => "issue_job",
+            ActionKind::RetryJob => "retry_job",
+            ActionKind::ReleaseJob => "release_job",
+            ActionKind::WithdrawJob => "withdraw_job",
+            ActionKind::FinishJob => "finish_job",
+            ActionKind::RequeueJob => "requeue_job",
+            ActionKind::ReclaimJob => "reclaim_job",
+            ActionKind::CompleteState => "complete_state",
+            ActionKind::DropJob => "drop_job",
+            ActionKind::DropStrays => "drop_strays",
+            ActionKind::RecordFailure => "record_failure",
+            ActionKind::ClearBackoff => "clear_backoff",
+            ActionKind::PurgeDeleted => "purge_deleted",
+        }
+    }
+}
+
+impl fmt::Display for ActionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Action {
+    pub fn kind(&self) -> ActionKind {
+        match self {
+            Action::IssueJob(i) if i.retry => ActionKind::RetryJob,
+            Action::IssueJob(_) => ActionKind::IssueJob,
+            Action::ReleaseJob { .. } => ActionKind::ReleaseJob,
+            Action::WithdrawJob { .. } => ActionKind::WithdrawJob,
+            Action::FinishJob { .. } => ActionKind::FinishJob,
+            Action::RequeueJob { .. } => ActionKind::RequeueJob,
+            Action::ReclaimJob { .. } => ActionKind::ReclaimJob,
+            Action::CompleteState { .. } => ActionKind::CompleteState,
+            Action::DropJob { .. } => ActionKind::DropJob,
+            Action::DropStrays { .. } => ActionKind::DropStrays,
+            Action::RecordFailure { .. } => ActionKind::RecordFailure,
+            Action::ClearBackoff => ActionKind::ClearBackoff,
+            Action::PurgeDeleted { .. } => ActionKind::PurgeDeleted,
         }
     }
 }
@@ -122,15 +173,21 @@ impl Action {
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Action::IssueJob(i) => write!(
-                f,
-                "{} {} job v{} (template {}, handler {})",
-                if i.retry { "retry" } else { "issue" },
-                i.action,
-                i.version,
-                i.template,
-                i.handler
-            ),
+            Action::IssueJob(i) => {
+                write!(
+                    f,
+                    "{} {} job v{} (template {}, handler {})",
+                    if i.retry { "retry" } else { "issue" },
+                    i.action,
+                    i.version,
+                    i.template,
+                    i.handler
+                )?;
+                if !i.dependency.is_empty() {
+                    write!(f, " waiting for {}", i.dependency.join(", "))?;
+                }
+                Ok(())
+            }
             Action::ReleaseJob { job, .. } => write!(f, "release {job} to ready"),
             Action::WithdrawJob { job, .. } => write!(f, "withdraw {job}"),
             Action::FinishJob { job, .. } => write!(f, "finish {job}"),

@@ -31,8 +31,17 @@ impl Default for BackoffPolicy {
 }
 
 impl BackoffPolicy {
-    /// The delay before retry number `attempt` (1-based).
+    /// The delay before retry number `attempt` (1-based), with random
+    /// jitter (for in-memory retries).
     pub fn delay(&self, attempt: u32) -> Duration {
+        self.delay_seeded(attempt, None)
+    }
+
+    /// The delay before retry number `attempt`, its jitter drawn from
+    /// `seed`: the planner stays a pure function of what it observed (the
+    /// same failure always plans the same retry time), while different
+    /// resources failing together still spread their retries.
+    pub fn delay_seeded(&self, attempt: u32, seed: Option<u64>) -> Duration {
         let mut b = ExponentialBuilder::default()
             .with_min_delay(self.base)
             .with_factor(self.factor)
@@ -40,6 +49,9 @@ impl BackoffPolicy {
             .without_max_times();
         if self.jitter {
             b = b.with_jitter();
+            if let Some(seed) = seed {
+                b = b.with_jitter_seed(seed);
+            }
         }
         let n = attempt.saturating_sub(1).min(64) as usize;
         b.build().nth(n).unwrap_or(self.cap).min(self.cap)

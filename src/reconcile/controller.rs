@@ -13,17 +13,20 @@ use tokio::sync::{RwLock, Semaphore, mpsc, watch};
 
 use crate::esi::Catalog;
 use crate::esi::keys::ResourceRef;
-use crate::store::Change;
-use crate::store::mirror::{self, MirrorEvent};
+use crate::store::mirror::{self, Reflector, Step};
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::PhaseLabel;
+use futures::StreamExt;
 
+use super::action::{Action, ActionKind};
 use super::backoff::BackoffPolicy;
-use super::execute::{Executor, Outcome};
+use super::decide::decide_for;
+use super::execute::{ExecError, Executor, Outcome};
 use super::membership::{self, Membership};
 use super::observed::Observed;
-use super::plan::{Phase, plan};
+use super::plan::{Phase, Plan};
 use super::queue::Queue;
+use super::report::Report;
 use super::snapshot::mirror_options;
 use super::sparse::Sparse;
 use super::world::{Touched, World};
@@ -81,7 +84,12 @@ pub struct Controller {
     errors: Mutex<HashMap<ResourceRef, u32>>,
     /// Resources whose job waits for another resource, by that resource.
     deferred: Mutex<HashMap<ResourceRef, HashSet<ResourceRef>>>,
-    observer: std::sync::OnceLock<Arc<dyn Observer>>,
+    /// Where each reconcile's report goes (the Kubernetes mirror), if anywhere.
+    updates: Option<mpsc::UnboundedSender<Update>>,
+    /// Resources an operator paused: planned, but not acted on.
+    paused: Mutex<HashSet<ResourceRef>>,
+    /// The phase each resource's last plan found, for the gauges.
+    phases: Mutex<HashMap<ResourceRef, Phase>>,
     /// The store epoch the world was listed in: a reconcile acts only while
     /// it is the store's current one (never from the view of a store that
     /// was since restored).
@@ -89,25 +97,31 @@ pub struct Controller {
     membership: Arc<Membership>,
 }
 
-/// What one reconcile did, for an [`Observer`].
-pub enum Reconciled<'a> {
-    /// The plan had no action.
-    NoAction,
-    Outcome(&'a Outcome),
-    Error(&'a str),
+/// What a reconcile tells whoever follows the controller (the Kubernetes
+/// mirror): the resource as an operator sees it now, and what happened.
+#[derive(Debug, Clone)]
+pub enum Update {
+    Reconciled {
+        resource: ResourceRef,
+        report: Box<Report>,
+        happened: Option<Happened>,
+    },
+    /// Every record of the resource is gone from etcd.
+    Gone(ResourceRef),
 }
 
-/// Something that watches the controller work (the Kubernetes mirror) and
-/// may pause resources. Calls must not block: they run inside reconciles.
-pub trait Observer: Send + Sync {
-    /// Whether an operator paused this resource.
-    fn is_paused(&self, _r: &ResourceRef) -> bool {
-        false
-    }
-    /// A reconcile of `r` ended.
-    fn reconciled(&self, _r: &ResourceRef, _plan: &super::plan::Plan, _what: Reconciled<'_>) {}
-    /// Every record of `r` is gone from etcd.
-    fn gone(&self, _r: &ResourceRef) {}
+/// What a reconcile did that is worth an event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Happened {
+    /// Actions landed; `note` lists them with why.
+    Applied {
+        actions: Vec<ActionKind>,
+        note: String,
+    },
+    /// The due job waits (for a referenced resource).
+    Held(String),
+    /// The reconcile failed, or the job cannot be built.
+    Failed(String),
 }
 
 impl Controller {
@@ -117,6 +131,28 @@ impl Controller {
         cfg: ControllerConfig,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
+        Self::build(client, catalog, cfg, metrics, None)
+    }
+
+    /// A controller that sends an [`Update`] after every reconcile of a
+    /// resource it owns, and when a resource is gone.
+    pub fn publishing(
+        client: Etcd,
+        catalog: Arc<Catalog>,
+        cfg: ControllerConfig,
+        metrics: Arc<Metrics>,
+    ) -> (Arc<Self>, mpsc::UnboundedReceiver<Update>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Self::build(client, catalog, cfg, metrics, Some(tx)), rx)
+    }
+
+    fn build(
+        client: Etcd,
+        catalog: Arc<Catalog>,
+        cfg: ControllerConfig,
+        metrics: Arc<Metrics>,
+        updates: Option<mpsc::UnboundedSender<Update>>,
+    ) -> Arc<Self> {
         let world = Arc::new(RwLock::new(World::new(catalog.clone())));
         let membership = Membership::new(
             client.clone(),
@@ -125,8 +161,7 @@ impl Controller {
                 .unwrap_or_else(membership::default_id),
             cfg.member_ttl,
         );
-        let executor = Executor::new(client.clone(), world.clone(), catalog, cfg.backoff)
-            .with_membership(membership.clone());
+        let executor = Executor::new(client.clone()).with_membership(membership.clone());
         Arc::new(Self {
             client,
             world,
@@ -138,15 +173,42 @@ impl Controller {
             cfg,
             errors: Mutex::new(HashMap::new()),
             deferred: Mutex::new(HashMap::new()),
-            observer: std::sync::OnceLock::new(),
+            updates,
+            paused: Mutex::new(HashSet::new()),
+            phases: Mutex::new(HashMap::new()),
             listed_epoch: std::sync::atomic::AtomicU64::new(0),
             membership,
         })
     }
 
-    /// Attaches an observer (once).
-    pub fn set_observer(&self, o: Arc<dyn Observer>) {
-        let _ = self.observer.set(o);
+    /// Pauses `r` (an operator's annotation) or lets it go on, and plans
+    /// it again.
+    pub fn set_paused(&self, r: &ResourceRef, paused: bool) {
+        let changed = {
+            let mut set = self.paused.lock().unwrap_or_else(|p| p.into_inner());
+            if paused {
+                set.insert(r.clone())
+            } else {
+                set.remove(r)
+            }
+        };
+        if changed {
+            self.queue.schedule(r.clone());
+        }
+    }
+
+    fn is_paused(&self, r: &ResourceRef) -> bool {
+        self.paused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(r)
+    }
+
+    fn publish(&self, u: Update) {
+        if let Some(tx) = &self.updates {
+            // Closed only when the follower stopped: nothing to tell then.
+            let _ = tx.send(u);
+        }
     }
 
     /// Queues `r` for a reconcile.
@@ -155,20 +217,11 @@ impl Controller {
     }
 
     /// Clears `r`'s backoff (an operator asked to retry now) and reconciles it.
-    pub async fn retry_now(&self, r: &ResourceRef) -> Result<(), super::execute::ExecError> {
+    pub async fn retry_now(&self, r: &ResourceRef) -> Result<(), ExecError> {
         let o = Observed::from_world(&*self.world.read().await, r, now_ms());
         if let Some(o) = o {
-            let p = super::plan::Plan {
-                phase: super::plan::Phase::BackingOff,
-                message: String::new(),
-                actions: vec![super::plan::Planned {
-                    action: super::action::Action::ClearBackoff,
-                    why: "retry requested".into(),
-                }],
-                requeue_after_ms: None,
-                status_rev: o.status.as_ref().map(|s| s.mod_rev).unwrap_or(0),
-            };
-            if let Outcome::Applied { revision, .. } = self.executor.execute(&o, &p).await? {
+            let p = Plan::only(&o, Action::ClearBackoff, "retry requested");
+            if let Outcome::Applied { revision, .. } = self.executor.execute(&p).await? {
                 self.caught_up(revision).await;
             }
         }
@@ -201,13 +254,8 @@ impl Controller {
 
     /// Runs until `shutdown` resolves, then lets reconciles in flight finish.
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
-        let (tx, rx) = mpsc::channel(64);
-        let mirror = tokio::spawn(mirror::run(
-            self.client.clone(),
-            mirror_options(self.cfg.page_size),
-            tx,
-        ));
-        let ingest = tokio::spawn(self.clone().ingest(rx));
+        let events = mirror::stream(self.client.clone(), mirror_options(self.cfg.page_size));
+        let ingest = tokio::spawn(self.clone().ingest(events));
         let members = tokio::spawn(self.membership.clone().run());
         let handover = tokio::spawn(self.clone().follow_membership());
         let resync = tokio::spawn(self.clone().resync());
@@ -244,7 +292,7 @@ impl Controller {
         let all = self.cfg.concurrency.max(1) as u32;
         let _ = tokio::time::timeout(Duration::from_secs(30), slots.acquire_many(all)).await;
         self.membership.leave().await;
-        for t in [mirror, ingest, resync, stats, members, handover] {
+        for t in [ingest, resync, stats, members, handover] {
             t.abort();
         }
     }
@@ -280,42 +328,34 @@ impl Controller {
 
     /// Applies mirror events to the world. A relist is built aside and
     /// swapped in whole, so no reconcile ever sees a half-loaded world.
-    async fn ingest(self: Arc<Self>, mut rx: mpsc::Receiver<MirrorEvent>) {
-        let mut pending: Option<World> = None;
-        let mut pending_epoch = 0;
-        while let Some(ev) = rx.recv().await {
-            match ev {
-                MirrorEvent::ListStart { revision, epoch } => {
+    async fn ingest(self: Arc<Self>, mut events: mirror::MirrorStream) {
+        let catalog = self.world.read().await.catalog().clone();
+        let mut reflector = Reflector::new(move || World::new(catalog.clone()));
+        while let Some(ev) = events.next().await {
+            match reflector.step(ev) {
+                Step::Idle => {}
+                Step::Replace {
+                    view: mut fresh,
+                    revision,
+                    epoch,
+                } => {
                     self.metrics.relists.inc();
-                    pending_epoch = epoch;
-                    let catalog = self.world.read().await.catalog().clone();
-                    let mut w = World::new(catalog);
-                    w.revision = revision;
-                    pending = Some(w);
-                }
-                MirrorEvent::ListPage(kvs) => {
-                    if let Some(w) = pending.as_mut() {
-                        for kv in kvs {
-                            w.apply(&Change::Put(kv));
-                        }
-                    }
-                }
-                MirrorEvent::ListEnd { revision } => {
-                    let Some(mut fresh) = pending.take() else {
-                        continue;
-                    };
                     fresh.revision = revision;
-                    let all: Vec<ResourceRef> = fresh.resources().map(|(r, _)| r.clone()).collect();
+                    let mut all: HashSet<ResourceRef> =
+                        fresh.resources().map(|(r, _)| r.clone()).collect();
                     tracing::info!(revision, resources = all.len(), "loaded etcd");
-                    *self.world.write().await = fresh;
-                    self.listed_epoch.store(pending_epoch, Ordering::Relaxed);
+                    let old = std::mem::replace(&mut *self.world.write().await, fresh);
+                    // What the store no longer holds (restored from an older
+                    // snapshot) is reconciled too, so it is seen to be gone.
+                    all.extend(old.resources().map(|(r, _)| r.clone()));
+                    self.listed_epoch.store(epoch, Ordering::Relaxed);
                     for r in all {
                         self.queue.schedule(r);
                     }
                     self.advance(revision);
                     self.ready.store(true, Ordering::Relaxed);
                 }
-                MirrorEvent::Changes { revision, changes } => {
+                Step::Apply { revision, changes } => {
                     let mut w = self.world.write().await;
                     for c in &changes {
                         let t = w.apply(c);
@@ -325,15 +365,15 @@ impl Controller {
                     drop(w);
                     self.advance(revision);
                 }
-                MirrorEvent::Progress { revision } => {
+                Step::Progress { revision } => {
                     self.world.write().await.revision = revision;
                     self.advance(revision);
                 }
-                MirrorEvent::WatchRestart { reason } => {
+                Step::Restart { reason } => {
                     self.metrics.watch_restarts.inc();
                     tracing::warn!(%reason, "etcd watch restarting");
                 }
-                MirrorEvent::StoreReset { reason } => {
+                Step::Reset { reason } => {
                     // Logged at WARN by the store layer, once per reset.
                     tracing::info!(%reason, "relisting etcd from scratch");
                 }
@@ -421,11 +461,15 @@ impl Controller {
             let w = self.world.read().await;
             let mut counts: HashMap<Phase, i64> = HashMap::new();
             let mut owned: i64 = 0;
-            for (r, e) in w.resources() {
-                if view.owns(r) {
-                    owned = owned.saturating_add(1);
-                    let n = counts.entry(e.phase.unwrap_or(Phase::Pending)).or_default();
-                    *n = n.saturating_add(1);
+            {
+                let phases = self.phases.lock().unwrap_or_else(|p| p.into_inner());
+                for (r, _) in w.resources() {
+                    if view.owns(r) {
+                        owned = owned.saturating_add(1);
+                        let phase = phases.get(r).copied().unwrap_or(Phase::Pending);
+                        let n = counts.entry(phase).or_default();
+                        *n = n.saturating_add(1);
+                    }
                 }
             }
             self.metrics.owned_resources.set(owned);
@@ -468,42 +512,84 @@ impl Controller {
             // under way schedules every resource again.
             return None;
         }
-        let observed = Observed::from_world(&*self.world.read().await, r, now_ms());
-        let observer = self.observer.get();
-        let Some(mut o) = observed else {
-            // Nothing of it is left in etcd.
-            if let Some(ob) = observer {
-                ob.gone(r);
+        let decided = decide_for(&self.client, &self.world, r, now_ms(), |o| {
+            o.purge_deleted = self.cfg.purge_deleted;
+            o.paused = self.is_paused(r);
+            o.backoff = self.cfg.backoff;
+        })
+        .await;
+        let (o, p) = match decided {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                // Nothing of it is left in etcd.
+                self.forget(r);
+                self.publish(Update::Gone(r.clone()));
+                return None;
             }
-            return None;
+            Err(e) => {
+                let e = ExecError::from(e);
+                self.failed(r, &e);
+                return None;
+            }
         };
-        o.purge_deleted = self.cfg.purge_deleted;
-        o.paused = observer.is_some_and(|ob| ob.is_paused(r));
-        let p = plan(&o);
-        self.world.write().await.set_phase(r, p.phase);
+        self.phases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(r.clone(), p.phase);
         if let Some(ms) = p.requeue_after_ms {
             self.queue
                 .schedule_after(r.clone(), Duration::from_millis(ms));
         }
+        let (revision, happened) = self.act(r, &p).await;
+        self.publish(Update::Reconciled {
+            resource: r.clone(),
+            report: Box::new(Report::new(&o, &p)),
+            happened,
+        });
+        revision
+    }
+
+    /// Carries out what the plan decided: its actions, or its hold.
+    async fn act(&self, r: &ResourceRef, p: &Plan) -> (Option<i64>, Option<Happened>) {
+        if let Some(hold) = &p.hold {
+            tracing::info!(resource = %r, reason = %hold.reason, "deferred");
+            if let Some(b) = &hold.blocked_on {
+                self.lock_deferred()
+                    .entry(b.clone())
+                    .or_default()
+                    .insert(r.clone());
+            }
+            if hold.unbuildable {
+                self.metrics.error(ExecError::Build(String::new()).reason());
+                self.metrics.reconciled("error");
+            } else {
+                self.metrics.reconciled("deferred");
+            }
+            self.executor.note_error(p, &hold.reason).await;
+            self.queue.schedule_after(r.clone(), self.error_delay(r));
+            let happened = if hold.unbuildable {
+                Happened::Failed(hold.reason.clone())
+            } else {
+                Happened::Held(hold.reason.clone())
+            };
+            return (None, Some(happened));
+        }
+        if p.needs_draft {
+            // Drafted from a config that changed meanwhile: the world will
+            // show the change; plan again then.
+            self.metrics.reconciled("conflict");
+            self.queue.schedule(r.clone());
+            return (None, None);
+        }
         if p.actions.is_empty() {
             self.metrics.reconciled("noop");
-            if let Some(ob) = observer {
-                ob.reconciled(r, &p, Reconciled::NoAction);
-            }
-            return None;
+            return (None, None);
         }
-        let result = self.executor.execute(&o, &p).await;
-        if let Some(ob) = observer {
-            match &result {
-                Ok(outcome) => ob.reconciled(r, &p, Reconciled::Outcome(outcome)),
-                Err(e) => ob.reconciled(r, &p, Reconciled::Error(&e.to_string())),
-            }
-        }
-        match result {
+        match self.executor.execute(p).await {
             Ok(Outcome::Applied { revision, actions }) => {
                 for a in &actions {
-                    self.metrics.action(a);
-                    if *a == "record_failure" {
+                    self.metrics.action(a.as_str());
+                    if *a == ActionKind::RecordFailure {
                         self.metrics.backoffs.inc();
                     }
                 }
@@ -515,48 +601,46 @@ impl Controller {
                         errors.shrink_if_sparse();
                     }
                 }
-                Some(revision)
+                let note = p
+                    .actions
+                    .iter()
+                    .map(|a| format!("{} ({})", a.action, a.why))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                (Some(revision), Some(Happened::Applied { actions, note }))
             }
             Ok(Outcome::Conflict {
                 revision,
                 action,
                 applied,
             }) => {
-                applied.iter().for_each(|a| self.metrics.action(a));
-                tracing::debug!(resource = %r, action, "fence failed: view was stale; planning again");
+                applied.iter().for_each(|a| self.metrics.action(a.as_str()));
+                tracing::debug!(resource = %r, %action, "fence failed: view was stale; planning again");
                 self.metrics.reconciled("conflict");
                 // Planned again once the world has caught up.
                 self.queue.schedule(r.clone());
-                Some(revision)
-            }
-            Ok(Outcome::Deferred {
-                reason,
-                blocked_on,
-                applied,
-            }) => {
-                applied.iter().for_each(|a| self.metrics.action(a));
-                tracing::info!(resource = %r, %reason, "deferred");
-                if let Some(b) = blocked_on {
-                    self.lock_deferred().entry(b).or_default().insert(r.clone());
-                }
-                self.metrics.reconciled("deferred");
-                self.executor.note_error(&o, &reason).await;
-                self.queue.schedule_after(r.clone(), self.error_delay(r));
-                None
+                (Some(revision), None)
             }
             Err(e) => {
-                let reason = match &e {
-                    super::execute::ExecError::Etcd(_) => "etcd",
-                    super::execute::ExecError::Build(_) => "build_job",
-                    super::execute::ExecError::NotMember => "not_member",
-                };
-                tracing::warn!(resource = %r, error = %e, "reconcile failed");
-                self.metrics.error(reason);
-                self.metrics.reconciled("error");
-                self.executor.note_error(&o, &e.to_string()).await;
-                self.queue.schedule_after(r.clone(), self.error_delay(r));
-                None
+                self.executor.note_error(p, &e.to_string()).await;
+                self.failed(r, &e);
+                (None, Some(Happened::Failed(e.to_string())))
             }
+        }
+    }
+
+    fn failed(&self, r: &ResourceRef, e: &ExecError) {
+        tracing::warn!(resource = %r, error = %e, "reconcile failed");
+        self.metrics.error(e.reason());
+        self.metrics.reconciled("error");
+        self.queue.schedule_after(r.clone(), self.error_delay(r));
+    }
+
+    /// Drops what is kept in memory for a resource gone from etcd.
+    fn forget(&self, r: &ResourceRef) {
+        let mut phases = self.phases.lock().unwrap_or_else(|p| p.into_inner());
+        if phases.remove(r).is_some() {
+            phases.shrink_if_sparse();
         }
     }
 }

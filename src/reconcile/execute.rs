@@ -1,34 +1,25 @@
-//! Turning planned actions into etcd transactions.
+//! Turning a plan into etcd transactions. Nothing is decided here: every
+//! action carries the revisions it was planned from and what it writes, and
+//! this module only spells each one as a fenced transaction.
 //!
 //! Every transaction compares the revisions its action was planned from
 //! (the fence), so a stale view, a second reconciler or a racing worker makes
 //! it fail instead of doing the wrong thing twice. Every transaction also
 //! updates our status record for the resource, fenced on its revision.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::esi::job::{JobSpec, envelope, new_job_id};
+use crate::esi::keys::{JobAction, JobId, JobSlot};
+use crate::esi::records::{self, HeatStack, StateRecord, queue_value};
 use crate::store::Etcd;
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
-use serde_json::{Map, Value};
-use tokio::sync::RwLock;
+use crate::store::txn::{Cond, Fenced, Kv, Op};
 
-use crate::esi::job::{JobSpec, build_params, envelope, new_job_id};
-use crate::esi::keys::{JobAction, JobId, JobSlot, ResourceRef};
-use crate::esi::mapping::eval::referenced;
-use crate::esi::mapping::{Configs, EvalError, Lookup, Subject};
-use crate::esi::records::{
-    self, ConfigRecord, HeatStack, JobEnvelope, ResourceId, StateRecord, WorkerState,
-};
-use crate::esi::{Catalog, records::queue_value};
-
-use super::action::{Action, Issue};
-use super::backoff::BackoffPolicy;
+use super::action::{Action, ActionKind, Issue};
 use super::membership::Membership;
-use super::observed::{DepState, Observed};
+use super::observed::DepState;
 use super::plan::Plan;
 use super::status::ResourceStatus;
-use super::world::{Parsed, World};
 
 /// How executing a plan ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,21 +27,14 @@ pub enum Outcome {
     /// Every action applied; the last write is at `revision`.
     Applied {
         revision: i64,
-        actions: Vec<&'static str>,
+        actions: Vec<ActionKind>,
     },
     /// A fence failed: the view was stale. Plan again once the world has
     /// caught up with `revision`.
     Conflict {
         revision: i64,
-        action: &'static str,
-        applied: Vec<&'static str>,
-    },
-    /// The job cannot be built yet (e.g. a referenced resource is missing).
-    Deferred {
-        reason: String,
-        /// The resource it waits for: plan again when that one changes.
-        blocked_on: Option<ResourceRef>,
-        applied: Vec<&'static str>,
+        action: ActionKind,
+        applied: Vec<ActionKind>,
     },
 }
 
@@ -66,81 +50,96 @@ pub enum ExecError {
     NotMember,
 }
 
-#[derive(Clone)]
-pub struct Executor {
-    client: Etcd,
-    world: Arc<RwLock<World>>,
-    catalog: Arc<Catalog>,
-    backoff: BackoffPolicy,
-    /// The replica's membership: every write is fenced on it.
-    membership: Option<Arc<Membership>>,
-}
-
-fn absent(key: impl Into<Vec<u8>>) -> Compare {
-    Compare::create_revision(key, CompareOp::Equal, 0)
-}
-
-fn at(key: impl Into<Vec<u8>>, rev: i64) -> Compare {
-    Compare::mod_revision(key, CompareOp::Equal, rev)
-}
-
-fn present(key: impl Into<Vec<u8>>) -> Compare {
-    Compare::create_revision(key, CompareOp::Greater, 0)
-}
-
-/// The job is still in `all/` at the revision read, and nobody claimed or
-/// finished it since.
-fn unclaimed(job: &JobId, all_rev: i64) -> Vec<Compare> {
-    vec![
-        at(job.slot_key(JobSlot::All), all_rev),
-        absent(job.slot_key(JobSlot::Working)),
-        absent(job.slot_key(JobSlot::Finished)),
-    ]
-}
-
-/// Deletes these keys of a job, each fenced at the revision it was read at.
-fn delete_at(job: &JobId, keys: &[(JobSlot, i64)]) -> (Vec<Compare>, Vec<TxnOp>) {
-    keys.iter()
-        .map(|(slot, rev)| (at(job.slot_key(*slot), *rev), del(job.slot_key(*slot))))
-        .unzip()
-}
-
-fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> TxnOp {
-    TxnOp::put(key, value, None)
-}
-
-fn del(key: impl Into<Vec<u8>>) -> TxnOp {
-    TxnOp::delete(key, None)
-}
-
-use crate::clock::now_ms;
-
-/// Configs fetched from etcd while building a job.
-#[derive(Default)]
-struct Fetched(HashMap<(String, String), Option<Map<String, Value>>>);
-
-impl Configs for Fetched {
-    fn lookup(&self, rtype: &str, id: &str) -> Lookup<'_> {
-        match self.0.get(&(rtype.to_string(), id.to_string())) {
-            Some(Some(b)) => Lookup::Found(b),
-            Some(None) => Lookup::Absent,
-            None => Lookup::NotLoaded,
+impl ExecError {
+    /// A short name, for metrics labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ExecError::Etcd(_) => "etcd",
+            ExecError::Build(_) => "build_job",
+            ExecError::NotMember => "not_member",
         }
     }
 }
 
-impl Executor {
-    pub fn new(
-        client: Etcd,
-        world: Arc<RwLock<World>>,
-        catalog: Arc<Catalog>,
-        backoff: BackoffPolicy,
-    ) -> Self {
+#[derive(Clone)]
+pub struct Executor<K: Kv = Etcd> {
+    kv: K,
+    /// The replica's membership: every write is fenced on it.
+    membership: Option<Arc<Membership>>,
+}
+
+/// The job is still in `all/` at the revision read, and nobody claimed or
+/// finished it since.
+fn unclaimed(job: &JobId, all_rev: i64) -> Vec<Cond> {
+    vec![
+        Cond::ModRev(job.slot_key(JobSlot::All), all_rev),
+        Cond::Absent(job.slot_key(JobSlot::Working)),
+        Cond::Absent(job.slot_key(JobSlot::Finished)),
+    ]
+}
+
+/// Deletes these keys of a job, each fenced at the revision it was read at.
+fn delete_at(job: &JobId, keys: &[(JobSlot, i64)]) -> (Vec<Cond>, Vec<Op>) {
+    keys.iter()
+        .map(|(slot, rev)| {
+            let key = job.slot_key(*slot);
+            (Cond::ModRev(key.clone(), *rev), Op::delete(key))
+        })
+        .unzip()
+}
+
+/// Our status record after `action`, from the one before it. Pure, so the
+/// bookkeeping of every action is a table in the tests.
+fn status_after(mut s: ResourceStatus, action: &Action, now_ms: u64) -> ResourceStatus {
+    match action {
+        Action::IssueJob(i) => {
+            if !i.retry && s.version != i.version {
+                s.attempts = 0;
+                s.next_retry_ms = 0;
+                s.version = i.version;
+            }
+            s.last_error.clear();
+        }
+        Action::RecordFailure {
+            version,
+            attempts,
+            failure_revision,
+            error,
+            next_retry_ms,
+        } => {
+            s.attempts = *attempts;
+            s.version = *version;
+            s.failure_revision = *failure_revision;
+            s.next_retry_ms = *next_retry_ms;
+            s.last_error = crate::limits::clip_message(error);
+        }
+        Action::ClearBackoff => {
+            s.attempts = 0;
+            s.next_retry_ms = 0;
+            s.last_error.clear();
+        }
+        _ => {}
+    }
+    s.last_action = action.to_string();
+    s.last_action_ms = now_ms;
+    s
+}
+
+/// What one action writes besides our status record.
+enum Built {
+    /// Write this, and our status record with it.
+    Txn(Fenced),
+    /// Write this, and delete our status record (nothing of the resource is
+    /// left to keep it for).
+    Final(Fenced),
+    /// What the action was planned from is gone: plan again.
+    Conflict,
+}
+
+impl<K: Kv> Executor<K> {
+    pub fn new(kv: K) -> Self {
         Self {
-            client,
-            world,
-            catalog,
-            backoff,
+            kv,
             membership: None,
         }
     }
@@ -151,84 +150,56 @@ impl Executor {
         self
     }
 
-    /// The compares every transaction carries besides its own: this
-    /// replica still holds its member key.
-    fn member_fence(&self) -> Result<Option<Compare>, ExecError> {
-        match &self.membership {
-            None => Ok(None),
-            Some(m) => m.fence().map(Some).ok_or(ExecError::NotMember),
-        }
-    }
-
     /// Sends a transaction with the membership fence added.
-    async fn send(
-        &self,
-        mut compares: Vec<Compare>,
-        ops: Vec<TxnOp>,
-    ) -> Result<etcd_client::TxnResponse, ExecError> {
-        compares.extend(self.member_fence()?);
-        Ok(self
-            .client
-            .txn(Txn::new().when(compares).and_then(ops))
-            .await?)
+    async fn send(&self, mut txn: Fenced) -> Result<crate::store::txn::Committed, ExecError> {
+        if let Some(m) = &self.membership {
+            txn.when.push(m.fence().ok_or(ExecError::NotMember)?);
+        }
+        Ok(self.kv.commit(&txn).await?)
     }
 
     /// Executes the plan's actions in order, stopping at the first that
     /// cannot be applied.
-    pub async fn execute(&self, o: &Observed, plan: &Plan) -> Result<Outcome, ExecError> {
-        let mut status = o
-            .status
-            .as_ref()
-            .and_then(Parsed::ok)
-            .cloned()
-            .unwrap_or_default();
+    pub async fn execute(&self, plan: &Plan) -> Result<Outcome, ExecError> {
+        let mut status = plan.status.clone();
         let mut status_rev = plan.status_rev;
         let mut applied = vec![];
         let mut revision = 0;
+        let status_key = plan.resource.reconciler_key();
         for planned in &plan.actions {
             let kind = planned.action.kind();
-            let step = match self.txn_for(o, &planned.action, &mut status).await? {
-                built @ (Built::Txn(..) | Built::Final(..)) => {
-                    status.last_action = planned.action.to_string();
-                    status.last_action_ms = now_ms();
-                    let status_key = o.resource.reconciler_key();
-                    let (mut compares, mut ops, last) = match built {
-                        Built::Txn(c, o) => (c, o, false),
-                        Built::Final(c, o) => (c, o, true),
-                        _ => unreachable!("matched above"),
-                    };
-                    compares.push(at(status_key.clone(), status_rev));
-                    ops.push(if last {
-                        del(status_key)
-                    } else {
-                        put(status_key, serde_json::to_vec(&status).unwrap_or_default())
+            let (mut txn, last) = match self.txn_for(plan, &planned.action).await? {
+                Built::Txn(t) => (t, false),
+                Built::Final(t) => (t, true),
+                Built::Conflict => {
+                    return Ok(Outcome::Conflict {
+                        revision: 0,
+                        action: kind,
+                        applied,
                     });
-                    let resp = self.send(compares, ops).await?;
-                    let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-                    if !resp.succeeded() {
-                        return Ok(Outcome::Conflict {
-                            revision: rev,
-                            action: kind,
-                            applied,
-                        });
-                    }
-                    status_rev = rev;
-                    revision = rev;
-                    applied.push(kind);
-                    continue;
                 }
-                Built::Conflict => Outcome::Conflict {
-                    revision: self.world.read().await.revision,
+            };
+            status = status_after(status, &planned.action, plan.now_ms);
+            txn.when.push(Cond::ModRev(status_key.clone(), status_rev));
+            txn.then.push(if last {
+                Op::delete(status_key.clone())
+            } else {
+                Op::put(
+                    status_key.clone(),
+                    serde_json::to_vec(&status).unwrap_or_default(),
+                )
+            });
+            let done = self.send(txn).await?;
+            if !done.succeeded {
+                return Ok(Outcome::Conflict {
+                    revision: done.revision,
                     action: kind,
                     applied,
-                },
-                Built::Deferred(reason, blocked_on) => Outcome::Deferred {
-                    reason,
-                    blocked_on,
-                    applied,
-                },
-            };
-            return Ok(step);
+                });
+            }
+            status_rev = done.revision;
+            revision = done.revision;
+            applied.push(kind);
         }
         Ok(Outcome::Applied {
             revision,
@@ -236,15 +207,11 @@ impl Executor {
         })
     }
 
-    async fn txn_for(
-        &self,
-        o: &Observed,
-        action: &Action,
-        status: &mut ResourceStatus,
-    ) -> Result<Built, ExecError> {
+    async fn txn_for(&self, plan: &Plan, action: &Action) -> Result<Built, ExecError> {
+        let r = &plan.resource;
         let handler_of = |j: &JobId| queue_value(&j.handler);
-        Ok(match action {
-            Action::IssueJob(issue) => return self.issue(o, issue, status).await,
+        Ok(Built::Txn(match action {
+            Action::IssueJob(issue) => issue_txn(plan, issue)?,
             Action::ReleaseJob {
                 job,
                 all_rev,
@@ -252,23 +219,26 @@ impl Executor {
                 deps,
             } => {
                 let mut c = vec![
-                    at(job.slot_key(JobSlot::All), *all_rev),
-                    at(job.slot_key(JobSlot::Waiting), *waiting_rev),
+                    Cond::ModRev(job.slot_key(JobSlot::All), *all_rev),
+                    Cond::ModRev(job.slot_key(JobSlot::Waiting), *waiting_rev),
                 ];
                 for (dep, s) in deps {
                     match s {
-                        DepState::Gone => c.push(absent(format!("{}{dep}", JobSlot::All.prefix()))),
-                        DepState::Finished => {
-                            c.push(present(format!("{}{dep}", JobSlot::Finished.prefix())))
+                        DepState::Gone => {
+                            c.push(Cond::Absent(format!("{}{dep}", JobSlot::All.prefix())))
                         }
+                        DepState::Finished => c.push(Cond::Present(format!(
+                            "{}{dep}",
+                            JobSlot::Finished.prefix()
+                        ))),
                         DepState::Unfinished => return Ok(Built::Conflict),
                     }
                 }
-                Built::Txn(
+                Fenced::new(
                     c,
                     vec![
-                        del(job.slot_key(JobSlot::Waiting)),
-                        put(job.slot_key(JobSlot::Ready), handler_of(job)),
+                        Op::delete(job.slot_key(JobSlot::Waiting)),
+                        Op::put(job.slot_key(JobSlot::Ready), handler_of(job)),
                     ],
                 )
             }
@@ -279,46 +249,46 @@ impl Executor {
             } => {
                 let (mut c, mut ops) = delete_at(job, queued);
                 c.extend(unclaimed(job, *all_rev));
-                ops.push(del(job.slot_key(JobSlot::All)));
-                Built::Txn(c, ops)
+                ops.push(Op::delete(job.slot_key(JobSlot::All)));
+                Fenced::new(c, ops)
             }
             Action::FinishJob {
                 job,
                 all_rev,
                 finished_rev,
-            } => Built::Txn(
+            } => Fenced::new(
                 vec![
-                    at(job.slot_key(JobSlot::All), *all_rev),
-                    at(job.slot_key(JobSlot::Finished), *finished_rev),
+                    Cond::ModRev(job.slot_key(JobSlot::All), *all_rev),
+                    Cond::ModRev(job.slot_key(JobSlot::Finished), *finished_rev),
                 ],
                 vec![
-                    del(job.slot_key(JobSlot::All)),
-                    del(job.slot_key(JobSlot::Finished)),
+                    Op::delete(job.slot_key(JobSlot::All)),
+                    Op::delete(job.slot_key(JobSlot::Finished)),
                 ],
             ),
-            Action::RequeueJob { job, all_rev, to } => Built::Txn(
+            Action::RequeueJob { job, all_rev, to } => Fenced::new(
                 vec![
-                    at(job.slot_key(JobSlot::All), *all_rev),
-                    absent(job.slot_key(JobSlot::Waiting)),
-                    absent(job.slot_key(JobSlot::Ready)),
-                    absent(job.slot_key(JobSlot::Working)),
-                    absent(job.slot_key(JobSlot::Finished)),
+                    Cond::ModRev(job.slot_key(JobSlot::All), *all_rev),
+                    Cond::Absent(job.slot_key(JobSlot::Waiting)),
+                    Cond::Absent(job.slot_key(JobSlot::Ready)),
+                    Cond::Absent(job.slot_key(JobSlot::Working)),
+                    Cond::Absent(job.slot_key(JobSlot::Finished)),
                 ],
-                vec![put(job.slot_key(*to), handler_of(job))],
+                vec![Op::put(job.slot_key(*to), handler_of(job))],
             ),
             Action::ReclaimJob {
                 job,
                 all_rev,
                 working_rev,
                 to,
-            } => Built::Txn(
+            } => Fenced::new(
                 vec![
-                    at(job.slot_key(JobSlot::All), *all_rev),
-                    at(job.slot_key(JobSlot::Working), *working_rev),
+                    Cond::ModRev(job.slot_key(JobSlot::All), *all_rev),
+                    Cond::ModRev(job.slot_key(JobSlot::Working), *working_rev),
                 ],
                 vec![
-                    del(job.slot_key(JobSlot::Working)),
-                    put(job.slot_key(*to), handler_of(job)),
+                    Op::delete(job.slot_key(JobSlot::Working)),
+                    Op::put(job.slot_key(*to), handler_of(job)),
                 ],
             ),
             Action::CompleteState {
@@ -328,288 +298,144 @@ impl Executor {
                 stack_rev,
                 job_state_rev,
             } => {
-                let r = &o.resource;
-                let resp = self.client.get(r.heat_stack_key(), None).await?;
-                let Some(kv) = resp
-                    .kvs()
-                    .first()
-                    .filter(|kv| kv.mod_revision() == *stack_rev)
+                // The outputs are not in the world (they would double its
+                // memory): read the stack record at the revision planned from.
+                let Some(kv) = self
+                    .kv
+                    .read(&r.heat_stack_key())
+                    .await?
+                    .filter(|kv| kv.mod_rev == *stack_rev)
                 else {
                     return Ok(Built::Conflict);
                 };
-                let stack: HeatStack = records::parse("heat stack", kv.value())
+                let stack: HeatStack = records::parse("heat stack", &kv.value)
                     .map_err(|e| ExecError::Build(e.to_string()))?;
-                let state = StateRecord {
-                    state: WorkerState {
-                        worker_state: job.action.completed_state().to_string(),
-                        orchestration_state: Some(stack.stack_status.clone()),
-                        heat_outputs: Some(
-                            serde_json::to_string(&stack.output).unwrap_or_else(|_| "[]".into()),
-                        ),
-                        extra: Map::new(),
-                    },
-                    version: job.version,
-                    error: String::new(),
-                    extra: Map::new(),
-                };
+                // The `/state` the worker would have written.
+                let state = StateRecord::finished(
+                    job.action.completed_state(),
+                    &stack.stack_status,
+                    &stack.output,
+                    job.version,
+                    "",
+                );
                 let mut fence = unclaimed(job, *all_rev);
                 fence.extend([
-                    at(r.state_key(), *state_rev),
-                    at(r.heat_stack_key(), *stack_rev),
-                    at(r.job_state_key(), *job_state_rev),
+                    Cond::ModRev(r.state_key(), *state_rev),
+                    Cond::ModRev(r.heat_stack_key(), *stack_rev),
+                    Cond::ModRev(r.job_state_key(), *job_state_rev),
                 ]);
-                Built::Txn(
+                Fenced::new(
                     fence,
                     vec![
-                        put(
+                        Op::put(
                             r.state_key(),
                             serde_json::to_vec(&state).unwrap_or_default(),
                         ),
-                        del(job.slot_key(JobSlot::All)),
+                        Op::delete(job.slot_key(JobSlot::All)),
                     ],
                 )
             }
-            Action::DropJob { job, all_rev } => Built::Txn(
+            Action::DropJob { job, all_rev } => Fenced::new(
                 unclaimed(job, *all_rev),
-                vec![del(job.slot_key(JobSlot::All))],
+                vec![Op::delete(job.slot_key(JobSlot::All))],
             ),
             Action::DropStrays { job, keys } => {
                 let (mut c, ops) = delete_at(job, keys);
-                c.push(absent(job.slot_key(JobSlot::All)));
-                Built::Txn(c, ops)
+                c.push(Cond::Absent(job.slot_key(JobSlot::All)));
+                Fenced::new(c, ops)
             }
-            Action::RecordFailure {
-                version,
-                attempts,
-                failure_revision,
-                error,
-            } => {
-                let delay = self.backoff.delay(*attempts);
-                status.attempts = *attempts;
-                status.version = *version;
-                status.failure_revision = *failure_revision;
-                status.next_retry_ms = now_ms().saturating_add(crate::clock::millis(delay));
-                status.last_error = crate::limits::clip_message(error);
-                Built::Txn(vec![], vec![])
-            }
+            Action::RecordFailure { .. } | Action::ClearBackoff => Fenced::default(),
             Action::PurgeDeleted {
                 config_rev,
                 state_rev,
                 stack_rev,
             } => {
-                let r = &o.resource;
                 let mut c = vec![
-                    at(r.config_key(), *config_rev),
-                    at(r.state_key(), *state_rev),
+                    Cond::ModRev(r.config_key(), *config_rev),
+                    Cond::ModRev(r.state_key(), *state_rev),
                 ];
-                let mut ops = vec![del(r.config_key())];
+                let mut ops = vec![Op::delete(r.config_key())];
                 if let Some(rev) = stack_rev {
-                    c.push(at(r.heat_stack_key(), *rev));
-                    ops.push(del(r.heat_stack_key()));
+                    c.push(Cond::ModRev(r.heat_stack_key(), *rev));
+                    ops.push(Op::delete(r.heat_stack_key()));
                 }
-                Built::Final(c, ops)
+                return Ok(Built::Final(Fenced::new(c, ops)));
             }
-            Action::ClearBackoff => {
-                status.attempts = 0;
-                status.next_retry_ms = 0;
-                status.last_error.clear();
-                Built::Txn(vec![], vec![])
-            }
-        })
+        }))
     }
 
-    /// Builds and issues a job: reads the config (fenced by its revision),
-    /// evaluates the template's mappings, finds the unfinished jobs of the
-    /// resources the params reference, and writes `all/` plus `ready/` or
-    /// `waiting/` in one transaction that also checks the resource has no
-    /// job at all.
-    async fn issue(
-        &self,
-        o: &Observed,
-        issue: &Issue,
-        status: &mut ResourceStatus,
-    ) -> Result<Built, ExecError> {
-        let r = &o.resource;
-        let kv = &self.client;
-        let resp = kv.get(r.config_key(), None).await?;
-        let Some(ckv) = resp
-            .kvs()
-            .first()
-            .filter(|k| k.mod_revision() == issue.config_rev)
-        else {
-            return Ok(Built::Conflict);
-        };
-        let config: ConfigRecord =
-            records::parse("config", ckv.value()).map_err(|e| ExecError::Build(e.to_string()))?;
-        let template = {
-            let w = self.world.read().await;
-            match w.template(&issue.template).map(|t| t.compiled.clone()) {
-                Some(Ok(t)) => t,
-                _ => return Ok(Built::Conflict),
-            }
-        };
-        let subject = Subject {
-            rtype: &o.rtype,
-            body: &config.body.fields,
-            version: config.version,
-        };
-        let mut fetched = Fetched::default();
-        let params = loop {
-            match build_params(&template, subject, &self.catalog.schemas, &fetched) {
-                Ok(p) => break p,
-                Err(EvalError::NeedConfig(rid)) => {
-                    if fetched.0.len() > 256 {
-                        return Err(ExecError::Build("too many referenced configs".into()));
-                    }
-                    let body = self.fetch_config(&rid).await?;
-                    fetched.0.insert((rid.resource_type, rid.resource_id), body);
-                }
-                Err(EvalError::MissingReference { rtype, id }) => {
-                    let blocked_on = self.world.read().await.resource_of_job_type(&rtype, &id);
-                    let why = EvalError::MissingReference { rtype, id }.to_string();
-                    return Ok(Built::Deferred(why, blocked_on));
-                }
-                Err(e) => return Err(ExecError::Build(format!("template {}: {e}", template.id))),
-            }
-        };
-        let me = ResourceId {
-            resource_type: o.rtype.clone(),
-            resource_id: r.id.clone(),
-        };
-        let mut dependency = vec![];
-        {
-            let w = self.world.read().await;
-            for dep in referenced(&params).into_iter().filter(|d| *d != me) {
-                let jobs = w.unfinished_jobs_of(&dep.resource_type, &dep.resource_id);
-                if jobs.is_empty()
-                    && let Some(why) = not_yet_created(&w, &dep)
-                {
-                    let blocked_on = w.resource_of_job_type(&dep.resource_type, &dep.resource_id);
-                    return Ok(Built::Deferred(why, blocked_on));
-                }
-                dependency.extend(jobs.iter().map(|j| j.id.to_string()));
-            }
-            // A resource that references this one and is being changed goes
-            // first (a firewall waits for its interfaces' jobs).
-            for j in w.unfinished_jobs_referencing(&o.rtype, &r.id) {
-                let id = j.id.to_string();
-                if !dependency.contains(&id) {
-                    dependency.push(id);
-                }
-            }
-        }
-        let spec = JobSpec {
-            action: issue.action,
-            handler: &issue.handler,
-            resource_type: &o.rtype,
-            resource_id: &r.id,
-            version: issue.version,
-            body: &config.body.fields,
-        };
-        let id = new_job_id(&spec);
-        let slot = if dependency.is_empty() {
-            JobSlot::Ready
-        } else {
-            JobSlot::Waiting
-        };
-        let env: JobEnvelope = envelope(&id, &spec, params, dependency);
-        let mut compares = vec![
-            at(r.config_key(), issue.config_rev),
-            at(r.state_key(), issue.state_rev),
-        ];
-        for action in JobAction::ALL {
-            compares.push(
-                absent(JobId::resource_prefix(
-                    action,
-                    &issue.handler,
-                    &o.rtype,
-                    &r.id,
-                ))
-                .with_prefix(),
-            );
-        }
-        if !issue.retry && status.version != issue.version {
-            status.attempts = 0;
-            status.next_retry_ms = 0;
-            status.version = issue.version;
-        }
-        status.last_error.clear();
-        let value = serde_json::to_vec(&env).map_err(|e| ExecError::Build(e.to_string()))?;
-        Ok(Built::Txn(
-            compares,
-            vec![
-                put(id.slot_key(JobSlot::All), value),
-                put(id.slot_key(slot), queue_value(&issue.handler)),
-            ],
-        ))
-    }
-
-    /// Records an error in the resource's status (best effort, fenced),
-    /// so `get` shows why it is stuck. Writes only when the text changes.
-    pub async fn note_error(&self, o: &Observed, error: &str) {
-        let mut status = o
-            .status
-            .as_ref()
-            .and_then(Parsed::ok)
-            .cloned()
-            .unwrap_or_default();
+    /// Records why a resource waits or failed in its status (best effort,
+    /// fenced), so `get` shows why it is stuck. Writes only when the text
+    /// changes.
+    pub async fn note_error(&self, plan: &Plan, error: &str) {
         // Compared clipped, as stored: an unchanged long error is no news.
         let error = crate::limits::clip_message(error);
-        if status.last_error == error {
+        if plan.status.last_error == error {
             return;
         }
+        let mut status = plan.status.clone();
         status.last_error = error;
-        let key = o.resource.reconciler_key();
-        let rev = o.status.as_ref().map(|s| s.mod_rev).unwrap_or(0);
-        let ops = vec![put(
-            key.clone(),
-            serde_json::to_vec(&status).unwrap_or_default(),
-        )];
-        if let Err(e) = self.send(vec![at(key, rev)], ops).await {
+        let key = plan.resource.reconciler_key();
+        let txn = Fenced::new(
+            vec![Cond::ModRev(key.clone(), plan.status_rev)],
+            vec![Op::put(
+                key,
+                serde_json::to_vec(&status).unwrap_or_default(),
+            )],
+        );
+        if let Err(e) = self.send(txn).await {
             tracing::debug!(error = %e, "could not record error");
         }
     }
-
-    async fn fetch_config(
-        &self,
-        rid: &ResourceId,
-    ) -> Result<Option<Map<String, Value>>, ExecError> {
-        let Some(plural) = self.catalog.schemas.plural_of(&rid.resource_type) else {
-            return Ok(None);
-        };
-        let key = ResourceRef::new(plural, rid.resource_id.clone()).config_key();
-        let resp = self.client.get(key, None).await?;
-        Ok(match resp.kvs().first() {
-            None => None,
-            Some(kv) => Some(
-                records::parse::<ConfigRecord>("config", kv.value())
-                    .map_err(|e| ExecError::Build(format!("{}: {e}", rid.resource_id)))?
-                    .body
-                    .fields,
-            ),
-        })
-    }
 }
 
-/// A referenced resource the reconciler manages that has neither a job in
-/// flight nor a `/state` yet: issuing now would hand the worker an output it
-/// cannot resolve, so wait until that resource's own job is issued.
-fn not_yet_created(w: &World, dep: &ResourceId) -> Option<String> {
-    let r = w.resource_of_job_type(&dep.resource_type, &dep.resource_id)?;
-    let e = w.entry(&r)?;
-    let cfg = e.config.as_ref()?.ok()?;
-    (cfg.template.is_some() && !cfg.marked && e.state.is_none()).then(|| {
-        format!(
-            "waiting for {} {} to be issued first",
-            dep.resource_type, dep.resource_id
-        )
-    })
+/// The job the plan drafted: `all/` plus `ready/` or `waiting/`, in one
+/// transaction that also checks the config and `/state` are as planned and
+/// that the resource has no job at all.
+fn issue_txn(plan: &Plan, issue: &Issue) -> Result<Fenced, ExecError> {
+    let r = &plan.resource;
+    let spec = JobSpec {
+        action: issue.action,
+        handler: &issue.handler,
+        resource_type: &plan.rtype,
+        resource_id: &r.id,
+        version: issue.version,
+        body: &issue.job.body,
+    };
+    let id = new_job_id(&spec);
+    let slot = if issue.dependency.is_empty() {
+        JobSlot::Ready
+    } else {
+        JobSlot::Waiting
+    };
+    let env = envelope(
+        &id,
+        &spec,
+        issue.job.params.clone(),
+        issue.dependency.clone(),
+    );
+    let mut when = vec![
+        Cond::ModRev(r.config_key(), issue.config_rev),
+        Cond::ModRev(r.state_key(), issue.state_rev),
+    ];
+    when.extend(JobAction::ALL.into_iter().map(|action| {
+        Cond::NoneUnder(JobId::resource_prefix(
+            action,
+            &issue.handler,
+            &plan.rtype,
+            &r.id,
+        ))
+    }));
+    let value = serde_json::to_vec(&env).map_err(|e| ExecError::Build(e.to_string()))?;
+    Ok(Fenced::new(
+        when,
+        vec![
+            Op::put(id.slot_key(JobSlot::All), value),
+            Op::put(id.slot_key(slot), queue_value(&issue.handler)),
+        ],
+    ))
 }
 
-enum Built {
-    Txn(Vec<Compare>, Vec<TxnOp>),
-    Conflict,
-    /// Like `Txn`, and the resource's status record goes with it.
-    Final(Vec<Compare>, Vec<TxnOp>),
-    Deferred(String, Option<ResourceRef>),
-}
+#[cfg(test)]
+#[path = "execute_tests.rs"]
+mod tests;

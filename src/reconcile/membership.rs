@@ -19,13 +19,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, PutOptions};
+use crate::store::txn::{Cond, Fenced, Kv, Op};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::esi::keys::{MEMBERS, ResourceRef};
-use crate::store::mirror::{self, MirrorEvent, MirrorOptions};
+use crate::store::mirror::{self, MirrorOptions, Reflector, Step};
 use crate::store::{Change, Etcd};
+use futures::StreamExt;
 
 /// What a replica writes under its member key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -169,10 +170,10 @@ impl Membership {
 
     /// The compare every write of this replica carries, or `None` while it
     /// holds no registration (then it must not write at all).
-    pub fn fence(&self) -> Option<Compare> {
+    pub fn fence(&self) -> Option<Cond> {
         let v = self.view.borrow();
         v.registration
-            .map(|rev| Compare::create_revision(member_key(&v.me), CompareOp::Equal, rev))
+            .map(|rev| Cond::CreateRev(member_key(&v.me), rev))
     }
 
     fn publish(&self, f: impl FnOnce(&mut View)) {
@@ -198,13 +199,11 @@ impl Membership {
             lease_tx,
             || {},
         ));
-        let (tx, mut rx) = mpsc::channel(16);
-        let opts = MirrorOptions::prefix(MEMBERS);
-        helpers.spawn(mirror::run(self.etcd.clone(), opts, tx));
+        let mut events = mirror::stream(self.etcd.clone(), MirrorOptions::prefix(MEMBERS));
+        let mut reflector = Reflector::new(Members::default);
+        let mut members = Members::default();
         let me = self.id();
         let key = member_key(&me);
-        let mut listing: Option<Vec<String>> = None;
-        let mut members: std::collections::BTreeSet<String> = Default::default();
         let mut retry = tokio::time::interval(Duration::from_secs(1));
         loop {
             let lease = *lease_rx.borrow_and_update();
@@ -227,64 +226,39 @@ impl Membership {
                     // A new lease (or none): the old key is gone or going.
                     self.publish(|v| v.registration = None);
                 }
-                ev = rx.recv() => {
+                ev = events.next() => {
                     let Some(ev) = ev else { break };
-                    match ev {
-                        MirrorEvent::ListStart { .. } => listing = Some(vec![]),
-                        MirrorEvent::ListPage(kvs) => {
-                            if let Some(l) = listing.as_mut() {
-                                l.extend(kvs.into_iter().filter(is_live).filter_map(|kv| kv.key.strip_prefix(MEMBERS).map(String::from)));
-                            }
+                    // Our key gone, in a list taken or a delete seen after
+                    // we registered: act on nothing until registered again.
+                    let (gone, listed) = match reflector.update(&mut members, ev) {
+                        Step::Replace { revision, .. } => {
+                            (!members.0.contains(&me) && self.registered_before(revision), true)
                         }
-                        MirrorEvent::ListEnd { revision } => {
-                            members = listing.take().unwrap_or_default().into_iter().collect();
-                            // A list taken after we registered that lacks us:
-                            // our key is gone.
-                            let gone = !members.contains(&me) && self.registered_before(revision);
-                            self.publish(|v| {
-                                v.members = members.iter().cloned().collect();
-                                v.listed = true;
-                                if gone { v.registration = None; }
-                            });
-                        }
-                        MirrorEvent::Changes { changes, .. } => {
-                            let mut gone = false;
-                            for c in changes {
-                                match c {
-                                    Change::Put(kv) => {
-                                        if let Some(id) = kv.key.strip_prefix(MEMBERS) {
-                                            if is_live(&kv) {
-                                                members.insert(id.to_string());
-                                            } else {
-                                                members.remove(id);
-                                            }
-                                        }
-                                    }
-                                    Change::Delete { key: k, revision } => {
-                                        if let Some(id) = k.strip_prefix(MEMBERS) {
-                                            members.remove(id);
-                                            gone |= id == me && self.registered_before(revision);
-                                        }
-                                    }
-                                }
-                            }
+                        Step::Apply { changes, .. } => {
+                            let gone = changes.iter().any(|c| matches!(c,
+                                Change::Delete { key: k, revision }
+                                    if k.strip_prefix(MEMBERS) == Some(me.as_str()) && self.registered_before(*revision)));
                             if gone {
                                 tracing::warn!(replica = %me, "our member key is gone (lease lapsed?): acting on nothing until registered again");
                             }
-                            self.publish(|v| {
-                                v.members = members.iter().cloned().collect();
-                                if gone { v.registration = None; }
-                            });
+                            (gone, false)
                         }
-                        MirrorEvent::StoreReset { .. } => {
+                        Step::Reset { .. } => {
                             self.publish(|v| { v.registration = None; v.listed = false; });
+                            continue;
                         }
-                        MirrorEvent::Progress { .. } | MirrorEvent::WatchRestart { .. } => {}
-                    }
+                        Step::Idle | Step::Progress { .. } | Step::Restart { .. } => continue,
+                    };
+                    self.publish(|v| {
+                        v.members = members.0.iter().cloned().collect();
+                        v.listed |= listed;
+                        if gone { v.registration = None; }
+                    });
                 }
                 _ = retry.tick() => {}
             }
         }
+        drop(events);
         helpers.abort_all();
     }
 
@@ -307,15 +281,12 @@ impl Membership {
             started_ms: crate::reconcile::controller::now_ms(),
         };
         let value = serde_json::to_vec(&record).unwrap_or_default();
-        let txn = etcd_client::Txn::new()
-            .when(vec![Compare::create_revision(key, CompareOp::Equal, 0)])
-            .and_then(vec![etcd_client::TxnOp::put(
-                key,
-                value,
-                Some(PutOptions::new().with_lease(lease)),
-            )]);
-        let resp = self.etcd.txn(txn).await?;
-        if resp.succeeded() {
+        let txn = Fenced::new(
+            vec![Cond::Absent(key.to_string())],
+            vec![Op::put_leased(key, value, lease)],
+        );
+        let resp = self.etcd.commit(&txn).await?;
+        if resp.succeeded {
             let mut h = self.held.lock().unwrap_or_else(|p| p.into_inner());
             h.push(lease);
             // Only recent leases can still hold our key.
@@ -323,7 +294,7 @@ impl Membership {
                 h.remove(0);
             }
             drop(h);
-            return Ok(resp.header().map(|h| h.revision()).unwrap_or(0));
+            return Ok(resp.revision);
         }
         let got = self.etcd.get(key, None).await?;
         let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -336,14 +307,11 @@ impl Membership {
             // key to the new lease.
             Some(kv) if held.contains(&kv.lease()) => {
                 let old = kv.lease();
-                let txn = etcd_client::Txn::new()
-                    .when(vec![Compare::lease(key, CompareOp::Equal, old)])
-                    .and_then(vec![etcd_client::TxnOp::put(
-                        key,
-                        kv.value().to_vec(),
-                        Some(PutOptions::new().with_lease(lease)),
-                    )]);
-                if !self.etcd.txn(txn).await?.succeeded() {
+                let txn = Fenced::new(
+                    vec![Cond::Lease(key.to_string(), old)],
+                    vec![Op::put_leased(key, kv.value().to_vec(), lease)],
+                );
+                if !self.etcd.commit(&txn).await?.succeeded {
                     return Err(etcd_client::Error::InvalidArgs(
                         "member key changed while being moved to the new lease".into(),
                     ));
@@ -374,12 +342,37 @@ impl Membership {
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let key = member_key(&self.id());
         if let Some(fence) = self.fence() {
-            let txn = etcd_client::Txn::new()
-                .when(vec![fence])
-                .and_then(vec![etcd_client::TxnOp::delete(key, None)]);
-            let _ = self.etcd.txn(txn).await;
+            let _ = self
+                .etcd
+                .commit(&Fenced::new(vec![fence], vec![Op::delete(key)]))
+                .await;
         }
         self.publish(|v| v.registration = None);
+    }
+}
+
+/// The live members' ids, kept from the mirror of the member keys.
+#[derive(Default)]
+struct Members(std::collections::BTreeSet<String>);
+
+impl mirror::View for Members {
+    fn apply(&mut self, change: Change) {
+        match change {
+            Change::Put(kv) => {
+                if let Some(id) = kv.key.strip_prefix(MEMBERS) {
+                    if is_live(&kv) {
+                        self.0.insert(id.to_string());
+                    } else {
+                        self.0.remove(id);
+                    }
+                }
+            }
+            Change::Delete { key, .. } => {
+                if let Some(id) = key.strip_prefix(MEMBERS) {
+                    self.0.remove(id);
+                }
+            }
+        }
     }
 }
 

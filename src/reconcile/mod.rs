@@ -1,7 +1,8 @@
 //! The level-triggered reconciler, as a pipeline of small stages:
 //! the [`world`] mirrors etcd, [`observed`] views one resource, [`plan`]
-//! decides (pure), [`execute`] applies fenced transactions, and the
-//! [`controller`] runs it all with a deduplicating [`queue`].
+//! decides (pure; [`draft`] reads what a due job needs and [`decide`] plans
+//! again with it), [`execute`] spells the plan as fenced transactions, and
+//! the [`controller`] runs it all with a deduplicating [`queue`].
 
 #![cfg_attr(
     not(test),
@@ -13,6 +14,8 @@
 )]
 pub mod action;
 pub mod backoff;
+pub mod decide;
+pub mod draft;
 pub mod execute;
 pub mod membership;
 pub mod observed;

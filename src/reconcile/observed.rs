@@ -1,8 +1,14 @@
 //! The view of one resource that planning works from: everything the world
 //! knows about it, with job dependencies already looked up.
 
-use crate::esi::keys::{JobId, ResourceRef};
+use std::sync::Arc;
 
+use crate::esi::job::CompiledTemplate;
+use crate::esi::keys::{JobId, ResourceRef};
+use crate::esi::records::ResourceId;
+
+use super::backoff::BackoffPolicy;
+use super::draft::Draft;
 use super::status::ResourceStatus;
 use super::world::{ConfigSummary, JobStateSummary, Parsed, StackSummary, StateSummary, World};
 
@@ -16,14 +22,39 @@ pub enum TemplateStatus {
     /// The template is not in etcd (yet).
     Missing(String),
     /// The template's record or mappings do not parse.
-    Invalid {
-        template: String,
-        reason: String,
-    },
+    Invalid { template: String, reason: String },
     Ready {
         handler: String,
         template: String,
+        compiled: Arc<CompiledTemplate>,
     },
+}
+
+/// A drafted job and where the resources it references stand.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DraftView {
+    pub draft: Draft,
+    pub references: Vec<Reference>,
+    /// Unfinished jobs of other resources that reference this one: a
+    /// resource being changed that points here goes first (a firewall
+    /// waits for its interfaces' jobs).
+    pub referencing_jobs: Vec<String>,
+    /// For [`Draft::MissingReference`]: the resource whose config is missing.
+    pub missing: Option<ResourceRef>,
+}
+
+/// A resource the drafted job's params reference.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reference {
+    pub id: ResourceId,
+    /// The resource, if its type is one the catalog knows.
+    pub resource: Option<ResourceRef>,
+    /// Its jobs in flight: the new job depends on them.
+    pub unfinished_jobs: Vec<String>,
+    /// It is managed here, has no job in flight and no `/state`: its own
+    /// job is still to be issued, and issuing this one first would hand the
+    /// worker an output it cannot resolve.
+    pub awaiting_issue: bool,
 }
 
 /// Where a dependency of a waiting job stands.
@@ -79,6 +110,10 @@ pub struct Observed {
     pub paused: bool,
     /// Delete configs (and stack records) once their deletion completed.
     pub purge_deleted: bool,
+    /// Retry delays for failed jobs.
+    pub backoff: BackoffPolicy,
+    /// The job a plan asked to draft, once drafted.
+    pub draft: Option<DraftView>,
 }
 
 impl Observed {
@@ -97,7 +132,54 @@ impl Observed {
             now_ms: 0,
             paused: false,
             purge_deleted: false,
+            backoff: BackoffPolicy::default(),
+            draft: None,
         }
+    }
+
+    /// Adds a drafted job to the view, with where the resources it
+    /// references stand in `world`.
+    pub fn with_draft(mut self, world: &World, draft: Draft) -> Self {
+        let references = match &draft {
+            Draft::Ready(d) => d
+                .references
+                .iter()
+                .map(|dep| {
+                    let (rtype, id) = (&dep.resource_type, &dep.resource_id);
+                    let unfinished_jobs: Vec<String> = world
+                        .unfinished_jobs_of(rtype, id)
+                        .iter()
+                        .map(|j| j.id.to_string())
+                        .collect();
+                    let resource = world.resource_of_job_type(rtype, id);
+                    let awaiting_issue = unfinished_jobs.is_empty()
+                        && resource.as_ref().is_some_and(|r| awaits_issue(world, r));
+                    Reference {
+                        id: dep.clone(),
+                        resource,
+                        unfinished_jobs,
+                        awaiting_issue,
+                    }
+                })
+                .collect(),
+            _ => vec![],
+        };
+        let missing = match &draft {
+            Draft::MissingReference { rtype, id } => world.resource_of_job_type(rtype, id),
+            _ => None,
+        };
+        let referencing_jobs = world
+            .unfinished_jobs_referencing(&self.rtype, &self.resource.id)
+            .iter()
+            .map(|j| j.id.to_string())
+            .collect();
+        self.draft = Some(DraftView {
+            draft,
+            references,
+            referencing_jobs,
+            missing,
+        });
+        self
     }
 
     /// Builds the view of `r` from the world, or `None` if nothing of it is known.
@@ -110,9 +192,10 @@ impl Observed {
                 Some(t) => match world.template(&t.template) {
                     None => TemplateStatus::Missing(t.template.clone()),
                     Some(te) => match &te.compiled {
-                        Ok(_) => TemplateStatus::Ready {
+                        Ok(compiled) => TemplateStatus::Ready {
                             handler: t.handler.clone(),
                             template: t.template.clone(),
+                            compiled: compiled.clone(),
                         },
                         Err(reason) => TemplateStatus::Invalid {
                             template: t.template.clone(),
@@ -181,6 +264,20 @@ impl Observed {
             now_ms,
             paused: false,
             purge_deleted: false,
+            backoff: BackoffPolicy::default(),
+            draft: None,
         })
     }
+}
+
+/// A resource with a valid config that needs a template, not marked for
+/// deletion and with no `/state` yet.
+fn awaits_issue(world: &World, r: &ResourceRef) -> bool {
+    world.entry(r).is_some_and(|e| {
+        e.state.is_none()
+            && e.config
+                .as_ref()
+                .and_then(Parsed::ok)
+                .is_some_and(|c| c.template.is_some() && !c.marked)
+    })
 }

@@ -11,11 +11,10 @@ use crate::esi::Catalog;
 use crate::esi::keys::ResourceRef;
 use crate::store::StoreError;
 
-use super::backoff::BackoffPolicy;
 use super::controller::now_ms;
+use super::decide::decide_for;
 use super::execute::{ExecError, Executor, Outcome};
-use super::observed::Observed;
-use super::plan::{Plan, plan};
+use super::plan::Plan;
 use super::snapshot;
 
 #[derive(Debug, thiserror::Error)]
@@ -34,19 +33,14 @@ pub async fn reconcile_once(
     catalog: Arc<Catalog>,
     r: &ResourceRef,
 ) -> Result<(Plan, Option<Outcome>), OnceError> {
-    let world = snapshot::load(client, catalog.clone(), 1000).await?;
-    let o =
-        Observed::from_world(&world, r, now_ms()).ok_or_else(|| OnceError::Unknown(r.clone()))?;
-    let p = plan(&o);
+    let world = RwLock::new(snapshot::load(client, catalog, 1000).await?);
+    let (_, p) = decide_for(client, &world, r, now_ms(), |_| {})
+        .await
+        .map_err(ExecError::from)?
+        .ok_or_else(|| OnceError::Unknown(r.clone()))?;
     if p.actions.is_empty() {
         return Ok((p, None));
     }
-    let executor = Executor::new(
-        client.clone(),
-        Arc::new(RwLock::new(world)),
-        catalog,
-        BackoffPolicy::default(),
-    );
-    let outcome = executor.execute(&o, &p).await?;
+    let outcome = Executor::new(client.clone()).execute(&p).await?;
     Ok((p, Some(outcome)))
 }

@@ -6,8 +6,12 @@ use std::sync::Arc;
 use proptest::prelude::*;
 
 use super::*;
+use crate::esi::job::CompiledTemplate;
 use crate::esi::keys::{JobId, ResourceRef};
+use crate::esi::records::ResourceId;
+use crate::reconcile::draft::{Draft, JobDraft};
 use crate::reconcile::observed::{DepState, ObservedJob};
+use crate::reconcile::observed::{DraftView, Reference};
 use crate::reconcile::status::ResourceStatus;
 use crate::reconcile::world::{JobStateSummary, StackSummary, TemplateUse};
 
@@ -36,6 +40,12 @@ fn port(version: u64, marked: bool) -> Observed {
     o.template = TemplateStatus::Ready {
         handler: "heat_worker".into(),
         template: "port".into(),
+        compiled: Arc::new(CompiledTemplate {
+            id: "port".into(),
+            handler: "heat_worker".into(),
+            template_file: "port.yaml".into(),
+            mappings: vec![],
+        }),
     };
     o.now_ms = 1_000_000;
     o
@@ -97,7 +107,34 @@ fn job(action: JobAction, version: u64) -> ObservedJob {
 }
 
 fn kinds(p: &Plan) -> Vec<&'static str> {
-    p.actions.iter().map(|a| a.action.kind()).collect()
+    p.actions.iter().map(|a| a.action.kind().as_str()).collect()
+}
+
+/// A draft read at the config's revision that references nothing.
+fn drafted(o: &Observed) -> DraftView {
+    DraftView {
+        draft: Draft::Ready(Arc::new(JobDraft {
+            config_rev: o.config.as_ref().map(|c| c.mod_rev).unwrap_or(0),
+            body: Default::default(),
+            params: vec![],
+            references: vec![],
+        })),
+        references: vec![],
+        referencing_jobs: vec![],
+        missing: None,
+    }
+}
+
+/// Plans as `decide` does: when the plan asks for a draft, it gets one
+/// (here one that references nothing) and plans again.
+fn plan(o: &Observed) -> Plan {
+    let p = super::plan(o);
+    if !p.needs_draft || o.draft.is_some() {
+        return p;
+    }
+    let mut o = o.clone();
+    o.draft = Some(drafted(&o));
+    super::plan(&o)
 }
 
 fn issued(p: &Plan) -> Option<&Issue> {
@@ -773,4 +810,132 @@ fn a_retry_time_no_backoff_could_set_is_not_waited_for() {
     o.status = status(u64::MAX);
     let p = plan(&o);
     assert_eq!((kinds(&p), p.requeue_after_ms), (vec!["retry_job"], None));
+}
+
+#[test]
+fn a_due_job_is_drafted_before_anything_is_decided() {
+    let o = port(1, false);
+    let p = super::plan(&o);
+    assert!(p.needs_draft);
+    assert_eq!((p.phase, kinds(&p)), (Phase::Progressing, vec![]));
+    // A draft read at another revision of the config is no draft of this one.
+    let mut o2 = o.clone();
+    let mut d = drafted(&o);
+    d.draft = Draft::Ready(Arc::new(JobDraft {
+        config_rev: 9,
+        body: Default::default(),
+        params: vec![],
+        references: vec![],
+    }));
+    o2.draft = Some(d);
+    assert!(super::plan(&o2).needs_draft);
+    o2.draft = Some(DraftView {
+        draft: Draft::Stale,
+        ..drafted(&o)
+    });
+    let p = super::plan(&o2);
+    assert!(p.needs_draft && p.actions.is_empty());
+}
+
+fn reference(id: &str, unfinished: &[&str], awaiting_issue: bool) -> Reference {
+    Reference {
+        id: ResourceId {
+            resource_type: "network".into(),
+            resource_id: id.into(),
+        },
+        resource: Some(ResourceRef::new("networks", id)),
+        unfinished_jobs: unfinished.iter().map(|s| s.to_string()).collect(),
+        awaiting_issue,
+    }
+}
+
+#[test]
+fn the_draft_decides_between_issuing_waiting_and_failing() {
+    let with = |refs: Vec<Reference>, referencing: Vec<&str>| {
+        let mut o = port(1, false);
+        let mut d = drafted(&o);
+        d.references = refs;
+        d.referencing_jobs = referencing.into_iter().map(String::from).collect();
+        o.draft = Some(d);
+        super::plan(&o)
+    };
+    // A referenced resource whose own job is still to be issued goes first.
+    let p = with(vec![reference("n1", &[], true)], vec![]);
+    assert_eq!((p.phase, kinds(&p)), (Phase::Pending, vec![]));
+    let hold = p.hold.expect("held");
+    assert_eq!(hold.blocked_on, Some(ResourceRef::new("networks", "n1")));
+    assert!(!hold.unbuildable);
+    assert_eq!(hold.reason, "waiting for network n1 to be issued first");
+
+    // Jobs in flight of referenced and referencing resources become the
+    // new job's dependencies, each once.
+    let p = with(
+        vec![
+            reference("n1", &["j1", "j2"], false),
+            reference("n2", &[], false),
+        ],
+        vec!["j2", "j3"],
+    );
+    let i = issued(&p).expect("issued");
+    assert_eq!(i.dependency, vec!["j1", "j2", "j3"]);
+    assert!(p.hold.is_none());
+
+    // A referenced resource with no config: wait for it.
+    let mut o = port(1, false);
+    o.draft = Some(DraftView {
+        draft: Draft::MissingReference {
+            rtype: "network".into(),
+            id: "n9".into(),
+        },
+        missing: Some(ResourceRef::new("networks", "n9")),
+        ..drafted(&o)
+    });
+    let p = super::plan(&o);
+    assert_eq!(
+        p.hold.map(|h| (h.blocked_on, h.unbuildable)),
+        Some((Some(ResourceRef::new("networks", "n9")), false))
+    );
+
+    // A job that cannot be built is a failure, retried with backoff.
+    o.draft = Some(DraftView {
+        draft: Draft::Invalid("bad mapping".into()),
+        ..drafted(&o)
+    });
+    let p = super::plan(&o);
+    assert_eq!(p.phase, Phase::Failed);
+    assert!(p.hold.is_some_and(|h| h.unbuildable));
+}
+
+#[test]
+fn a_paused_resource_is_drafted_but_holds_nothing() {
+    let mut o = port(1, false);
+    o.paused = true;
+    let p = super::plan(&o);
+    assert_eq!(
+        (p.phase, p.needs_draft, &p.hold),
+        (Phase::Paused, true, &None)
+    );
+    let mut d = drafted(&o);
+    d.references = vec![reference("n1", &[], true)];
+    o.draft = Some(d);
+    let p = super::plan(&o);
+    assert_eq!(
+        (p.phase, p.needs_draft, p.hold),
+        (Phase::Paused, false, None)
+    );
+}
+
+#[test]
+fn retry_times_are_a_function_of_the_failure() {
+    let o = with_state(port(1, false), 1, "CREATE_FAILED", "boom");
+    let next = |o: &Observed| match &plan(o).actions[0].action {
+        Action::RecordFailure { next_retry_ms, .. } => *next_retry_ms,
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(next(&o), next(&o), "the same view plans the same retry");
+    let wait = next(&o) - o.now_ms;
+    assert!(
+        (1_000..=2_000).contains(&wait),
+        "first retry in 1-2 s: {wait}"
+    );
 }

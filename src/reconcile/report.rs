@@ -5,8 +5,13 @@ use serde::Serialize;
 
 use crate::esi::keys::ResourceRef;
 
+use tokio::sync::RwLock;
+
+use crate::store::txn::Kv;
+
+use super::decide::decide_for;
 use super::observed::Observed;
-use super::plan::{Phase, Plan, plan};
+use super::plan::{Phase, Plan};
 use super::world::{Parsed, World};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -85,19 +90,35 @@ impl Report {
         }
     }
 
-    /// Plans `r` in `world` and reports it.
-    pub fn of(world: &World, r: &ResourceRef, now_ms: u64) -> Option<Report> {
-        let o = Observed::from_world(world, r, now_ms)?;
-        Some(Report::new(&o, &plan(&o)))
+    /// Decides `r` in `world` (drafting its job if one is due, as the
+    /// controller does) and reports it.
+    pub async fn of(
+        kv: &impl Kv,
+        world: &RwLock<World>,
+        r: &ResourceRef,
+        now_ms: u64,
+    ) -> Result<Option<Report>, etcd_client::Error> {
+        let decided = decide_for(kv, world, r, now_ms, |_| {}).await?;
+        Ok(decided.map(|(o, p)| Report::new(&o, &p)))
     }
 }
 
 /// Every resource, sorted by type and id.
-pub fn all(world: &World, now_ms: u64) -> Vec<Report> {
-    let mut out: Vec<Report> = world
+pub async fn all(
+    kv: &impl Kv,
+    world: &RwLock<World>,
+    now_ms: u64,
+) -> Result<Vec<Report>, etcd_client::Error> {
+    let all: Vec<ResourceRef> = world
+        .read()
+        .await
         .resources()
-        .filter_map(|(r, _)| Report::of(world, r, now_ms))
+        .map(|(r, _)| r.clone())
         .collect();
+    let mut out = Vec::with_capacity(all.len());
+    for r in &all {
+        out.extend(Report::of(kv, world, r, now_ms).await?);
+    }
     out.sort_by(|a, b| (&a.rtype, &a.id).cmp(&(&b.rtype, &b.id)));
-    out
+    Ok(out)
 }

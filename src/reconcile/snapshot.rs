@@ -10,8 +10,8 @@ use crate::esi::Catalog;
 use crate::esi::keys::{
     CONFIG, HEAT_STACKS, JOB_STATE, JOBS, RECONCILER, STATE, WATCH_END, WATCH_START,
 };
-use crate::store::mirror::{self, MirrorEvent, MirrorOptions};
-use crate::store::{Change, StoreError};
+use crate::store::StoreError;
+use crate::store::mirror::{self, MirrorOptions, Reflector, Step};
 
 use super::world::World;
 
@@ -23,6 +23,7 @@ pub fn mirror_options(page_size: i64) -> MirrorOptions {
         list_prefixes: [CONFIG, RECONCILER, HEAT_STACKS, JOB_STATE, JOBS, STATE]
             .map(String::from)
             .to_vec(),
+        from: None,
     }
 }
 
@@ -36,22 +37,25 @@ pub async fn load(
     let c = client.clone();
     let opts = mirror_options(page_size);
     let lister = tokio::spawn(async move { mirror::list(&c, &opts, &tx).await });
-    let mut world = World::new(catalog);
+    let mut reflector = Reflector::new(move || World::new(catalog.clone()));
+    let mut world = None;
     while let Some(ev) = rx.recv().await {
-        match ev {
-            MirrorEvent::ListStart { revision, .. } | MirrorEvent::ListEnd { revision } => {
-                world.revision = revision
-            }
-            MirrorEvent::ListPage(kvs) => {
-                for kv in kvs {
-                    world.apply(&Change::Put(kv));
-                }
-            }
-            _ => {}
+        if let Step::Replace {
+            view: mut w,
+            revision,
+            ..
+        } = reflector.step(ev)
+        {
+            w.revision = revision;
+            world = Some(w);
         }
     }
     lister
         .await
         .map_err(|e| StoreError::Etcd(etcd_client::Error::WatchError(e.to_string())))??;
-    Ok(world)
+    world.ok_or_else(|| {
+        StoreError::Etcd(etcd_client::Error::WatchError(
+            "the list ended before it was complete".into(),
+        ))
+    })
 }

@@ -18,7 +18,6 @@ use crate::esi::records::{
 };
 use crate::store::{Change, Kv};
 
-use super::plan::Phase;
 use super::sparse::Sparse;
 
 use super::status::ResourceStatus;
@@ -129,8 +128,6 @@ pub struct Entry {
     pub status: Option<Parsed<StatusSummary>>,
     /// Ids of this resource's jobs that have any key under `/jobs/`.
     pub jobs: Vec<String>,
-    /// The phase its last plan found (set by the controller).
-    pub phase: Option<Phase>,
 }
 
 impl Entry {
@@ -411,18 +408,12 @@ impl World {
         }
     }
 
-    /// Applies one change from the mirror.
+    /// Applies one change from the mirror; says which resources (and
+    /// which template) it touched.
     pub fn apply(&mut self, change: &Change) -> Touched {
         match change {
             Change::Put(kv) => self.put(kv),
             Change::Delete { key, .. } => self.delete(key),
-        }
-    }
-
-    /// Records the phase a plan found for `r`.
-    pub fn set_phase(&mut self, r: &ResourceRef, phase: Phase) {
-        if let Some(e) = self.resources.get_mut(r) {
-            e.phase = Some(phase);
         }
     }
 
@@ -715,6 +706,12 @@ where
     }
 }
 
+impl crate::store::mirror::View for World {
+    fn apply(&mut self, change: Change) {
+        World::apply(self, &change);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -728,6 +725,7 @@ mod tests {
                 v => serde_json::to_vec(&v).unwrap(),
             },
             mod_revision: rev,
+            create_revision: rev,
             lease: 0,
         }
     }

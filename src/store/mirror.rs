@@ -8,11 +8,21 @@
 //! our old revision would deliver nothing, ever. The consumer sees a
 //! [`MirrorEvent`] stream that always describes one consistent,
 //! revision-ordered history of one store.
+//!
+//! [`stream`] is the mirror as a `Stream`; a [`Reflector`] folds it into a
+//! view the way kube-runtime's reflector does (a relist is built aside and
+//! swapped in whole). Every consumer — the controller's world, the worker's
+//! ready queue, the replica membership, the CLI's snapshot, the harness's
+//! ledgers — goes through these two, so list-then-watch, resumption and
+//! relisting after a restore are written once.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use etcd_client::{EventType, GetOptions, WatchOptions};
+use futures::Stream;
 use tokio::sync::mpsc;
 
 use super::cluster::Etcd;
@@ -23,6 +33,8 @@ pub struct Kv {
     pub key: String,
     pub value: Vec<u8>,
     pub mod_revision: i64,
+    /// Equal to `mod_revision` when this put created the key.
+    pub create_revision: i64,
     pub lease: i64,
 }
 
@@ -32,6 +44,7 @@ impl Kv {
             key: String::from_utf8(kv.key().to_vec()).ok()?,
             value: kv.value().to_vec(),
             mod_revision: kv.mod_revision(),
+            create_revision: kv.create_revision(),
             lease: kv.lease(),
         })
     }
@@ -75,6 +88,10 @@ pub struct MirrorOptions {
     /// prefixes a mirror keeps, listed apart, cost Σnᵢ²/page, and keys it
     /// would ignore are not read at all.
     pub list_prefixes: Vec<String>,
+    /// Start with a watch from this revision + 1 instead of a list: for
+    /// consumers of the history rather than of the current state. A list
+    /// still follows when that history was compacted or the store reset.
+    pub from: Option<i64>,
 }
 
 impl MirrorOptions {
@@ -85,7 +102,14 @@ impl MirrorOptions {
             end: String::from_utf8(crate::esi::keys::prefix_end(prefix)).unwrap_or_default(),
             page_size: 1000,
             list_prefixes: vec![],
+            from: None,
         }
+    }
+
+    /// The history after `revision` instead of a list first.
+    pub fn after(mut self, revision: i64) -> Self {
+        self.from = Some(revision);
+        self
     }
 
     /// The ranges a list reads, in key order.
@@ -188,10 +212,14 @@ pub async fn run(client: Etcd, opts: MirrorOptions, out: mpsc::Sender<MirrorEven
         .with_jitter()
         .without_max_times();
     let mut resets = client.subscribe_resets();
+    let mut from = opts.from;
     'relist: loop {
         let mut delays = retry.build();
         resets.borrow_and_update();
         let mut revision = loop {
+            if let Some(rev) = from.take() {
+                break rev;
+            }
             match list(&client, &opts, &out).await {
                 Ok(Some(rev)) => break rev,
                 Ok(None) => return,
@@ -389,6 +417,126 @@ async fn watch(
             .is_err()
         {
             return WatchEnd::Closed;
+        }
+    }
+}
+
+/// The mirror as a stream of events; its task ends when the stream is dropped.
+pub fn stream(client: Etcd, opts: MirrorOptions) -> MirrorStream {
+    let (tx, rx) = mpsc::channel(64);
+    let task = tokio::spawn(run(client, opts, tx));
+    MirrorStream { rx, task }
+}
+
+pub struct MirrorStream {
+    rx: mpsc::Receiver<MirrorEvent>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Stream for MirrorStream {
+    type Item = MirrorEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<MirrorEvent>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for MirrorStream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Something kept from a mirrored range.
+pub trait View {
+    /// Applies one change; a listed key arrives as a put.
+    fn apply(&mut self, change: Change);
+}
+
+/// What one mirror event means for a view.
+#[derive(Debug)]
+pub enum Step<V> {
+    /// Nothing to do (a list page was buffered).
+    Idle,
+    /// A list completed: this view replaces the old one.
+    Replace { view: V, revision: i64, epoch: u64 },
+    /// Apply these changes, in order.
+    Apply { revision: i64, changes: Vec<Change> },
+    /// Nothing changed up to `revision`.
+    Progress { revision: i64 },
+    /// The watch broke and is being re-established.
+    Restart { reason: String },
+    /// The store was found restored or replaced; a list follows.
+    Reset { reason: String },
+}
+
+/// The reflector step: buffers a relist in a fresh view and hands it over
+/// only once complete, so no consumer ever sees a half-listed view (or acts
+/// on the old one mixed with part of the new).
+pub struct Reflector<V> {
+    fresh: Box<dyn FnMut() -> V + Send>,
+    listing: Option<(V, u64)>,
+}
+
+impl<V: View> Reflector<V> {
+    /// `fresh` makes the empty view a list starts from.
+    pub fn new(fresh: impl FnMut() -> V + Send + 'static) -> Self {
+        Self {
+            fresh: Box::new(fresh),
+            listing: None,
+        }
+    }
+
+    pub fn step(&mut self, ev: MirrorEvent) -> Step<V> {
+        match ev {
+            MirrorEvent::ListStart { epoch, .. } => {
+                self.listing = Some(((self.fresh)(), epoch));
+                Step::Idle
+            }
+            MirrorEvent::ListPage(kvs) => {
+                if let Some((view, _)) = self.listing.as_mut() {
+                    for kv in kvs {
+                        view.apply(Change::Put(kv));
+                    }
+                }
+                Step::Idle
+            }
+            MirrorEvent::ListEnd { revision } => match self.listing.take() {
+                Some((view, epoch)) => Step::Replace {
+                    view,
+                    revision,
+                    epoch,
+                },
+                None => Step::Idle,
+            },
+            MirrorEvent::Changes { revision, changes } => Step::Apply { revision, changes },
+            MirrorEvent::Progress { revision } => Step::Progress { revision },
+            MirrorEvent::WatchRestart { reason } => Step::Restart { reason },
+            MirrorEvent::StoreReset { reason } => Step::Reset { reason },
+        }
+    }
+
+    /// Steps and brings `view` up to date: what most consumers want.
+    /// Returns the step with a replacement already swapped in (the view it
+    /// replaced is in `Replace`).
+    pub fn update(&mut self, view: &mut V, ev: MirrorEvent) -> Step<V> {
+        match self.step(ev) {
+            Step::Replace {
+                view: fresh,
+                revision,
+                epoch,
+            } => Step::Replace {
+                view: std::mem::replace(view, fresh),
+                revision,
+                epoch,
+            },
+            Step::Apply { revision, changes } => {
+                for c in &changes {
+                    view.apply(c.clone());
+                }
+                Step::Apply { revision, changes }
+            }
+            other => other,
         }
     }
 }

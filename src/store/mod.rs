@@ -18,6 +18,7 @@ pub mod local_cluster;
 pub mod mirror;
 pub mod roles;
 pub mod tls;
+pub mod txn;
 
 pub use client::{EtcdOptions, StoreError, connect, connect_checked, current_revision};
 pub use cluster::{Etcd, MemberWatch};

@@ -7,7 +7,7 @@
 //! deleted) writes nothing.
 
 use crate::store::Etcd;
-use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
+use crate::store::txn::{Cond, Fenced, Kv, Op};
 
 use crate::esi::keys::{JobId, JobSlot};
 use crate::esi::records::{self, JobEnvelope, queue_value};
@@ -24,12 +24,8 @@ pub struct Claim {
 
 impl Claim {
     /// Holds while our claim is the one in etcd.
-    pub fn fence(&self) -> Compare {
-        Compare::create_revision(
-            self.id.slot_key(JobSlot::Working),
-            CompareOp::Equal,
-            self.claim_rev,
-        )
+    pub fn fence(&self) -> Cond {
+        Cond::CreateRev(self.id.slot_key(JobSlot::Working), self.claim_rev)
     }
 }
 
@@ -71,26 +67,20 @@ pub async fn claim(
     let reservation = reservation.to_string();
     let working = id.slot_key(JobSlot::Working);
     let ready = id.slot_key(JobSlot::Ready);
-    let txn = Txn::new()
-        .when(vec![
-            Compare::create_revision(ready.clone(), CompareOp::Greater, 0),
-            Compare::create_revision(working.clone(), CompareOp::Equal, 0),
-            Compare::mod_revision(all_key, CompareOp::Equal, all.mod_revision()),
-        ])
-        .and_then(
-            vec![
-                TxnOp::put(
-                    working.clone(),
-                    reservation.clone(),
-                    Some(PutOptions::new().with_lease(lease)),
-                ),
-                TxnOp::delete(ready, None),
-            ]
-            .into_iter()
-            .chain(job_state_key.map(|k| TxnOp::put(k, "{}", None)))
-            .collect::<Vec<_>>(),
-        );
-    let resp = match kv.txn(txn).await {
+    let mut then = vec![
+        Op::put_leased(working.clone(), reservation.clone(), lease),
+        Op::delete(ready.clone()),
+    ];
+    then.extend(job_state_key.map(|k| Op::put(k, "{}")));
+    let txn = Fenced::new(
+        vec![
+            Cond::Present(ready),
+            Cond::Absent(working.clone()),
+            Cond::ModRev(all_key, all.mod_revision()),
+        ],
+        then,
+    );
+    let resp = match kv.commit(&txn).await {
         Ok(r) => Some(r),
         // No answer: it may still have landed (read below), or land later
         // (the caller retries with the same reservation).
@@ -100,8 +90,8 @@ pub async fn claim(
         }
         Err(e) => return Err(e.into()),
     };
-    let claim_rev = if let Some(resp) = resp.as_ref().filter(|r| r.succeeded()) {
-        resp.header().map(|h| h.revision()).unwrap_or(0)
+    let claim_rev = if let Some(resp) = resp.filter(|r| r.succeeded) {
+        resp.revision
     } else {
         // The store layer retries a transaction whose answer was lost; if
         // the first attempt did land, this one failed its compares on our
@@ -130,13 +120,12 @@ pub async fn claim(
 /// Gives a claimed job back: `working/` removed, `ready/` restored, in one
 /// transaction fenced by the claim.
 pub async fn release(client: &Etcd, c: &Claim) -> Result<bool, etcd_client::Error> {
-    let txn = Txn::new().when(vec![c.fence()]).and_then(vec![
-        TxnOp::delete(c.id.slot_key(JobSlot::Working), None),
-        TxnOp::put(
-            c.id.slot_key(JobSlot::Ready),
-            queue_value(&c.id.handler),
-            None,
-        ),
-    ]);
-    Ok(client.txn(txn).await?.succeeded())
+    let txn = Fenced::new(
+        vec![c.fence()],
+        vec![
+            Op::delete(c.id.slot_key(JobSlot::Working)),
+            Op::put(c.id.slot_key(JobSlot::Ready), queue_value(&c.id.handler)),
+        ],
+    );
+    Ok(client.commit(&txn).await?.succeeded)
 }

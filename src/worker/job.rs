@@ -6,16 +6,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::store::Etcd;
+use crate::store::txn::{Cond, Fenced, Kv, Op};
 use backon::{BackoffBuilder, ExponentialBuilder};
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use tokio::sync::watch;
 
 use crate::engine::{Engine, EngineError, StackInfo, StackSpec};
 use crate::esi::Catalog;
 use crate::esi::keys::{JobAction, JobId, JobSlot, ResourceRef, TEMPLATES};
 use crate::esi::mapping::select::TemplateChoice;
-use crate::esi::records::{self, ConfigRecord, HeatTemplate, Job, StackOutput, StateRecord};
+use crate::esi::records::{
+    self, ConfigRecord, HeatStack, HeatTemplate, Job, JobState, StackOutput, StateRecord,
+};
 use crate::limits::Limits;
 
 use super::claim::{self, Claim};
@@ -105,12 +107,9 @@ impl<E: Engine> JobRunner<E> {
         Some(ResourceRef::new(plural, id.resource_id.clone()).job_state_key())
     }
 
-    async fn fenced(&self, c: &Claim, ops: Vec<TxnOp>) -> Result<bool, etcd_client::Error> {
-        Ok(self
-            .client
-            .txn(Txn::new().when(vec![c.fence()]).and_then(ops))
-            .await?
-            .succeeded())
+    async fn fenced(&self, c: &Claim, ops: Vec<Op>) -> Result<bool, etcd_client::Error> {
+        let txn = Fenced::new(vec![c.fence()], ops);
+        Ok(self.client.commit(&txn).await?.succeeded)
     }
 
     async fn run_inner(
@@ -348,25 +347,28 @@ impl<E: Engine> JobRunner<E> {
                     .get("tenant_id")
                     .and_then(Value::as_str)
                     .unwrap_or_default();
-                let record = json!({
-                    "id": format!("{}:{}", job.resource_type, job.resource_id),
-                    "stack_id": if deleted { String::new() } else { s.id.clone() },
-                    "stack_status": s.status,
-                    "status_reason": if deleted { String::new() } else { s.reason.clone() },
-                    "output": outputs,
-                    "tenant_id": tenant,
-                });
-                ops.push(TxnOp::put(
+                let record = HeatStack {
+                    id: format!("{}:{}", job.resource_type, job.resource_id),
+                    stack_id: if deleted { String::new() } else { s.id.clone() },
+                    stack_status: s.status.clone(),
+                    status_reason: if deleted {
+                        String::new()
+                    } else {
+                        s.reason.clone()
+                    },
+                    output: outputs.clone(),
+                    tenant_id: tenant.to_string(),
+                    extra: Default::default(),
+                };
+                ops.push(Op::put(
                     r.heat_stack_key(),
                     serde_json::to_vec(&record).unwrap_or_default(),
-                    None,
                 ));
             }
-            let job_state = json!({"heat_outputs": outputs, "orchestration_state": status});
-            ops.push(TxnOp::put(
+            let job_state = JobState::finished(outputs.clone(), &status);
+            ops.push(Op::put(
                 r.job_state_key(),
                 serde_json::to_vec(&job_state).unwrap_or_default(),
-                None,
             ));
             // Never move /state back to an older version.
             let current = self.client.get(r.state_key(), None).await?;
@@ -376,9 +378,8 @@ impl<E: Engine> JobRunner<E> {
                 .and_then(|kv| records::parse::<StateRecord>("state", kv.value()).ok())
                 .is_some_and(|s| s.version > job.version);
             if !newer {
-                compares.push(Compare::mod_revision(
+                compares.push(Cond::ModRev(
                     r.state_key(),
-                    CompareOp::Equal,
                     current
                         .kvs()
                         .first()
@@ -390,28 +391,17 @@ impl<E: Engine> JobRunner<E> {
                 } else {
                     action.completed_state()
                 };
-                let state = json!({
-                    "state": {
-                        "worker_state": worker_state,
-                        "orchestration_state": status,
-                        "heat_outputs": serde_json::to_string(&outputs).unwrap_or_else(|_| "[]".into()),
-                    },
-                    "version": job.version,
-                    "error": error,
-                });
-                ops.push(TxnOp::put(
+                let state =
+                    StateRecord::finished(worker_state, &status, &outputs, job.version, error);
+                ops.push(Op::put(
                     r.state_key(),
                     serde_json::to_vec(&state).unwrap_or_default(),
-                    None,
                 ));
             }
         }
-        ops.push(TxnOp::put(c.id.slot_key(JobSlot::Finished), "", None));
-        let resp = self
-            .client
-            .txn(Txn::new().when(compares).and_then(ops))
-            .await?;
-        if !resp.succeeded() {
+        ops.push(Op::put(c.id.slot_key(JobSlot::Finished), ""));
+        let resp = self.client.commit(&Fenced::new(compares, ops)).await?;
+        if !resp.succeeded {
             // Either the claim is gone or /state moved under us.
             if self.fenced(c, vec![]).await? {
                 return Ok(None);
@@ -419,9 +409,9 @@ impl<E: Engine> JobRunner<E> {
             tracing::warn!(job = %c.id, "claim lost before the results were written; writing nothing");
             return Ok(Some(JobOutcome::ClaimLost));
         }
-        let mut cleanup = vec![TxnOp::delete(c.id.slot_key(JobSlot::Working), None)];
+        let mut cleanup = vec![Op::delete(c.id.slot_key(JobSlot::Working))];
         if let Some(r) = r {
-            cleanup.push(TxnOp::delete(r.job_state_key(), None));
+            cleanup.push(Op::delete(r.job_state_key()));
         }
         self.fenced(c, cleanup).await?;
         Ok(Some(if failed {

@@ -30,8 +30,9 @@ use crate::engine::Engine;
 use crate::esi::Catalog;
 use crate::esi::keys::{JOBS_READY, JobId};
 use crate::store::Change;
-use crate::store::mirror::{self, MirrorEvent, MirrorOptions};
+use crate::store::mirror::{self, MirrorOptions, Reflector, Step, View};
 use crate::telemetry::metrics::WorkerMetrics;
+use futures::StreamExt;
 
 use job::{JobOutcome, JobRunner, JobSettings};
 
@@ -112,32 +113,27 @@ impl<E: Engine> Worker<E> {
                 m.lease_lost.inc();
             },
         ));
-        let (tx, mut rx) = mpsc::channel(64);
-        let opts = MirrorOptions::prefix(JOBS_READY);
-        let mirror = tokio::spawn(mirror::run(self.client.clone(), opts, tx));
+        let mut events = mirror::stream(self.client.clone(), MirrorOptions::prefix(JOBS_READY));
+        let handler = self.cfg.handler.clone();
+        let mut reflector = Reflector::new(move || ReadyJobs::new(&handler));
+        let mut ready = ReadyJobs::new(&self.cfg.handler);
         let slots = Arc::new(Semaphore::new(self.cfg.slots.max(1)));
         let freed = Arc::new(Notify::new());
         let (cancel_tx, cancel_rx) = watch::channel(false);
         let (retry_tx, mut retry_rx) = mpsc::channel::<String>(1024);
-        // Ready jobs, oldest first: (revision, id).
-        let mut queue: BTreeSet<(i64, String)> = BTreeSet::new();
-        let mut revs: HashMap<String, i64> = HashMap::new();
-        let mut listing: Option<Vec<(i64, String)>> = None;
         tokio::pin!(shutdown);
         loop {
             // Start as many ready jobs as there are free slots.
             // Marks the lease seen, so `changed()` below waits for a new one.
             let lease = *lease_rx.borrow_and_update();
-            while !queue.is_empty() && lease != 0 {
+            while !ready.is_empty() && lease != 0 {
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
                     break;
                 };
-                let (rev, id) = queue.pop_first().expect("non-empty");
-                revs.remove(&id);
+                let Some(id) = ready.pop_oldest() else { break };
                 let Ok(job_id) = id.parse::<JobId>() else {
                     continue;
                 };
-                let _ = rev;
                 let runner = self.runner.clone();
                 let client = self.client.clone();
                 let metrics = self.metrics.clone();
@@ -152,62 +148,24 @@ impl<E: Engine> Worker<E> {
             }
             tokio::select! {
                 Some(id) = retry_rx.recv() => {
-                    // Back in line, unless it left ready/ meanwhile.
-                    if !revs.contains_key(&id) {
-                        revs.insert(id.clone(), 0);
-                        queue.insert((0, id));
-                    }
+                    ready.requeue(id);
                 }
-                ev = rx.recv() => {
+                ev = events.next() => {
                     let Some(ev) = ev else { break };
-                    match ev {
-                        MirrorEvent::ListStart { .. } => listing = Some(vec![]),
-                        MirrorEvent::ListPage(kvs) => {
-                            if let Some(l) = listing.as_mut() {
-                                l.extend(kvs.into_iter().filter(|kv| kv.value == self.cfg.handler.as_bytes()).map(|kv| (kv.mod_revision, ready_id(&kv.key))));
-                            }
-                        }
-                        MirrorEvent::ListEnd { .. } => {
-                            queue.clear();
-                            revs.clear();
-                            for (rev, id) in listing.take().unwrap_or_default() {
-                                revs.insert(id.clone(), rev);
-                                queue.insert((rev, id));
-                            }
-                            self.ready.store(true, Ordering::Relaxed);
-                        }
-                        MirrorEvent::Changes { changes, .. } => {
-                            for c in changes {
-                                match c {
-                                    Change::Put(kv) if kv.value == self.cfg.handler.as_bytes() => {
-                                        let id = ready_id(&kv.key);
-                                        if let Some(old) = revs.insert(id.clone(), kv.mod_revision) {
-                                            queue.remove(&(old, id.clone()));
-                                        }
-                                        queue.insert((kv.mod_revision, id));
-                                    }
-                                    Change::Delete { key, .. } => {
-                                        let id = ready_id(&key);
-                                        if let Some(old) = revs.remove(&id) {
-                                            queue.remove(&(old, id));
-                                        }
-                                    }
-                                    Change::Put(_) => {}
-                                }
-                            }
-                        }
-                        MirrorEvent::Progress { .. } => {}
-                        MirrorEvent::WatchRestart { reason } => tracing::warn!(%reason, "ready-job watch restarting"),
-                        MirrorEvent::StoreReset { reason } => tracing::info!(%reason, "listing ready jobs again"),
+                    match reflector.update(&mut ready, ev) {
+                        Step::Replace { .. } => self.ready.store(true, Ordering::Relaxed),
+                        Step::Restart { reason } => tracing::warn!(%reason, "ready-job watch restarting"),
+                        Step::Reset { reason } => tracing::info!(%reason, "listing ready jobs again"),
+                        Step::Idle | Step::Apply { .. } | Step::Progress { .. } => {}
                     }
-                    self.metrics.ready_jobs.set(queue.len() as i64);
+                    self.metrics.ready_jobs.set(ready.len() as i64);
                 }
                 _ = freed.notified() => {}
                 _ = lease_rx.changed() => {}
                 _ = &mut shutdown => break,
             }
         }
-        mirror.abort();
+        drop(events);
         tracing::info!(grace = ?self.cfg.shutdown_grace, "stopped claiming; letting running jobs finish");
         let all = self.cfg.slots.max(1) as u32;
         if tokio::time::timeout(self.cfg.shutdown_grace, slots.acquire_many(all))
@@ -224,6 +182,70 @@ impl<E: Engine> Worker<E> {
             let _ = self.client.lease_revoke(lease).await;
         }
         tracing::info!("worker stopped");
+    }
+}
+
+/// The ready jobs of our handler, oldest first, kept from the mirror of
+/// `/jobs/ready/`.
+struct ReadyJobs {
+    handler: Vec<u8>,
+    /// (revision, id), oldest first.
+    queue: BTreeSet<(i64, String)>,
+    revs: HashMap<String, i64>,
+}
+
+impl ReadyJobs {
+    fn new(handler: &str) -> Self {
+        Self {
+            handler: handler.as_bytes().to_vec(),
+            queue: BTreeSet::new(),
+            revs: HashMap::new(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    fn pop_oldest(&mut self) -> Option<String> {
+        let (_, id) = self.queue.pop_first()?;
+        self.revs.remove(&id);
+        Some(id)
+    }
+
+    /// Back in line (first), unless it left `ready/` meanwhile.
+    fn requeue(&mut self, id: String) {
+        if !self.revs.contains_key(&id) {
+            self.revs.insert(id.clone(), 0);
+            self.queue.insert((0, id));
+        }
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some(old) = self.revs.remove(id) {
+            self.queue.remove(&(old, id.to_string()));
+        }
+    }
+}
+
+impl View for ReadyJobs {
+    fn apply(&mut self, change: Change) {
+        match change {
+            Change::Put(kv) => {
+                let id = ready_id(&kv.key);
+                self.remove(&id);
+                // Another handler's job: not ours to take.
+                if kv.value == self.handler {
+                    self.revs.insert(id.clone(), kv.mod_revision);
+                    self.queue.insert((kv.mod_revision, id));
+                }
+            }
+            Change::Delete { key, .. } => self.remove(&ready_id(&key)),
+        }
     }
 }
 

@@ -323,27 +323,27 @@ pub struct Recorder {
 
 impl Recorder {
     pub async fn start(etcd: &TestEtcd, prefix: &str) -> Recorder {
-        let mut stream = etcd
-            .client
-            .watch(prefix, Some(etcd_client::WatchOptions::new().with_prefix()))
-            .await
-            .unwrap()
-            .stream;
+        use esi_reconciler::store::mirror::{self, MirrorEvent, MirrorOptions};
+        use esi_reconciler::store::{Change, current_revision};
+        use futures::StreamExt;
+        // The history from now on, through the product's own mirror.
+        let now = current_revision(&etcd.client).await.unwrap();
+        let mut stream = mirror::stream(
+            etcd.client.clone(),
+            MirrorOptions::prefix(prefix).after(now),
+        );
         let events = std::sync::Arc::new(tokio::sync::Mutex::new(vec![]));
         let sink = events.clone();
         let task = tokio::spawn(async move {
-            while let Ok(Some(resp)) = stream.message().await {
+            while let Some(ev) = stream.next().await {
+                let MirrorEvent::Changes { changes, .. } = ev else {
+                    continue;
+                };
                 let mut e = sink.lock().await;
-                for ev in resp.events() {
-                    let kv = ev.kv().unwrap();
-                    let put = ev.event_type() == etcd_client::EventType::Put;
-                    e.push((
-                        kv.mod_revision(),
-                        put,
-                        kv.key_str().unwrap().to_string(),
-                        kv.value().to_vec(),
-                    ));
-                }
+                e.extend(changes.into_iter().map(|c| match c {
+                    Change::Put(kv) => (kv.mod_revision, true, kv.key, kv.value),
+                    Change::Delete { key, revision } => (revision, false, key, vec![]),
+                }));
             }
         });
         Recorder { events, task }

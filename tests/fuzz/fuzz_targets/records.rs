@@ -28,6 +28,7 @@ fuzz_target!(|data: &[u8]| {
             key: String::from_utf8_lossy(key).into_owned(),
             value: value.to_vec(),
             mod_revision: rev,
+            create_revision: rev,
             lease: 0,
         };
         if value.is_empty() {
