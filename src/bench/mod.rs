@@ -700,9 +700,17 @@ mod tests {
             });
         }
         let png = convergence_png(&r).unwrap();
-        assert_eq!(&png[1..4], b"PNG");
+        // The signature, then the IHDR chunk: its length (13), its type,
+        // then width and height as big-endian u32s.
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+        assert_eq!(&png[8..16], b"\0\0\0\x0dIHDR");
+        let be = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().unwrap());
+        assert_eq!((be(16), be(20)), (900, 540));
         // No samples is an error, not a panic or an empty image.
         r.convergence.clear();
-        assert!(convergence_png(&r).is_err());
+        assert!(matches!(
+            convergence_png(&r),
+            Err(plot::PlotError::NoPoints)
+        ));
     }
 }

@@ -1,11 +1,25 @@
-//! A small PNG line-chart renderer for the benchmark's "convergence over
-//! time" plot.
+//! The benchmark's "convergence over time" chart, as a PNG.
 //!
-//! Everything is rasterised here, into an RGB8 buffer with Bresenham lines
-//! and a built-in 5x8 bitmap font; only the encoding is left to the `png`
-//! crate. The bench thus gains one small pure-Rust dependency instead of a
-//! plotting stack that loads fonts or links system libraries, and the output
-//! is identical on every machine.
+//! Drawing is `plotters`' in-memory bitmap backend, with text through its
+//! ab_glyph path and a Noto Sans compiled into the binary: no system font,
+//! no C library, and the same picture on every machine. The PNG is encoded
+//! here with `png` rather than through plotters' `image`-based encoder,
+//! which only writes files and would bring a second PNG stack.
+//!
+//! The axes are laid out here, not by plotters: its float ticks collapse
+//! to a single one for any span under `f64::EPSILON` (absolute, so data in
+//! the 1e-17 range gets one tick) and are printed without exponents (a
+//! 300-digit label for 1e300). Plotters only draws the grid at these ticks
+//! and maps data to pixels.
+
+use std::sync::OnceLock;
+
+use plotters::coord::Shift;
+use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint};
+use plotters::coord::types::RangedCoordf64;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+use plotters::style::{FontStyle, register_font};
 
 /// One series: a label and (x, y) points, x ascending.
 #[derive(Debug, Clone, Copy)]
@@ -32,58 +46,89 @@ pub enum PlotError {
     /// no axis can be laid out for it.
     #[error("the {axis} range of the data cannot be laid out as an axis")]
     Range { axis: &'static str },
+    #[error("drawing the chart failed: {0}")]
+    Draw(String),
     #[error("PNG encoding failed: {0}")]
     Encode(#[from] png::EncodingError),
 }
 
-/// Renders the chart as a PNG (900x540), white background, axes with ~5-8 "nice" ticks
-/// (1, 2, 5 x 10^k) and numeric tick labels on both axes, the title, axis labels, one coloured
-/// polyline per series with a small legend, and the target as a dashed line with its label.
+/// Plotters' errors carry the backend's error type; callers only need to
+/// know what went wrong.
+impl<E: std::error::Error + Send + Sync> From<DrawingAreaErrorKind<E>> for PlotError {
+    fn from(err: DrawingAreaErrorKind<E>) -> Self {
+        PlotError::Draw(err.to_string())
+    }
+}
+
+/// Renders the chart as a PNG (900x540): title, axes with "nice" ticks
+/// (1, 2, 5 x 10^k) and their labels, one coloured line per series with a
+/// legend above the plot, and the target as a dashed line with its label.
 ///
 /// Points with a NaN or infinite coordinate are skipped and break their
-/// polyline. A single point or constant data is drawn in a padded range.
+/// line. A single point or constant data is drawn in a padded range.
 pub fn render_png(chart: &Chart) -> Result<Vec<u8>, PlotError> {
-    let (canvas, _frame) = rasterise(chart)?;
-    canvas.encode_png()
+    let (rgb, _frame) = rasterise(chart)?;
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, WIDTH, HEIGHT);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header()?;
+    writer.write_image_data(&rgb)?;
+    writer.finish()?;
+    Ok(out)
 }
 
 // ---------------------------------------------------------------------------
-// Layout
+// Look
 
-const WIDTH: usize = 900;
-const HEIGHT: usize = 540;
-const MARGIN: i64 = 12;
-const TICK_LEN: i64 = 6;
-/// Gap between a tick mark and its label.
-const TICK_GAP: i64 = 4;
+const WIDTH: u32 = 900;
+const HEIGHT: u32 = 540;
+/// The name plotters looks fonts up by; registered with the embedded face.
+const FONT: &str = "sans-serif";
+const TITLE_SIZE: f64 = 22.0;
+const TEXT_SIZE: f64 = 16.0;
+const MARGIN: i32 = 12;
+const GAP: i32 = 6;
 /// Series lines are 2 px wide so they stand out from the 1 px grid.
-const LINE_WIDTH: i64 = 2;
-/// Legend colour swatch: a short thick line.
-const SWATCH_W: i64 = 18;
-const SWATCH_H: i64 = 4;
-const LEGEND_GAP: i64 = 20;
-/// At most this many tick intervals per axis; with the 1-2-5 sequence the
-/// chosen step then yields between 4 and 8 intervals (5 to 9 ticks).
-const MAX_INTERVALS: f64 = 8.0;
+const LINE_WIDTH: u32 = 2;
+const SWATCH_W: i32 = 22;
+const LEGEND_GAP: i32 = 24;
 
-type Rgb = [u8; 3];
-const WHITE: Rgb = [255, 255, 255];
-const TEXT: Rgb = [20, 20, 20];
-const AXIS: Rgb = [60, 60, 60];
-const GRID: Rgb = [228, 228, 228];
-const TARGET: Rgb = [110, 110, 110];
+const TEXT: RGBColor = RGBColor(20, 20, 20);
+const AXIS: RGBColor = RGBColor(60, 60, 60);
+const GRID: RGBColor = RGBColor(228, 228, 228);
+const TARGET: RGBColor = RGBColor(110, 110, 110);
 /// Well-separated colours (matplotlib's "tab10" start), cycled per series.
-const PALETTE: [Rgb; 6] = [
-    [31, 119, 180],
-    [255, 127, 14],
-    [44, 160, 44],
-    [214, 39, 40],
-    [148, 103, 189],
-    [140, 86, 75],
+const PALETTE: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
 ];
 
-fn series_colour(index: usize) -> Rgb {
+fn series_colour(index: usize) -> RGBColor {
     PALETTE[index % PALETTE.len()]
+}
+
+fn text_style(size: f64) -> TextStyle<'static> {
+    (FONT, size).into_font().color(&TEXT)
+}
+
+/// Plotters keeps ab_glyph fonts in a process-wide table that starts empty;
+/// without this every text draw fails with "FontUnavailable".
+fn register_embedded_font() -> Result<(), PlotError> {
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    let ok = *REGISTERED
+        .get_or_init(|| register_font(FONT, FontStyle::Normal, ttf_noto_sans::REGULAR).is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err(PlotError::Draw(
+            "the embedded Noto Sans font could not be loaded".into(),
+        ))
+    }
 }
 
 fn is_plottable(point: &(f64, f64)) -> bool {
@@ -95,65 +140,18 @@ fn finite_target<'a>(chart: &Chart<'a>) -> Option<(f64, &'a str)> {
     chart.target.filter(|(value, _)| value.is_finite())
 }
 
-/// Draws the whole chart; also returns the frame so tests can map data
-/// coordinates to pixels.
-fn rasterise(chart: &Chart) -> Result<(Canvas, Frame), PlotError> {
-    let frame = Frame::fit(chart)?;
-    let mut canvas = Canvas::new(WIDTH, HEIGHT);
-    draw_grid_and_axes(&mut canvas, &frame);
-    if let Some((value, label)) = finite_target(chart) {
-        draw_target(&mut canvas, &frame, value, label);
-    }
-    for (index, series) in chart.series.iter().enumerate() {
-        draw_series(&mut canvas, &frame, series, series_colour(index));
-    }
-    draw_legend(&mut canvas, chart, &frame);
-    draw_titles(&mut canvas, chart, &frame);
-    Ok((canvas, frame))
-}
+// ---------------------------------------------------------------------------
+// Axes
 
-/// Smallest and largest finite coordinates of the data, per axis.
-struct Extent {
-    x: (f64, f64),
-    y: (f64, f64),
-}
-
-impl Extent {
-    /// `None` when no series has a plottable point. The target widens the
-    /// y range so its line is always inside the plot.
-    fn of(chart: &Chart) -> Option<Extent> {
-        let mut points = chart
-            .series
-            .iter()
-            .flat_map(|s| s.points.iter())
-            .filter(|p| is_plottable(p));
-        let first = points.next()?;
-        let mut extent = Extent {
-            x: (first.0, first.0),
-            y: (first.1, first.1),
-        };
-        for &(x, y) in points {
-            extent.x = widen(extent.x, x);
-            extent.y = widen(extent.y, y);
-        }
-        if let Some((value, _)) = finite_target(chart) {
-            extent.y = widen(extent.y, value);
-        }
-        Some(extent)
-    }
-}
-
-fn widen((lo, hi): (f64, f64), value: f64) -> (f64, f64) {
-    (lo.min(value), hi.max(value))
-}
-
-/// One axis: its range (from the first to the last tick) and the ticks with
-/// their labels.
-#[derive(Debug)]
+/// One axis: its range (from the first to the last tick) and the ticks.
+#[derive(Debug, Clone)]
 struct Axis {
     lo: f64,
     hi: f64,
-    ticks: Vec<(f64, String)>,
+    ticks: Vec<f64>,
+    step: f64,
+    /// Largest absolute value on the axis; decides the digits in labels.
+    magnitude: f64,
 }
 
 impl Axis {
@@ -164,18 +162,56 @@ impl Axis {
         nice_axis(lo, hi)
     }
 
-    /// Where `value` lies on the axis, 0 at `lo` and 1 at `hi`.
-    fn fraction(&self, value: f64) -> f64 {
-        (value - self.lo) / (self.hi - self.lo)
+    fn label(&self, value: f64) -> String {
+        tick_label(value, self.step, self.magnitude)
+    }
+}
+
+/// Hands plotters these ticks as its grid and labels (no light lines in
+/// between); the pixel mapping is plotters' own.
+impl Ranged for Axis {
+    // Labels come from `Axis::label` through the mesh's formatters.
+    type FormatOption = DefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, value: &f64, limit: (i32, i32)) -> i32 {
+        RangedCoordf64::from(self.lo..self.hi).map(value, limit)
     }
 
-    fn widest_label(&self) -> i64 {
-        self.ticks
-            .iter()
-            .map(|(_, label)| text_width(label))
-            .max()
-            .unwrap_or(0)
+    fn key_points<Hint: KeyPointHint>(&self, hint: Hint) -> Vec<f64> {
+        if hint.weight().allow_light_points() {
+            vec![]
+        } else {
+            self.ticks.clone()
+        }
     }
+
+    fn range(&self) -> std::ops::Range<f64> {
+        self.lo..self.hi
+    }
+}
+
+/// Both axes, fitted to the finite points and the target (which widens the
+/// y range so its line is always inside the plot).
+fn fit_axes(chart: &Chart) -> Result<(Axis, Axis), PlotError> {
+    let mut points = chart
+        .series
+        .iter()
+        .flat_map(|s| s.points.iter())
+        .filter(|p| is_plottable(p));
+    let &(x0, y0) = points.next().ok_or(PlotError::NoPoints)?;
+    let widen = |(lo, hi): (f64, f64), v: f64| (lo.min(v), hi.max(v));
+    let (mut x, mut y) = ((x0, x0), (y0, y0));
+    for &(px, py) in points {
+        x = widen(x, px);
+        y = widen(y, py);
+    }
+    if let Some((value, _)) = finite_target(chart) {
+        y = widen(y, value);
+    }
+    let x = Axis::fit(x.0, x.1).ok_or(PlotError::Range { axis: "x" })?;
+    let y = Axis::fit(y.0, y.1).ok_or(PlotError::Range { axis: "y" })?;
+    Ok((x, y))
 }
 
 /// Widens a degenerate range (one point, constant data) around its value.
@@ -206,6 +242,10 @@ fn padded(lo: f64, hi: f64) -> (f64, f64) {
     (padded_lo, hi + pad)
 }
 
+/// At most this many tick intervals per axis; with the 1-2-5 sequence the
+/// chosen step then yields between 4 and 8 intervals (5 to 9 ticks).
+const MAX_INTERVALS: f64 = 8.0;
+
 /// Ticks at multiples of the smallest step of the form {1, 2, 5} x 10^k
 /// that covers `lo..=hi` in at most `MAX_INTERVALS` intervals. `None` when
 /// the span is not a positive finite number or the ticks would overflow.
@@ -235,21 +275,21 @@ fn axis_with_step(lo: f64, hi: f64, step: f64) -> Option<Axis> {
         return None;
     }
     let (axis_lo, axis_hi) = (first * step, last * step);
-    if !(axis_lo.is_finite() && axis_hi.is_finite() && axis_lo < axis_hi) {
+    // Plotters maps through `hi - lo`, which must not overflow either.
+    if !(axis_lo.is_finite() && axis_hi.is_finite() && (axis_hi - axis_lo).is_finite())
+        || axis_lo >= axis_hi
+    {
         return None;
     }
-    let values: Vec<f64> = (0..=intervals as u32)
+    let ticks = (0..=intervals as u32)
         .map(|i| (first + f64::from(i)) * step)
-        .collect();
-    let magnitude = axis_lo.abs().max(axis_hi.abs());
-    let ticks = values
-        .into_iter()
-        .map(|value| (value, tick_label(value, step, magnitude)))
         .collect();
     Some(Axis {
         lo: axis_lo,
         hi: axis_hi,
         ticks,
+        step,
+        magnitude: axis_lo.abs().max(axis_hi.abs()),
     })
 }
 
@@ -270,459 +310,189 @@ fn tick_label(value: f64, step: f64, magnitude: f64) -> String {
     format!("{value:.digits$e}")
 }
 
-/// The pixel geometry: where the plot area sits, its axes, and where the
-/// legend entries go (their rows decide how far down the plot starts).
+// ---------------------------------------------------------------------------
+// Drawing
+
+/// Where the plot landed, so tests can map data to pixels.
+#[derive(Debug)]
+#[cfg_attr(not(test), expect(dead_code, reason = "only the tests look"))]
 struct Frame {
-    left: i64,
-    top: i64,
-    right: i64,
-    bottom: i64,
     x: Axis,
     y: Axis,
-    /// Top-left corner of each series' legend entry, in series order.
-    legend: Vec<(i64, i64)>,
+    /// The plot's pixel columns and rows, as plotters reports them.
+    columns: std::ops::Range<i32>,
+    rows: std::ops::Range<i32>,
 }
 
-impl Frame {
-    fn fit(chart: &Chart) -> Result<Frame, PlotError> {
-        let extent = Extent::of(chart).ok_or(PlotError::NoPoints)?;
-        let x = Axis::fit(extent.x.0, extent.x.1).ok_or(PlotError::Range { axis: "x" })?;
-        let y = Axis::fit(extent.y.0, extent.y.1).ok_or(PlotError::Range { axis: "y" })?;
-        // Left: rotated y label, y tick labels, ticks. Right: room for half
-        // of the last x tick label, which is centred on the axis end.
-        let left = MARGIN + TEXT_H + MARGIN + y.widest_label() + TICK_GAP + TICK_LEN;
-        let last_x_label = x.ticks.last().map_or(0, |(_, l)| text_width(l));
-        let right = WIDTH as i64 - MARGIN.max(last_x_label / 2 + MARGIN);
-        let legend_top = MARGIN + TEXT_H + MARGIN;
-        let (legend, legend_bottom) = legend_layout(chart, left, right, legend_top);
-        let top = legend_bottom + MARGIN;
-        let bottom = HEIGHT as i64 - (MARGIN + TEXT_H + MARGIN + TEXT_H + TICK_GAP + TICK_LEN);
-        Ok(Frame {
-            left,
-            top,
-            right,
-            bottom,
-            x,
-            y,
-            legend,
-        })
-    }
-
-    fn x_px(&self, x: f64) -> f64 {
-        self.left as f64 + self.x.fraction(x) * (self.right - self.left) as f64
-    }
-
-    /// Pixel rows grow downwards, values upwards.
-    fn y_px(&self, y: f64) -> f64 {
-        self.bottom as f64 - self.y.fraction(y) * (self.bottom - self.top) as f64
-    }
-
-    fn to_px(&self, (x, y): (f64, f64)) -> (f64, f64) {
-        (self.x_px(x), self.y_px(y))
-    }
+/// Draws the chart into an RGB8 buffer of `WIDTH` x `HEIGHT`.
+fn rasterise(chart: &Chart) -> Result<(Vec<u8>, Frame), PlotError> {
+    let (x, y) = fit_axes(chart)?;
+    register_embedded_font()?;
+    let mut rgb = vec![0; WIDTH as usize * HEIGHT as usize * 3];
+    let (columns, rows) = {
+        let root = BitMapBackend::with_buffer(&mut rgb, (WIDTH, HEIGHT)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let pixels = draw(&root, chart, &x, &y)?;
+        root.present()?;
+        pixels
+    };
+    let frame = Frame {
+        x,
+        y,
+        columns,
+        rows,
+    };
+    Ok((rgb, frame))
 }
 
-/// Flows the legend entries left to right between `left` and `right`,
-/// wrapping to a new row when one does not fit; returns each entry's
-/// position and the bottom of the last row.
-fn legend_layout(chart: &Chart, left: i64, right: i64, top: i64) -> (Vec<(i64, i64)>, i64) {
-    const ROW_H: i64 = TEXT_H + 6;
-    let (mut x, mut y) = (left, top);
-    let mut positions = Vec::with_capacity(chart.series.len());
-    for series in &chart.series {
-        let width = legend_entry_width(series.label);
+type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
+
+/// Title, legend, then the plot in the space left; returns the plot's
+/// pixel ranges.
+fn draw(
+    root: &Area,
+    chart: &Chart,
+    x: &Axis,
+    y: &Axis,
+) -> Result<(std::ops::Range<i32>, std::ops::Range<i32>), PlotError> {
+    let text = text_style(TEXT_SIZE);
+    let body = root
+        .margin(MARGIN, MARGIN, MARGIN, MARGIN)
+        .titled(chart.title, text_style(TITLE_SIZE))?;
+
+    // The left label area holds the rotated y label and the y tick labels,
+    // right-aligned against the axis; the right margin leaves room for
+    // half of the last x tick label, which is centred on the axis end.
+    let text_w = |s: &str| root.estimate_text_size(s, &text).map(|(w, _)| w as i32);
+    let mut widest_y = 0;
+    for &value in &y.ticks {
+        widest_y = widest_y.max(text_w(&y.label(value))?);
+    }
+    let left = TEXT_SIZE as i32 + 2 * GAP + widest_y + GAP;
+    let last_x = x.ticks.last().map_or(Ok(0), |&v| text_w(&x.label(v)))?;
+    let right = MARGIN.max(last_x / 2 + GAP);
+
+    let legend_h = draw_legend(&body, chart, left, &text)?;
+    let (_, plot) = body.split_vertically(legend_h);
+    let mut cc = ChartBuilder::on(&plot)
+        // Room for the target's label should the target be the y maximum.
+        .margin_top(TEXT_SIZE as i32 + 2 * GAP)
+        .margin_right(right)
+        .x_label_area_size(2 * TEXT_SIZE as i32 + 3 * GAP)
+        .y_label_area_size(left)
+        .build_cartesian_2d(x.clone(), y.clone())?;
+    let (x_fmt, y_fmt) = (|v: &f64| x.label(*v), |v: &f64| y.label(*v));
+    cc.configure_mesh()
+        .x_desc(chart.x_label)
+        .y_desc(chart.y_label)
+        .x_label_formatter(&x_fmt)
+        .y_label_formatter(&y_fmt)
+        .label_style(text.clone())
+        .axis_desc_style(text.clone())
+        .bold_line_style(GRID)
+        .axis_style(AXIS)
+        .draw()?;
+
+    // The target goes under the curves, its label over them.
+    let target = finite_target(chart).map(|(value, label)| ([(x.lo, value), (x.hi, value)], label));
+    if let Some((line, _)) = target {
+        cc.draw_series(DashedLineSeries::new(
+            line,
+            8,
+            5,
+            TARGET.stroke_width(LINE_WIDTH),
+        ))?;
+    }
+
+    for (index, series) in chart.series.iter().enumerate() {
+        let style = series_colour(index).stroke_width(LINE_WIDTH);
+        // A run of one point (a single sample, or one isolated by NaNs)
+        // would be an invisible zero-length line: it gets a dot instead.
+        for run in series.points.split(|p| !is_plottable(p)) {
+            match run {
+                [] => {}
+                [point] => {
+                    cc.draw_series([Circle::new(*point, 3, style.filled())])?;
+                }
+                _ => {
+                    cc.draw_series(LineSeries::new(run.iter().copied(), style))?;
+                }
+            }
+        }
+    }
+    if let Some((line, label)) = target {
+        draw_target_label(root, &cc.backend_coord(&line[1]), label, &text)?;
+    }
+    Ok(cc.plotting_area().get_pixel_range())
+}
+
+/// Entries flow left to right from `left` (the plot's left edge), wrapping
+/// when one does not fit. Returns the height used. Rows beyond a third of
+/// the image are dropped, so that no number of series squeezes the plot
+/// out.
+fn draw_legend(area: &Area, chart: &Chart, left: i32, text: &TextStyle) -> Result<i32, PlotError> {
+    let row_h = TEXT_SIZE as i32 + GAP;
+    let max_h = HEIGHT as i32 / 3;
+    let right = area.dim_in_pixel().0 as i32;
+    let (mut x, mut y) = (left, 0);
+    let label_style = text.pos(Pos::new(HPos::Left, VPos::Center));
+    for (index, series) in chart.series.iter().enumerate() {
+        let (label_w, _) = area.estimate_text_size(series.label, text)?;
+        let width = SWATCH_W + GAP + label_w as i32;
         if x > left && x + width > right {
             x = left;
-            y += ROW_H;
+            y += row_h;
         }
-        positions.push((x, y));
+        if y + row_h > max_h {
+            break;
+        }
+        let mid = y + row_h / 2;
+        area.draw(&PathElement::new(
+            [(x, mid), (x + SWATCH_W, mid)],
+            series_colour(index).stroke_width(4),
+        ))?;
+        area.draw_text(series.label, &label_style, (x + SWATCH_W + GAP, mid))?;
         x += width + LEGEND_GAP;
     }
-    let bottom = if positions.is_empty() { top } else { y + ROW_H };
-    (positions, bottom)
-}
-
-fn legend_entry_width(label: &str) -> i64 {
-    SWATCH_W + TICK_GAP + text_width(label)
-}
-
-// ---------------------------------------------------------------------------
-// Drawing the chart's parts
-
-fn draw_grid_and_axes(canvas: &mut Canvas, frame: &Frame) {
-    let (left, top, right, bottom) = (frame.left, frame.top, frame.right, frame.bottom);
-    let mut last_label_end = i64::MIN;
-    for (value, label) in &frame.x.ticks {
-        let x = frame.x_px(*value).round() as i64;
-        canvas.fill_rect(x, top, 1, bottom - top, GRID);
-        canvas.fill_rect(x, bottom, 1, TICK_LEN, AXIS);
-        // Skip a label that would run into the previous one.
-        let width = text_width(label);
-        let start = x - width / 2;
-        if start > last_label_end + TICK_GAP {
-            canvas.text(
-                start,
-                bottom + TICK_LEN + TICK_GAP,
-                label,
-                TEXT,
-                Direction::Right,
-            );
-            last_label_end = start + width;
-        }
-    }
-    for (value, label) in &frame.y.ticks {
-        let y = frame.y_px(*value).round() as i64;
-        canvas.fill_rect(left, y, right - left, 1, GRID);
-        canvas.fill_rect(left - TICK_LEN, y, TICK_LEN, 1, AXIS);
-        let x = left - TICK_LEN - TICK_GAP - text_width(label);
-        canvas.text(x, y - TEXT_H / 2, label, TEXT, Direction::Right);
-    }
-    canvas.fill_rect(left, top, 1, bottom - top + 1, AXIS);
-    canvas.fill_rect(left, bottom, right - left + 1, 1, AXIS);
-}
-
-/// A dashed line across the plot, labelled at its right end: above the
-/// line, or below it when the line runs along the top of the plot.
-fn draw_target(canvas: &mut Canvas, frame: &Frame, value: f64, label: &str) {
-    const DASH: i64 = 8;
-    const GAP: i64 = 5;
-    let y = frame.y_px(value).round() as i64;
-    for x in (frame.left..frame.right).step_by((DASH + GAP) as usize) {
-        let dash = DASH.min(frame.right - x);
-        canvas.fill_rect(x, y - LINE_WIDTH / 2, dash, LINE_WIDTH, TARGET);
-    }
-    let label_x = frame.right - TICK_GAP - text_width(label);
-    let above = y - TICK_GAP - TEXT_H;
-    let label_y = if above >= frame.top {
-        above
+    Ok(if chart.series.is_empty() {
+        0
     } else {
-        y + TICK_GAP
-    };
-    // A white backing keeps the label legible over grid lines and curves.
-    let pad = SCALE;
-    let (w, h) = (text_width(label) + 2 * pad, TEXT_H + 2 * pad);
-    canvas.fill_rect(label_x - pad, label_y - pad, w, h, WHITE);
-    canvas.text(label_x, label_y, label, TARGET, Direction::Right);
-}
-
-/// A polyline through each run of plottable points; a run of one point
-/// (a single sample, or one isolated by NaNs) is drawn as a dot.
-fn draw_series(canvas: &mut Canvas, frame: &Frame, series: &Series, colour: Rgb) {
-    const DOT: i64 = 5;
-    for run in series.points.split(|p| !is_plottable(p)) {
-        match run {
-            [] => {}
-            [point] => {
-                let (x, y) = frame.to_px(*point);
-                let (x, y) = (x.round() as i64, y.round() as i64);
-                canvas.fill_rect(x - DOT / 2, y - DOT / 2, DOT, DOT, colour);
-            }
-            _ => {
-                for pair in run.windows(2) {
-                    let (a, b) = (frame.to_px(pair[0]), frame.to_px(pair[1]));
-                    canvas.line(a, b, LINE_WIDTH, colour);
-                }
-            }
-        }
-    }
-}
-
-fn draw_legend(canvas: &mut Canvas, chart: &Chart, frame: &Frame) {
-    for (index, (series, &(x, y))) in chart.series.iter().zip(&frame.legend).enumerate() {
-        let swatch_y = y + (TEXT_H - SWATCH_H) / 2;
-        canvas.fill_rect(x, swatch_y, SWATCH_W, SWATCH_H, series_colour(index));
-        canvas.text(
-            x + SWATCH_W + TICK_GAP,
-            y,
-            series.label,
-            TEXT,
-            Direction::Right,
-        );
-    }
-}
-
-/// The title centred at the top, the x label centred under the plot and
-/// the y label rotated, reading upwards, centred beside it.
-fn draw_titles(canvas: &mut Canvas, chart: &Chart, frame: &Frame) {
-    let centre_x = WIDTH as i64 / 2 - text_width(chart.title) / 2;
-    canvas.text(centre_x, MARGIN, chart.title, TEXT, Direction::Right);
-    let x_label_x = (frame.left + frame.right) / 2 - text_width(chart.x_label) / 2;
-    let x_label_y = HEIGHT as i64 - MARGIN - TEXT_H;
-    canvas.text(x_label_x, x_label_y, chart.x_label, TEXT, Direction::Right);
-    let y_label_bottom = (frame.top + frame.bottom) / 2 + text_width(chart.y_label) / 2;
-    canvas.text(MARGIN, y_label_bottom, chart.y_label, TEXT, Direction::Up);
-}
-
-// ---------------------------------------------------------------------------
-// Rasterising
-
-/// Which way text runs. For `Up` (rotated a quarter turn anticlockwise)
-/// the anchor is the bottom-left corner of the text, not the top-left.
-#[derive(Debug, Clone, Copy)]
-enum Direction {
-    Right,
-    Up,
-}
-
-/// An RGB8 image, rows top to bottom; drawing outside it is clipped.
-struct Canvas {
-    width: usize,
-    height: usize,
-    rgb: Vec<u8>,
-}
-
-impl Canvas {
-    fn new(width: usize, height: usize) -> Canvas {
-        Canvas {
-            width,
-            height,
-            rgb: WHITE.repeat(width * height),
-        }
-    }
-
-    fn fill_rect(&mut self, x: i64, y: i64, w: i64, h: i64, colour: Rgb) {
-        let clamp = |v: i64, max: usize| v.clamp(0, max as i64) as usize;
-        let (x0, x1) = (clamp(x, self.width), clamp(x.saturating_add(w), self.width));
-        let (y0, y1) = (
-            clamp(y, self.height),
-            clamp(y.saturating_add(h), self.height),
-        );
-        if x0 >= x1 {
-            return;
-        }
-        for row in y0..y1 {
-            let start = (row * self.width + x0) * 3;
-            let end = (row * self.width + x1) * 3;
-            for pixel in self.rgb[start..end].chunks_exact_mut(3) {
-                pixel.copy_from_slice(&colour);
-            }
-        }
-    }
-
-    /// A Bresenham line `width` pixels thick (a square stamped at each
-    /// step), clipped to the canvas first so far-off coordinates cost
-    /// nothing.
-    fn line(&mut self, from: (f64, f64), to: (f64, f64), width: i64, colour: Rgb) {
-        let bounds = (0.0, 0.0, (self.width - 1) as f64, (self.height - 1) as f64);
-        let Some((from, to)) = clip_segment(from, to, bounds) else {
-            return;
-        };
-        let (mut x, mut y) = (from.0.round() as i64, from.1.round() as i64);
-        let (x1, y1) = (to.0.round() as i64, to.1.round() as i64);
-        let (dx, dy) = ((x1 - x).abs(), -(y1 - y).abs());
-        let (sx, sy) = ((x1 - x).signum(), (y1 - y).signum());
-        let mut err = dx + dy;
-        loop {
-            self.fill_rect(x - width / 2, y - width / 2, width, width, colour);
-            if x == x1 && y == y1 {
-                return;
-            }
-            let doubled = 2 * err;
-            if doubled >= dy {
-                err += dy;
-                x += sx;
-            }
-            if doubled <= dx {
-                err += dx;
-                y += sy;
-            }
-        }
-    }
-
-    /// Draws `text` with the built-in font at `SCALE`x; `(x, y)` is the
-    /// top-left corner for `Right` and the bottom-left one for `Up`.
-    fn text(&mut self, x: i64, y: i64, text: &str, colour: Rgb, direction: Direction) {
-        for (index, c) in text.chars().enumerate() {
-            let origin = index as i64 * ADVANCE;
-            for (row, bits) in glyph(c).iter().enumerate() {
-                for col in 0..GLYPH_W {
-                    if (bits >> (GLYPH_W - 1 - col)) & 1 == 0 {
-                        continue;
-                    }
-                    // (along, across): position in the text's own frame.
-                    let along = origin + col as i64 * SCALE;
-                    let across = row as i64 * SCALE;
-                    let (px, py) = match direction {
-                        Direction::Right => (x + along, y + across),
-                        Direction::Up => (x + across, y - along - SCALE),
-                    };
-                    self.fill_rect(px, py, SCALE, SCALE, colour);
-                }
-            }
-        }
-    }
-
-    fn encode_png(&self) -> Result<Vec<u8>, PlotError> {
-        let mut out = Vec::new();
-        let mut encoder = png::Encoder::new(&mut out, self.width as u32, self.height as u32);
-        encoder.set_color(png::ColorType::Rgb);
-        encoder.set_depth(png::BitDepth::Eight);
-        let mut writer = encoder.write_header()?;
-        writer.write_image_data(&self.rgb)?;
-        writer.finish()?;
-        Ok(out)
-    }
-}
-
-/// Liang-Barsky: the part of the segment inside `(x_min, y_min, x_max,
-/// y_max)`, or `None` if it misses the box or is not finite.
-fn clip_segment(
-    from: (f64, f64),
-    to: (f64, f64),
-    (x_min, y_min, x_max, y_max): (f64, f64, f64, f64),
-) -> Option<((f64, f64), (f64, f64))> {
-    let (dx, dy) = (to.0 - from.0, to.1 - from.1);
-    if !(from.0.is_finite() && from.1.is_finite() && dx.is_finite() && dy.is_finite()) {
-        return None;
-    }
-    let (mut t0, mut t1) = (0.0f64, 1.0f64);
-    // Each edge as (p, q): the segment is inside that edge where p*t <= q.
-    let edges = [
-        (-dx, from.0 - x_min),
-        (dx, x_max - from.0),
-        (-dy, from.1 - y_min),
-        (dy, y_max - from.1),
-    ];
-    for (p, q) in edges {
-        if p == 0.0 {
-            if q < 0.0 {
-                return None;
-            }
-        } else if p < 0.0 {
-            t0 = t0.max(q / p);
-        } else {
-            t1 = t1.min(q / p);
-        }
-    }
-    // The clamp bounds the damage when coordinates near f64::MAX cancel
-    // catastrophically: the result may be imprecise, but never far outside
-    // the box (which would make the rasteriser loop for ages).
-    (t0 <= t1).then(|| {
-        let at = |t: f64| {
-            (
-                (from.0 + t * dx).clamp(x_min, x_max),
-                (from.1 + t * dy).clamp(y_min, y_max),
-            )
-        };
-        (at(t0), at(t1))
+        (y + row_h).min(max_h)
     })
 }
 
-// ---------------------------------------------------------------------------
-// Font
-
-const GLYPH_W: usize = 5;
-const GLYPH_H: usize = 8;
-/// Glyphs are drawn 2x, as 1x 5x8 text is hard to read in a 900 px image.
-const SCALE: i64 = 2;
-/// Horizontal distance between characters: the glyph plus one blank column.
-const ADVANCE: i64 = (GLYPH_W as i64 + 1) * SCALE;
-const TEXT_H: i64 = GLYPH_H as i64 * SCALE;
-
-/// Width in pixels of `text` as drawn (without the trailing blank column).
-fn text_width(text: &str) -> i64 {
-    let chars = text.chars().count() as i64;
-    (chars * ADVANCE - SCALE).max(0)
+/// The label sits just above the line's right end, on a white backing so
+/// grid lines do not run through it. Below the line it would cover the
+/// curves' plateau whenever the target is the y maximum, as the total is in
+/// a converged cold start; the plot's top margin leaves room for it then.
+fn draw_target_label(
+    root: &Area,
+    &(right_end, y): &(i32, i32),
+    label: &str,
+    text: &TextStyle,
+) -> Result<(), PlotError> {
+    let (w, h) = root.estimate_text_size(label, text)?;
+    let (w, h) = (w as i32, h as i32);
+    let (x0, y0) = (right_end - GAP - w, y - LINE_WIDTH as i32 - 2 - h);
+    root.draw(&Rectangle::new(
+        [(x0 - 2, y0), (x0 + w + 2, y0 + h + 1)],
+        WHITE.filled(),
+    ))?;
+    let style = text.color(&TARGET).pos(Pos::new(HPos::Left, VPos::Top));
+    root.draw_text(label, &style, (x0, y0))?;
+    Ok(())
 }
-
-/// Drawn for characters the font lacks, so they show up as missing
-/// rather than silently vanishing.
-const BOX: [u8; GLYPH_H] = [
-    0b11111, 0b10001, 0b10001, 0b10001, 0b10001, 0b10001, 0b11111, 0b00000,
-];
-
-fn glyph(c: char) -> [u8; GLYPH_H] {
-    FONT.iter()
-        .find(|(known, _)| *known == c)
-        .map_or(BOX, |(_, rows)| *rows)
-}
-
-/// A 5x7 font with one descender row below (5x8 cells), one row per
-/// byte, top row first, the low five bits read left to right.
-#[rustfmt::skip]
-const FONT: &[(char, [u8; GLYPH_H])] = &[
-    (' ', [0b00000, 0b00000, 0b00000, 0b00000, 0b00000, 0b00000, 0b00000, 0b00000]),
-    ('0', [0b01110, 0b10001, 0b10011, 0b10101, 0b11001, 0b10001, 0b01110, 0b00000]),
-    ('1', [0b00100, 0b01100, 0b00100, 0b00100, 0b00100, 0b00100, 0b01110, 0b00000]),
-    ('2', [0b01110, 0b10001, 0b00001, 0b00010, 0b00100, 0b01000, 0b11111, 0b00000]),
-    ('3', [0b11111, 0b00010, 0b00100, 0b00010, 0b00001, 0b10001, 0b01110, 0b00000]),
-    ('4', [0b00010, 0b00110, 0b01010, 0b10010, 0b11111, 0b00010, 0b00010, 0b00000]),
-    ('5', [0b11111, 0b10000, 0b11110, 0b00001, 0b00001, 0b10001, 0b01110, 0b00000]),
-    ('6', [0b00110, 0b01000, 0b10000, 0b11110, 0b10001, 0b10001, 0b01110, 0b00000]),
-    ('7', [0b11111, 0b00001, 0b00010, 0b00100, 0b01000, 0b01000, 0b01000, 0b00000]),
-    ('8', [0b01110, 0b10001, 0b10001, 0b01110, 0b10001, 0b10001, 0b01110, 0b00000]),
-    ('9', [0b01110, 0b10001, 0b10001, 0b01111, 0b00001, 0b00010, 0b01100, 0b00000]),
-    ('A', [0b01110, 0b10001, 0b10001, 0b11111, 0b10001, 0b10001, 0b10001, 0b00000]),
-    ('B', [0b11110, 0b10001, 0b10001, 0b11110, 0b10001, 0b10001, 0b11110, 0b00000]),
-    ('C', [0b01110, 0b10001, 0b10000, 0b10000, 0b10000, 0b10001, 0b01110, 0b00000]),
-    ('D', [0b11100, 0b10010, 0b10001, 0b10001, 0b10001, 0b10010, 0b11100, 0b00000]),
-    ('E', [0b11111, 0b10000, 0b10000, 0b11110, 0b10000, 0b10000, 0b11111, 0b00000]),
-    ('F', [0b11111, 0b10000, 0b10000, 0b11110, 0b10000, 0b10000, 0b10000, 0b00000]),
-    ('G', [0b01110, 0b10001, 0b10000, 0b10111, 0b10001, 0b10001, 0b01111, 0b00000]),
-    ('H', [0b10001, 0b10001, 0b10001, 0b11111, 0b10001, 0b10001, 0b10001, 0b00000]),
-    ('I', [0b01110, 0b00100, 0b00100, 0b00100, 0b00100, 0b00100, 0b01110, 0b00000]),
-    ('J', [0b00111, 0b00010, 0b00010, 0b00010, 0b00010, 0b10010, 0b01100, 0b00000]),
-    ('K', [0b10001, 0b10010, 0b10100, 0b11000, 0b10100, 0b10010, 0b10001, 0b00000]),
-    ('L', [0b10000, 0b10000, 0b10000, 0b10000, 0b10000, 0b10000, 0b11111, 0b00000]),
-    ('M', [0b10001, 0b11011, 0b10101, 0b10101, 0b10001, 0b10001, 0b10001, 0b00000]),
-    ('N', [0b10001, 0b10001, 0b11001, 0b10101, 0b10011, 0b10001, 0b10001, 0b00000]),
-    ('O', [0b01110, 0b10001, 0b10001, 0b10001, 0b10001, 0b10001, 0b01110, 0b00000]),
-    ('P', [0b11110, 0b10001, 0b10001, 0b11110, 0b10000, 0b10000, 0b10000, 0b00000]),
-    ('Q', [0b01110, 0b10001, 0b10001, 0b10001, 0b10101, 0b10010, 0b01101, 0b00000]),
-    ('R', [0b11110, 0b10001, 0b10001, 0b11110, 0b10100, 0b10010, 0b10001, 0b00000]),
-    ('S', [0b01111, 0b10000, 0b10000, 0b01110, 0b00001, 0b00001, 0b11110, 0b00000]),
-    ('T', [0b11111, 0b00100, 0b00100, 0b00100, 0b00100, 0b00100, 0b00100, 0b00000]),
-    ('U', [0b10001, 0b10001, 0b10001, 0b10001, 0b10001, 0b10001, 0b01110, 0b00000]),
-    ('V', [0b10001, 0b10001, 0b10001, 0b10001, 0b10001, 0b01010, 0b00100, 0b00000]),
-    ('W', [0b10001, 0b10001, 0b10001, 0b10101, 0b10101, 0b10101, 0b01010, 0b00000]),
-    ('X', [0b10001, 0b10001, 0b01010, 0b00100, 0b01010, 0b10001, 0b10001, 0b00000]),
-    ('Y', [0b10001, 0b10001, 0b10001, 0b01010, 0b00100, 0b00100, 0b00100, 0b00000]),
-    ('Z', [0b11111, 0b00001, 0b00010, 0b00100, 0b01000, 0b10000, 0b11111, 0b00000]),
-    ('a', [0b00000, 0b00000, 0b01110, 0b00001, 0b01111, 0b10001, 0b01111, 0b00000]),
-    ('b', [0b10000, 0b10000, 0b10110, 0b11001, 0b10001, 0b10001, 0b11110, 0b00000]),
-    ('c', [0b00000, 0b00000, 0b01110, 0b10000, 0b10000, 0b10001, 0b01110, 0b00000]),
-    ('d', [0b00001, 0b00001, 0b01101, 0b10011, 0b10001, 0b10001, 0b01111, 0b00000]),
-    ('e', [0b00000, 0b00000, 0b01110, 0b10001, 0b11111, 0b10000, 0b01110, 0b00000]),
-    ('f', [0b00110, 0b01001, 0b01000, 0b11100, 0b01000, 0b01000, 0b01000, 0b00000]),
-    ('g', [0b00000, 0b00000, 0b01111, 0b10001, 0b10001, 0b01111, 0b00001, 0b01110]),
-    ('h', [0b10000, 0b10000, 0b10110, 0b11001, 0b10001, 0b10001, 0b10001, 0b00000]),
-    ('i', [0b00100, 0b00000, 0b01100, 0b00100, 0b00100, 0b00100, 0b01110, 0b00000]),
-    ('j', [0b00010, 0b00000, 0b00110, 0b00010, 0b00010, 0b00010, 0b10010, 0b01100]),
-    ('k', [0b10000, 0b10000, 0b10010, 0b10100, 0b11000, 0b10100, 0b10010, 0b00000]),
-    ('l', [0b01100, 0b00100, 0b00100, 0b00100, 0b00100, 0b00100, 0b01110, 0b00000]),
-    ('m', [0b00000, 0b00000, 0b11010, 0b10101, 0b10101, 0b10001, 0b10001, 0b00000]),
-    ('n', [0b00000, 0b00000, 0b10110, 0b11001, 0b10001, 0b10001, 0b10001, 0b00000]),
-    ('o', [0b00000, 0b00000, 0b01110, 0b10001, 0b10001, 0b10001, 0b01110, 0b00000]),
-    ('p', [0b00000, 0b00000, 0b11110, 0b10001, 0b10001, 0b11110, 0b10000, 0b10000]),
-    ('q', [0b00000, 0b00000, 0b01101, 0b10011, 0b10001, 0b01111, 0b00001, 0b00001]),
-    ('r', [0b00000, 0b00000, 0b10110, 0b11001, 0b10000, 0b10000, 0b10000, 0b00000]),
-    ('s', [0b00000, 0b00000, 0b01111, 0b10000, 0b01110, 0b00001, 0b11110, 0b00000]),
-    ('t', [0b01000, 0b01000, 0b11100, 0b01000, 0b01000, 0b01001, 0b00110, 0b00000]),
-    ('u', [0b00000, 0b00000, 0b10001, 0b10001, 0b10001, 0b10011, 0b01101, 0b00000]),
-    ('v', [0b00000, 0b00000, 0b10001, 0b10001, 0b10001, 0b01010, 0b00100, 0b00000]),
-    ('w', [0b00000, 0b00000, 0b10001, 0b10001, 0b10101, 0b10101, 0b01010, 0b00000]),
-    ('x', [0b00000, 0b00000, 0b10001, 0b01010, 0b00100, 0b01010, 0b10001, 0b00000]),
-    ('y', [0b00000, 0b00000, 0b10001, 0b10001, 0b10001, 0b01111, 0b00001, 0b01110]),
-    ('z', [0b00000, 0b00000, 0b11111, 0b00010, 0b00100, 0b01000, 0b11111, 0b00000]),
-    ('.', [0b00000, 0b00000, 0b00000, 0b00000, 0b00000, 0b01100, 0b01100, 0b00000]),
-    (',', [0b00000, 0b00000, 0b00000, 0b00000, 0b00000, 0b01100, 0b00100, 0b01000]),
-    (':', [0b00000, 0b01100, 0b01100, 0b00000, 0b01100, 0b01100, 0b00000, 0b00000]),
-    ('/', [0b00000, 0b00001, 0b00010, 0b00100, 0b01000, 0b10000, 0b00000, 0b00000]),
-    ('(', [0b00010, 0b00100, 0b01000, 0b01000, 0b01000, 0b00100, 0b00010, 0b00000]),
-    (')', [0b01000, 0b00100, 0b00010, 0b00010, 0b00010, 0b00100, 0b01000, 0b00000]),
-    ('-', [0b00000, 0b00000, 0b00000, 0b11111, 0b00000, 0b00000, 0b00000, 0b00000]),
-    ('+', [0b00000, 0b00100, 0b00100, 0b11111, 0b00100, 0b00100, 0b00000, 0b00000]),
-    ('%', [0b11000, 0b11001, 0b00010, 0b00100, 0b01000, 0b10011, 0b00011, 0b00000]),
-    ('_', [0b00000, 0b00000, 0b00000, 0b00000, 0b00000, 0b00000, 0b11111, 0b00000]),
-    ('=', [0b00000, 0b00000, 0b11111, 0b00000, 0b11111, 0b00000, 0b00000, 0b00000]),
-    ('<', [0b00010, 0b00100, 0b01000, 0b10000, 0b01000, 0b00100, 0b00010, 0b00000]),
-    ('>', [0b01000, 0b00100, 0b00010, 0b00001, 0b00010, 0b00100, 0b01000, 0b00000]),
-];
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    type Rgb = [u8; 3];
+
+    fn rgb(c: RGBColor) -> Rgb {
+        [c.0, c.1, c.2]
+    }
 
     /// A convergence-shaped curve: fast rise, then a plateau at `total`.
     fn convergence(total: f64, seconds: usize) -> Vec<(f64, f64)> {
@@ -756,27 +526,40 @@ mod tests {
         (info.width, info.height, buf)
     }
 
-    fn pixel_at(rgb: &[u8], width: u32, (x, y): (f64, f64)) -> Rgb {
-        let i = (y.round() as usize * width as usize + x.round() as usize) * 3;
+    fn pixel(rgb: &[u8], (x, y): (i32, i32)) -> Rgb {
+        let i = (y as usize * WIDTH as usize + x as usize) * 3;
         [rgb[i], rgb[i + 1], rgb[i + 2]]
     }
 
+    impl Frame {
+        /// The pixel of a data point, by the same linear map plotters uses
+        /// (up to rounding).
+        fn to_px(&self, (x, y): (f64, f64)) -> (i32, i32) {
+            let along = |v: f64, axis: &Axis, from: i32, to: i32| {
+                from + ((v - axis.lo) / (axis.hi - axis.lo) * f64::from(to - from)).round() as i32
+            };
+            (
+                along(x, &self.x, self.columns.start, self.columns.end - 1),
+                along(y, &self.y, self.rows.end - 1, self.rows.start),
+            )
+        }
+    }
+
+    /// Whether `colour` is within one pixel of `at`: lines are 2 px wide
+    /// and plotters rounds its own way.
+    fn has_colour_near(rgb: &[u8], at: (i32, i32), colour: RGBColor) -> bool {
+        (-1..=1).any(|dx| {
+            (-1..=1).any(|dy| pixel(rgb, (at.0 + dx, at.1 + dy)) == super::tests::rgb(colour))
+        })
+    }
+
     fn tick_values(lo: f64, hi: f64) -> Vec<f64> {
-        nice_axis(lo, hi)
-            .unwrap()
-            .ticks
-            .into_iter()
-            .map(|(v, _)| v)
-            .collect()
+        nice_axis(lo, hi).unwrap().ticks
     }
 
     fn tick_labels(lo: f64, hi: f64) -> Vec<String> {
-        Axis::fit(lo, hi)
-            .unwrap()
-            .ticks
-            .into_iter()
-            .map(|(_, l)| l)
-            .collect()
+        let axis = Axis::fit(lo, hi).unwrap();
+        axis.ticks.iter().map(|&v| axis.label(v)).collect()
     }
 
     #[test]
@@ -788,10 +571,10 @@ mod tests {
         }];
         let (width, height, rgb) =
             decode(&render_png(&chart(series, Some((11004.0, "total")))).unwrap());
-        assert_eq!((width, height), (WIDTH as u32, HEIGHT as u32));
-        assert_eq!(rgb.len(), WIDTH * HEIGHT * 3);
-        for corner in [(0.0, 0.0), (899.0, 0.0), (0.0, 539.0), (899.0, 539.0)] {
-            assert_eq!(pixel_at(&rgb, width, corner), WHITE, "corner {corner:?}");
+        assert_eq!((width, height), (WIDTH, HEIGHT));
+        assert_eq!(rgb.len(), (WIDTH * HEIGHT * 3) as usize);
+        for corner in [(0, 0), (899, 0), (0, 539), (899, 539)] {
+            assert_eq!(pixel(&rgb, corner), [255; 3], "corner {corner:?}");
         }
     }
 
@@ -816,13 +599,80 @@ mod tests {
             ],
             None,
         );
-        let (_, frame) = rasterise(&chart).unwrap();
-        let (width, _, rgb) = decode(&render_png(&chart).unwrap());
-        assert_eq!(pixel_at(&rgb, width, frame.to_px((2.0, 20.0))), PALETTE[0]);
-        assert_eq!(pixel_at(&rgb, width, frame.to_px((8.0, 20.0))), PALETTE[1]);
+        let (rgb, frame) = rasterise(&chart).unwrap();
+        assert!(has_colour_near(&rgb, frame.to_px((2.0, 20.0)), PALETTE[0]));
+        assert!(has_colour_near(&rgb, frame.to_px((8.0, 20.0)), PALETTE[1]));
         // The end points too, even where they sit on the axes.
-        assert_eq!(pixel_at(&rgb, width, frame.to_px((0.0, 0.0))), PALETTE[0]);
-        assert_eq!(pixel_at(&rgb, width, frame.to_px((10.0, 0.0))), PALETTE[1]);
+        assert!(has_colour_near(&rgb, frame.to_px((0.0, 0.0)), PALETTE[0]));
+        assert!(has_colour_near(&rgb, frame.to_px((10.0, 0.0)), PALETTE[1]));
+        // And nowhere near a point neither line passes.
+        assert!(!has_colour_near(&rgb, frame.to_px((2.0, 50.0)), PALETTE[0]));
+    }
+
+    #[test]
+    fn a_nan_breaks_the_line() {
+        let points = [
+            (0.0, 0.0),
+            (1.0, 10.0),
+            (2.0, f64::NAN),
+            (3.0, 10.0),
+            (4.0, 0.0),
+        ];
+        let (rgb, frame) = rasterise(&chart(
+            vec![Series {
+                label: "gap",
+                points: &points,
+            }],
+            None,
+        ))
+        .unwrap();
+        assert!(has_colour_near(&rgb, frame.to_px((0.5, 5.0)), PALETTE[0]));
+        assert!(has_colour_near(&rgb, frame.to_px((3.5, 5.0)), PALETTE[0]));
+        // Joining (1, 10) to (3, 10) would run through (2, 10).
+        assert!(!has_colour_near(&rgb, frame.to_px((2.0, 10.0)), PALETTE[0]));
+    }
+
+    #[test]
+    fn the_target_is_a_dashed_line() {
+        let points = convergence(100.0, 20);
+        let (rgb, frame) = rasterise(&chart(
+            vec![Series {
+                label: "ports",
+                points: &points,
+            }],
+            Some((50.0, "half")),
+        ))
+        .unwrap();
+        let (_, row) = frame.to_px((0.0, 50.0));
+        // Left half only: the label sits at the right end.
+        let middle = (frame.columns.start + frame.columns.end) / 2;
+        let on = (frame.columns.start..middle)
+            .filter(|&x| has_colour_near(&rgb, (x, row), TARGET))
+            .count();
+        let span = (middle - frame.columns.start) as usize;
+        assert!(on > span / 3 && on < span * 9 / 10, "{on} of {span}");
+    }
+
+    #[test]
+    fn text_is_drawn() {
+        let points = convergence(100.0, 20);
+        let (rgb, frame) = rasterise(&chart(
+            vec![Series {
+                label: "ports",
+                points: &points,
+            }],
+            None,
+        ))
+        .unwrap();
+        let dark = |xs: std::ops::Range<i32>, ys: std::ops::Range<i32>| {
+            xs.flat_map(|x| ys.clone().map(move |y| (x, y)))
+                .filter(|&p| pixel(&rgb, p).iter().all(|&c| c < 100))
+                .count()
+        };
+        // Title, y tick labels, x tick labels.
+        assert!(dark(0..WIDTH as i32, 0..frame.rows.start - 30) > 50);
+        assert!(dark(0..frame.columns.start - 8, frame.rows.clone()) > 50);
+        assert!(dark(frame.columns.clone(), frame.rows.end + 4..HEIGHT as i32) > 50);
     }
 
     #[test]
@@ -917,20 +767,18 @@ mod tests {
         for points in [&single[..], &constant[..]] {
             let series = vec![Series { label: "s", points }];
             let (width, height, _) = decode(&render_png(&chart(series, None)).unwrap());
-            assert_eq!((width, height), (WIDTH as u32, HEIGHT as u32));
+            assert_eq!((width, height), (WIDTH, HEIGHT));
         }
         // The lone point is drawn, as a dot.
-        let chart = chart(
+        let (rgb, frame) = rasterise(&chart(
             vec![Series {
                 label: "s",
                 points: &single,
             }],
             None,
-        );
-        let (canvas, frame) = rasterise(&chart).unwrap();
-        let (x, y) = frame.to_px(single[0]);
-        let i = (y.round() as usize * WIDTH + x.round() as usize) * 3;
-        assert_eq!(canvas.rgb[i..i + 3], PALETTE[0]);
+        ))
+        .unwrap();
+        assert!(has_colour_near(&rgb, frame.to_px(single[0]), PALETTE[0]));
     }
 
     #[test]
@@ -955,48 +803,23 @@ mod tests {
 
     #[test]
     fn a_span_beyond_f64_is_an_error() {
-        let points = [(0.0, -1e308), (1.0, 1e308)];
-        let err = render_png(&chart(
-            vec![Series {
-                label: "huge",
-                points: &points,
-            }],
-            None,
-        ))
-        .unwrap_err();
-        assert!(matches!(err, PlotError::Range { axis: "y" }), "{err}");
-    }
-
-    #[test]
-    fn the_font_covers_the_documented_characters() {
-        let required = ('0'..='9')
-            .chain('a'..='z')
-            .chain('A'..='Z')
-            .chain(" .,:/()-+%_=<>".chars());
-        for c in required {
+        for (points, axis) in [
+            ([(0.0, -1e308), (1.0, 1e308)], "y"),
+            ([(-1e308, 0.0), (1e308, 1.0)], "x"),
+        ] {
+            let err = render_png(&chart(
+                vec![Series {
+                    label: "huge",
+                    points: &points,
+                }],
+                None,
+            ))
+            .unwrap_err();
             assert!(
-                FONT.iter().any(|(known, _)| *known == c),
-                "missing glyph {c:?}"
+                matches!(err, PlotError::Range { axis: a } if a == axis),
+                "{err}"
             );
         }
-        assert_eq!(glyph('\u{e9}'), BOX);
-        assert_eq!(FONT.len(), 76, "a character is listed twice");
-    }
-
-    #[test]
-    fn clipping_keeps_far_off_segments_in_bounds() {
-        let bounds = (0.0, 0.0, 10.0, 10.0);
-        let ((x0, y0), (x1, y1)) = clip_segment((-1e6, 5.0), (1e6, 5.0), bounds).unwrap();
-        assert_eq!((x0, y0, x1, y1), (0.0, 5.0, 10.0, 5.0));
-        let ((x0, y0), (x1, y1)) = clip_segment((5.0, -20.0), (5.0, 30.0), bounds).unwrap();
-        assert_eq!((x0, y0, x1, y1), (5.0, 0.0, 5.0, 10.0));
-        // Near f64::MAX precision is lost, but the result stays in the box.
-        let ((x0, y0), (x1, y1)) = clip_segment((-1e300, -1e300), (1e300, 1e300), bounds).unwrap();
-        for v in [x0, y0, x1, y1] {
-            assert!((0.0..=10.0).contains(&v), "{v}");
-        }
-        assert!(clip_segment((-5.0, -5.0), (-1.0, 20.0), bounds).is_none());
-        assert!(clip_segment((f64::NAN, 0.0), (1.0, 1.0), bounds).is_none());
     }
 
     /// Any f64 at all, or a plausible benchmark value.
@@ -1011,8 +834,7 @@ mod tests {
 
     proptest! {
         /// Checks `rasterise`, the part of `render_png` that depends on the
-        /// data: encoding a canvas of fixed size cannot be upset by it, and
-        /// deflating 256 images would make a debug `cargo test` crawl.
+        /// data: encoding a buffer of fixed size cannot be upset by it.
         #[test]
         fn random_charts_never_panic(
             series in prop::collection::vec(
@@ -1031,9 +853,9 @@ mod tests {
             };
             let plottable = series.iter().flatten().any(is_plottable);
             match rasterise(&chart) {
-                Ok((canvas, _)) => {
+                Ok((rgb, _)) => {
                     prop_assert!(plottable);
-                    prop_assert_eq!(canvas.rgb.len(), WIDTH * HEIGHT * 3);
+                    prop_assert_eq!(rgb.len(), (WIDTH * HEIGHT * 3) as usize);
                 }
                 Err(PlotError::NoPoints) => prop_assert!(!plottable),
                 Err(PlotError::Range { .. }) => prop_assert!(plottable),
