@@ -218,3 +218,157 @@ async fn bench_measures_every_figure_at_a_small_scale() {
     assert!(r["idle_reconciler_cpu_pct"].as_f64().unwrap() < 20.0, "{r}");
     assert!(out.contains("ratio to the limit"), "{out}");
 }
+
+/// Runs `demo` with `args`, its temporary files (log, etcd's data) in
+/// `tmp`; returns (status, stdout, stderr).
+async fn demo(tmp: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_esi-reconciler"))
+        .arg("demo")
+        .args(args)
+        .env("TMPDIR", tmp)
+        .env_remove("RUST_LOG")
+        .env_remove("ESI_LOG_FORMAT")
+        .env_remove("ESI_LOG_LEVEL")
+        .env_remove("ESI_DEMO_ETCD_ENDPOINTS")
+        .output()
+        .await
+        .expect("run esi-reconciler demo");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Lines of `s` that look like a log record (tracing's text or JSON, etcd's)
+/// rather than the demo's story.
+fn log_lines(s: &str) -> Vec<&str> {
+    let re =
+        regex::Regex::new(r#"\b(TRACE|DEBUG|INFO|WARN|WARNING|ERROR)\b|"level"|\x1b\["#).unwrap();
+    s.lines().filter(|l| re.is_match(l)).collect()
+}
+
+/// The one file the demo left in `tmp`: its log (etcd's data is gone).
+fn demo_log(tmp: &std::path::Path) -> std::path::PathBuf {
+    let left: Vec<_> = std::fs::read_dir(tmp)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    let name = left[0].file_name().unwrap().to_str().unwrap();
+    assert!(
+        name.starts_with("esi-demo-") && name.ends_with(".log"),
+        "{left:?}"
+    );
+    left[0].clone()
+}
+
+#[tokio::test]
+async fn demo_prints_only_its_story_and_logs_to_the_file_it_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ok, out, err) = demo(tmp.path(), &["--latency-ms", "50"]).await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("\nEverything converged in "), "{out}");
+    assert!(
+        out.contains("(5) /state/v2.0/ports/db3bff62-cf93-48ce-8d6b-cfb2f7fd7dfc"),
+        "{out}"
+    );
+    assert_eq!(log_lines(&out), Vec::<&str>::new(), "{out}");
+    assert_eq!(err, "", "nothing on stderr");
+
+    let log = demo_log(tmp.path());
+    let named = format!(
+        "Logs of the reconciler, the worker and etcd: {}",
+        log.display()
+    );
+    assert_eq!(out.lines().last(), Some(named.as_str()), "{out}");
+    assert_eq!(
+        out.lines().nth(1),
+        Some(
+            format!(
+                "(logs of the reconciler, the worker and etcd: {})",
+                log.display()
+            )
+            .as_str()
+        ),
+        "named at the start too: {out}"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    for want in [
+        " INFO esi_reconciler::reconcile::controller: applied resource=ports/db3bff62-cf93-48ce-8d6b-cfb2f7fd7dfc",
+        " INFO esi_reconciler::worker: claimed job=logical_delete:heat_worker:port:db3bff62",
+        " INFO esi_reconciler::worker: worker stopped",
+    ] {
+        assert!(text.contains(want), "{want:?} not in the log:\n{text}");
+    }
+    assert!(!text.contains('\x1b'), "colours in the log file:\n{text}");
+}
+
+#[tokio::test]
+async fn demo_verbose_also_shows_the_logs_on_stderr_in_the_log_format() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ok, out, err) = demo(
+        tmp.path(),
+        &["--latency-ms", "50", "--verbose", "--log-format", "json"],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    assert_eq!(log_lines(&out), Vec::<&str>::new(), "{out}");
+    // The records without their timestamps (each output takes its own).
+    let records = |text: &str| -> Vec<serde_json::Value> {
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|mut r| {
+                r.as_object_mut()?.remove("timestamp")?;
+                Some(r)
+            })
+            .collect()
+    };
+    let shown = records(&err);
+    assert_eq!(
+        shown.len(),
+        err.lines().count(),
+        "stderr holds only JSON log records:\n{err}"
+    );
+    assert!(
+        shown.iter().any(|r| r["target"] == "esi_reconciler::worker"
+            && r["message"] == "claimed"
+            && r["level"] == "INFO"),
+        "{err}"
+    );
+    // The same records (two threads' events may reach the outputs in
+    // different orders).
+    let sorted = |mut v: Vec<serde_json::Value>| {
+        v.sort_by_key(|r| r.to_string());
+        v
+    };
+    let text = std::fs::read_to_string(demo_log(tmp.path())).unwrap();
+    assert_eq!(
+        sorted(records(&text)),
+        sorted(shown),
+        "the log file has the same records"
+    );
+}
+
+#[tokio::test]
+async fn demo_failure_names_the_log_holding_the_cause() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Nothing converges within 0 s: step 4 gives up.
+    let (ok, out, err) = demo(tmp.path(), &["--timeout-secs", "0"]).await;
+    assert!(!ok, "{out}{err}");
+    assert_eq!(log_lines(&out), Vec::<&str>::new(), "{out}");
+    let log = demo_log(tmp.path());
+    assert!(
+        err.starts_with(&format!(
+            "error: the demo failed (logs of the reconciler, the worker and etcd: {}): \
+             not converged within 0ns",
+            log.display()
+        )),
+        "{err}"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains(" ERROR esi_reconciler::cli::demo: the demo failed error=\"not converged"),
+        "{text}"
+    );
+}

@@ -2,6 +2,7 @@
 //! private etcd, with the reconciler and the heat worker (sim engine) in one
 //! process, told step by step with live progress from an etcd watch.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,7 @@ use esi_reconciler::reconcile::{Phase, snapshot};
 use esi_reconciler::store::embedded::EtcdProcess;
 use esi_reconciler::store::{EtcdOptions, connect_checked};
 use esi_reconciler::telemetry::Metrics;
+use esi_reconciler::telemetry::logging::{self, LogFormat};
 use esi_reconciler::telemetry::metrics::WorkerMetrics;
 use esi_reconciler::worker::{Worker, WorkerConfig};
 
@@ -37,6 +39,10 @@ pub struct DemoArgs {
     /// Give up on a step after this many seconds.
     #[arg(long, default_value_t = 60)]
     pub timeout_secs: u64,
+    /// Also show the reconciler's and the worker's logs on stderr. They
+    /// always go to the log file the demo names (with etcd's).
+    #[arg(short, long)]
+    pub verbose: bool,
 }
 
 /// What the progress watcher keeps for the final printout.
@@ -186,15 +192,49 @@ async fn get_json(client: &Etcd, key: &str) -> anyhow::Result<Option<Value>> {
         .and_then(|kv| serde_json::from_slice(kv.value()).ok()))
 }
 
-pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
-    let start = Instant::now();
+/// Runs the demo. Only the story goes to the terminal: the reconciler's,
+/// the worker's and etcd's logs go to a file (`$TMPDIR/esi-demo-*.log`,
+/// kept) named at the start, at the end and in the error if it fails;
+/// `--verbose` also shows the first two on stderr.
+pub async fn demo(args: DemoArgs, log_format: LogFormat, log_level: &str) -> anyhow::Result<()> {
+    let (file, log) = tempfile::Builder::new()
+        .prefix("esi-demo-")
+        .suffix(".log")
+        .append(true)
+        .tempfile()
+        .and_then(|f| f.keep().map_err(std::io::Error::from))
+        .context("creating the demo's log file")?;
+    logging::init_to_file(log_format, log_level, file, args.verbose);
+    let whose = if args.etcd_endpoints.is_some() {
+        "the reconciler and the worker"
+    } else {
+        "the reconciler, the worker and etcd"
+    };
     println!("esi-reconciler demo: Update Loadbalancer Interface");
+    println!("(logs of {whose}: {})", log.display());
+    match story(args, &log).await {
+        Ok(()) => {
+            println!("\nLogs of {whose}: {}", log.display());
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "the demo failed");
+            Err(e.context(format!(
+                "the demo failed (logs of {whose}: {})",
+                log.display()
+            )))
+        }
+    }
+}
+
+async fn story(args: DemoArgs, log: &Path) -> anyhow::Result<()> {
+    let start = Instant::now();
     let _etcd;
     let endpoints = match args.etcd_endpoints {
         Some(e) => e,
         None => {
             step(1, "starting a private etcd");
-            let p = EtcdProcess::start()
+            let p = EtcdProcess::start_logging_to(log)
                 .await
                 .context("starting etcd for the demo")?;
             println!(

@@ -74,7 +74,10 @@ pub async fn main() -> anyhow::Result<()> {
     } else {
         cli.log_level.as_str()
     };
-    logging::init(cli.log_format, level);
+    // The demo installs its own: logs to a file, its story on the terminal.
+    if !matches!(cli.command, Command::Demo(_)) {
+        logging::init(cli.log_format, level);
+    }
     match cli.command {
         Command::Run(a) => run::run(a).await,
         Command::Worker(a) => worker::worker(a).await,
@@ -82,7 +85,7 @@ pub async fn main() -> anyhow::Result<()> {
         Command::Plan(a) => inspect::plan(a).await,
         Command::Config(a) => config::config(a).await,
         Command::Templates(c) => config::templates(c).await,
-        Command::Demo(a) => demo::demo(a).await,
+        Command::Demo(a) => demo::demo(a, cli.log_format, level).await,
         Command::Chaos(a) => chaos::chaos(a).await,
         Command::Bench(a) => bench::bench(a).await,
         Command::EtcdRoles(a) => etcd_roles::etcd_roles(a),

@@ -85,6 +85,26 @@ impl EtcdProcess {
         Ok(p)
     }
 
+    /// Starts etcd with a fresh data directory (removed on drop), appending
+    /// its log to `log` (kept), e.g. the demo's log file.
+    pub async fn start_logging_to(log: &Path) -> Result<Self, EmbeddedError> {
+        let tmp = tempfile::Builder::new().prefix("esi-etcd-").tempdir()?;
+        let peer_port = free_port()?;
+        let mut p = Self::spawn(&MemberSpec {
+            name: "esi".into(),
+            data_dir: tmp.path().join("etcd").join("member-data"),
+            log_path: log.to_path_buf(),
+            client_port: free_port()?,
+            peer_port,
+            initial_cluster: format!("esi=http://127.0.0.1:{peer_port}"),
+            existing: false,
+            tls: None,
+        })?;
+        p._tmp = Some(tmp);
+        p.wait_ready(Duration::from_secs(20)).await?;
+        Ok(p)
+    }
+
     /// Starts etcd on `data_dir` (kept on drop), e.g. to restart on old data.
     pub async fn start_in(
         data_dir: &Path,
