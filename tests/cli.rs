@@ -167,6 +167,38 @@ async fn templates_load_then_plan_explains_the_next_action() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["resources"][0]["phase"], "Progressing");
     assert_eq!(v["resources"][0]["desired_version"], 1);
+
+    // A subnet and a port on that network, with no job yet: plan shows what
+    // run does, the network's job first and the others waiting for it.
+    etcd.put_json(
+        "/config/v2.0/subnets/s1",
+        &json!({"body": {"id": "s1", "network_id": "n1", "cidr": "10.0.0.0/24"}, "version": 1}),
+    )
+    .await;
+    etcd.put_json(
+        "/config/v2.0/ports/p1",
+        &json!({"body": {"id": "p1", "network_id": "n1", "device_owner": "compute:nova",
+                          "fixed_ips": [{"subnet_id": "s1", "ip_address": "10.0.0.5"}]}, "version": 1}),
+    )
+    .await;
+    let mut args = with_etcd(&url, &["plan"]);
+    args.extend(&catalog);
+    let (ok, out, err) = cli(&args).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("next:     issue create job v1 (template network"),
+        "{out}"
+    );
+    assert!(
+        out.contains("phase:    Pending (waiting for network n1 to be issued first)"),
+        "{out}"
+    );
+    assert_eq!(
+        out.matches("to be issued first").count(),
+        2,
+        "the subnet and the port wait: {out}"
+    );
+    assert!(etcd.keys("/jobs/").await.is_empty(), "plan writes nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
