@@ -9,7 +9,7 @@ use std::time::Duration;
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use tokio::sync::mpsc;
 
-use esi_reconciler::store::local_cluster::LocalCluster;
+use esi_harness::etcd::local_cluster::LocalCluster;
 use esi_reconciler::store::mirror::{self, MirrorEvent, MirrorOptions};
 use esi_reconciler::store::{Etcd, EtcdOptions, connect};
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use esi_reconciler::bench::{self, BenchOptions};
+use esi_harness::bench::{self, BenchOptions};
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {

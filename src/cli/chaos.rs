@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use esi_reconciler::chaos::{self, ChaosEngine, ChaosOptions, drills::DRILLS};
+use esi_harness::chaos::{self, ChaosEngine, ChaosOptions, drills::DRILLS};
 
 use super::worker::{EngineKind, HeatArgs, HeatAuthKind};
 

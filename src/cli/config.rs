@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::{Map, Value};
 
-use esi_reconciler::esi::keys::{CONFIG, EsiKey, TEMPLATES};
+use esi_reconciler::esi::keys::{CONFIG, EsiKey};
 use esi_reconciler::esi::{Catalog, HeatTemplate};
 use esi_reconciler::gohan;
 
@@ -218,12 +218,7 @@ pub async fn templates(cmd: TemplatesCommand) -> anyhow::Result<()> {
     }
     let client = etcd.connect().await?;
     for body in bodies {
-        let id = body
-            .get("id")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        let w = gohan::apply(&client, &format!("{TEMPLATES}{id}"), body, false).await?;
+        let (id, w) = gohan::apply_template(&client, body).await?;
         println!("heat_templates/{id}: {w}");
     }
     Ok(())

@@ -4,13 +4,14 @@ pub mod args;
 pub mod bench;
 pub mod chaos;
 pub mod config;
-pub mod demo;
+
 pub mod etcd_roles;
 pub mod inspect;
 pub mod run;
 pub mod worker;
 
 use clap::{Parser, Subcommand};
+use esi_harness::demo::story as demo;
 
 use esi_reconciler::telemetry::logging::{self, LogFormat};
 

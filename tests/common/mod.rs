@@ -15,7 +15,7 @@ pub mod heat;
 pub mod keystone;
 pub mod pki;
 
-pub use esi_reconciler::store::embedded::EtcdProcess;
+pub use esi_harness::etcd::embedded::EtcdProcess;
 use esi_reconciler::store::{EtcdOptions, connect};
 
 /// `../shared` beside the repository, or `ESI_SHARED_DIR`.
@@ -175,11 +175,11 @@ impl Proc {
     }
 
     pub fn signal(&self, sig: Signal) {
-        esi_reconciler::chaos::cluster::signal(&self.child, sig);
+        esi_harness::chaos::cluster::signal(&self.child, sig);
     }
 }
 
-pub use esi_reconciler::chaos::cluster::Signal;
+pub use esi_harness::chaos::cluster::Signal;
 
 /// Runs the binary to completion and returns (status, stdout, stderr).
 pub async fn cli(args: &[&str]) -> (bool, String, String) {
@@ -221,7 +221,7 @@ pub fn reference_catalog_args() -> Vec<String> {
 
 /// GET `http://{addr}{path}`; returns (status, body), or None if unreachable.
 pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    esi_reconciler::telemetry::server::fetch(addr, path).await
+    esi_harness::scrape::fetch(addr, path).await
 }
 
 /// The value of a Prometheus sample line `name{labels} value` (labels as written).
@@ -234,7 +234,7 @@ pub fn metric(body: &str, name_and_labels: &str) -> Option<f64> {
 
 /// A loopback TCP proxy that can cut every connection (the drills' proxy).
 #[allow(unused_imports)]
-pub use esi_reconciler::chaos::cluster::Proxy as TcpProxy;
+pub use esi_harness::chaos::cluster::Proxy as TcpProxy;
 
 /// A metrics port for processes whose metrics a test does not read: the
 /// OS picks it at bind time, so it can never be taken in between.
@@ -243,7 +243,7 @@ pub const ANY_PORT: u16 = 0;
 
 /// A port free now, for a process whose address the test needs to know.
 pub fn free_port() -> u16 {
-    esi_reconciler::store::embedded::free_port().unwrap()
+    esi_harness::etcd::embedded::free_port().unwrap()
 }
 
 /// `run` arguments against `etcd`, with the reference catalog.

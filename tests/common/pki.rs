@@ -153,8 +153,8 @@ impl Pki {
     }
 
     /// etcd's side: the server certificate, trusting the CA.
-    pub fn server(&self, client_cert_auth: bool) -> esi_reconciler::store::embedded::ServerTls {
-        esi_reconciler::store::embedded::ServerTls {
+    pub fn server(&self, client_cert_auth: bool) -> esi_harness::etcd::embedded::ServerTls {
+        esi_harness::etcd::embedded::ServerTls {
             cert: self.file("server.crt"),
             key: self.file("server.key"),
             trusted_ca: self.file("ca.crt"),
