@@ -400,7 +400,7 @@ async fn demo_failure_names_the_log_holding_the_cause() {
     );
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
-        text.contains(" ERROR esi_reconciler::cli::demo: the demo failed error=\"not converged"),
+        text.contains(" ERROR esi_harness::demo::story: the demo failed error=\"not converged"),
         "{text}"
     );
 }

@@ -141,15 +141,12 @@ fn reconciler_with_kube(etcd: &str, kubeconfig: &Path, extra: &[&str]) -> Proc {
     let mut args = reconciler_args(etcd, ANY_PORT);
     args.extend(["--mirror-namespace".to_string(), "esi".into()]);
     args.extend(extra.iter().map(|s| s.to_string()));
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_esi-reconciler"))
-        .args(&args)
-        .env("KUBECONFIG", kubeconfig)
-        .env("ESI_LOG_LEVEL", "warn")
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    Proc { child }
+    Proc::launch(
+        Launch::new(env!("CARGO_BIN_EXE_esi-reconciler"))
+            .args(&args)
+            .env("KUBECONFIG", &kubeconfig.display().to_string())
+            .unset("ESI_NO_MIRROR"),
+    )
 }
 
 const NET: &str = "ce9a7a92-d11a-4fc6-8ae7-18061b62c98f";

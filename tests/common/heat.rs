@@ -99,7 +99,7 @@ impl TestHeat {
     /// open, SIGCONT thaws it).
     pub fn signal(&self, sig: super::Signal) {
         if let Some(c) = &self.child {
-            esi_harness::chaos::cluster::signal(c, sig);
+            esi_harness::process::signal(c, sig);
         }
     }
 

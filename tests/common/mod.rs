@@ -3,13 +3,12 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use esi_reconciler::store::Etcd;
 use etcd_client::GetOptions;
 use serde_json::Value;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 pub mod heat;
 pub mod keystone;
@@ -152,34 +151,49 @@ where
     }
 }
 
-/// The binary under test as a child process, killed on drop.
+/// The binary under test as a child process, killed on drop; its logs
+/// (at `warn`) go to the test's stderr.
 pub struct Proc {
-    pub child: Child,
+    process: Launched,
+}
+
+impl std::ops::Deref for Proc {
+    type Target = Launched;
+    fn deref(&self) -> &Launched {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Launched {
+        &mut self.process
+    }
 }
 
 impl Proc {
     pub fn spawn(args: &[&str]) -> Proc {
-        let child = Command::new(env!("CARGO_BIN_EXE_esi-reconciler"))
-            .args(args)
-            .env("ESI_LOG_LEVEL", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
+        Proc::launch(Launch::new(env!("CARGO_BIN_EXE_esi-reconciler")).args(args))
+    }
+
+    /// Starts `launch` with its stderr on the test's.
+    pub fn launch(launch: Launch) -> Proc {
+        let process = launch
+            .stderr(Stderr::Inherit)
             .spawn()
             .expect("spawn esi-reconciler");
-        Proc { child }
+        Proc { process }
     }
 
     pub async fn sigkill(&mut self) {
-        self.child.kill().await.unwrap();
+        self.process.kill().await;
     }
 
     pub fn signal(&self, sig: Signal) {
-        esi_harness::chaos::cluster::signal(&self.child, sig);
+        self.process.signal(sig);
     }
 }
 
-pub use esi_harness::chaos::cluster::Signal;
+pub use esi_harness::process::{Launch, Launched, Signal, Stderr};
 
 /// Runs the binary to completion and returns (status, stdout, stderr).
 pub async fn cli(args: &[&str]) -> (bool, String, String) {

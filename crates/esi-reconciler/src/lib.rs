@@ -1,5 +1,5 @@
 //! esi-reconciler: a level-triggered reconciler for ESI, the etcd-based
-//! orchestration system. See docs/ARCHITECTURE.md for the map.
+//! orchestration system. See the README's "Architecture" for the map.
 
 // Everything read from etcd, Heat or Kubernetes is untrusted: no indexing,
 // slicing or arithmetic that could panic on it, anywhere in the product.

@@ -12,6 +12,8 @@
 
 pub mod bench;
 pub mod chaos;
+pub mod converge;
 pub mod demo;
 pub mod etcd;
+pub mod process;
 pub mod scrape;

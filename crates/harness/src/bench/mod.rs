@@ -9,11 +9,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::process::{Launch, Launched};
 use esi_reconciler::store::Etcd;
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use serde::Serialize;
 use serde_json::json;
-use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 
 use crate::chaos::scenario::Scenario;
@@ -173,19 +173,19 @@ async fn count(client: &Etcd, prefix: &str) -> anyhow::Result<usize> {
         .count() as usize)
 }
 
-fn spawn(binary: &PathBuf, args: &[String]) -> anyhow::Result<Child> {
-    Ok(Command::new(binary)
-        .args(args)
+fn spawn(binary: &PathBuf, args: &[String]) -> anyhow::Result<Launched> {
+    Ok(Launch::new(binary)
         .env("ESI_LOG_LEVEL", "error")
-        .env("ESI_NO_MIRROR", "true")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
+        .args(args)
         .spawn()?)
 }
 
 /// `replicas` reconcilers and a worker; returns (reconcilers, worker).
-fn processes(binary: &PathBuf, etcd: &str, replicas: usize) -> anyhow::Result<(Vec<Child>, Child)> {
+fn processes(
+    binary: &PathBuf,
+    etcd: &str,
+    replicas: usize,
+) -> anyhow::Result<(Vec<Launched>, Launched)> {
     let mut rs = vec![];
     for _ in 0..replicas.max(1) {
         rs.push(spawn(
@@ -216,26 +216,10 @@ fn processes(binary: &PathBuf, etcd: &str, replicas: usize) -> anyhow::Result<(V
     Ok((rs, w))
 }
 
-/// SIGTERM, then SIGKILL if the process has not exited within 10 s.
-async fn stop(c: &mut Child) {
-    if let Some(pid) = c
-        .id()
-        .and_then(|p| rustix::process::Pid::from_raw(p as i32))
-    {
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-    }
-    if tokio::time::timeout(Duration::from_secs(10), c.wait())
-        .await
-        .is_err()
-    {
-        let _ = c.kill().await;
-    }
-}
-
 /// The replica with the most resident memory.
-fn largest(rs: &[Child]) -> Memory {
+fn largest(rs: &[Launched]) -> Memory {
     rs.iter()
-        .map(|c| Memory::of(c.id()))
+        .map(|c| Memory::of(c.child.id()))
         .max_by_key(|m| m.rss_kib)
         .unwrap_or(Memory::of(None))
 }
@@ -374,12 +358,12 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let (mut r, mut w) = processes(&opts.binary, &etcd.client_url, 1)?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     rep.empty_reconciler = largest(&r);
-    rep.empty_worker = Memory::of(w.id());
+    rep.empty_worker = Memory::of(w.child.id());
     // Stopped as an operator would (SIGTERM): the reconciler leaves its
     // replica membership, so the cold start's reconciler owns everything at
     // once instead of sharing with a dead member until its lease expires.
     for c in r.iter_mut().chain(std::iter::once(&mut w)) {
-        stop(c).await;
+        c.stop(Duration::from_secs(10)).await;
     }
 
     let scenario = Scenario::generate(opts.scale);
@@ -405,7 +389,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let rev0 = esi_reconciler::store::current_revision(&client).await?;
     let start = Instant::now();
     let (r, w) = processes(&opts.binary, &etcd.client_url, rep.replicas)?;
-    let rpids: Vec<u32> = r.iter().filter_map(Child::id).collect();
+    let rpids: Vec<u32> = r.iter().filter_map(|p| p.child.id()).collect();
     let cpu = |pid: Option<u32>| pid.and_then(cpu_secs).unwrap_or(0.0);
     let etcd_cpu0 = cpu(etcd.pid());
     let mut told = Instant::now();
@@ -439,7 +423,11 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         .await;
     }
     rep.cold_start_s = start.elapsed().as_secs_f64();
-    rep.cold_start_cpu_s = [cpu_all(&rpids), cpu(w.id()), cpu(etcd.pid()) - etcd_cpu0];
+    rep.cold_start_cpu_s = [
+        cpu_all(&rpids),
+        cpu(w.child.id()),
+        cpu(etcd.pid()) - etcd_cpu0,
+    ];
     rep.writes_per_resource_seen = (esi_reconciler::store::current_revision(&client).await? - rev0)
         as f64
         / rep.resources as f64;
@@ -457,7 +445,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     rep.ready_latency = Some(percentiles(ready));
     rep.converged_latency = Some(percentiles(converged));
 
-    let wp = w.id().unwrap_or(0);
+    let wp = w.child.id().unwrap_or(0);
     eprintln!("idle: {} s with everything converged", opts.idle_secs);
     let (r0, w0) = (cpu_all(&rpids), cpu_secs(wp).unwrap_or(0.0));
     tokio::time::sleep(Duration::from_secs(opts.idle_secs)).await;

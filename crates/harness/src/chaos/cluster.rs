@@ -3,15 +3,14 @@
 //! a worker off from etcd.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use esi_reconciler::store::Etcd;
-use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
 use crate::etcd::embedded::free_port;
 use crate::etcd::local_cluster::LocalCluster;
+use crate::process::{Launch, Launched, Stderr};
 use esi_reconciler::store::{EtcdOptions, connect_checked};
 
 /// Settings every process of a drill gets.
@@ -28,35 +27,21 @@ pub struct ClusterOptions {
 
 /// One of our processes.
 pub struct Member {
-    pub child: Child,
+    pub process: Launched,
     pub metrics: String,
-    /// Its stderr.
-    pub log: PathBuf,
     pub role: String,
 }
 
 impl Member {
     pub async fn kill(&mut self) {
-        let _ = self.child.kill().await;
+        self.process.kill().await;
     }
     pub fn signal(&self, sig: Signal) {
-        signal(&self.child, sig);
+        self.process.signal(sig);
     }
 }
 
-pub use rustix::process::Signal;
-
-/// Sends `sig` to a child process that still runs (`Signal::STOP` freezes
-/// it with its connections open, `Signal::CONT` thaws it).
-pub fn signal(child: &Child, sig: Signal) {
-    if let Some(pid) = child
-        .id()
-        .and_then(|p| i32::try_from(p).ok())
-        .and_then(rustix::process::Pid::from_raw)
-    {
-        let _ = rustix::process::kill_process(pid, sig);
-    }
-}
+pub use crate::process::{Signal, signal};
 
 pub struct Cluster {
     pub etcd: LocalCluster,
@@ -116,37 +101,22 @@ impl Cluster {
                 .join(format!("{role}-{}.log", self.spawned));
             let port = free_port()?;
             let addr = format!("127.0.0.1:{port}");
-            let mut child = Command::new(&self.opts.binary)
+            let mut process = Launch::new(&self.opts.binary)
                 .args(&args)
-                .arg("--metrics-addr")
-                .arg(&addr)
-                .env("ESI_LOG_LEVEL", "warn")
-                .env("ESI_NO_MIRROR", "true")
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log)?)
-                .kill_on_drop(true)
+                .args(["--metrics-addr", addr.as_str()])
+                .stderr(Stderr::File(log))
                 .spawn()?;
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            loop {
-                if let Some(status) = child.try_wait()? {
-                    last = format!("{role} exited ({status}): {}", tail(&log));
-                    break;
-                }
-                let ready = crate::scrape::fetch(&addr, "/readyz").await;
-                if matches!(ready, Some((200, _))) {
+            match process.wait_ready(&addr, Duration::from_secs(30)).await {
+                Ok(()) => {
                     return Ok(Member {
-                        child,
+                        process,
                         metrics: addr,
-                        log,
                         role: role.to_string(),
                     });
                 }
-                anyhow::ensure!(
-                    std::time::Instant::now() < deadline,
-                    "{role} was not ready on {addr} within 30 s: {}",
-                    tail(&log)
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                // Exited: maybe its port was taken; try another.
+                Err(why) if process.exited().is_some() => last = format!("{role} {why}"),
+                Err(why) => anyhow::bail!("{role} {why}"),
             }
         }
         anyhow::bail!("{last}")
@@ -158,10 +128,7 @@ impl Cluster {
         self.reconcilers
             .iter_mut()
             .chain(self.workers.iter_mut())
-            .filter_map(|m| {
-                let status = m.child.try_wait().ok().flatten()?;
-                Some(format!("{} exited ({status}): {}", m.role, tail(&m.log)))
-            })
+            .filter_map(|m| Some(format!("{} {}", m.role, m.process.exited()?)))
             .collect()
     }
 
@@ -211,15 +178,6 @@ impl Cluster {
 }
 
 /// The last lines of a member's log, on one line.
-fn tail(log: &std::path::Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().rev().take(3).collect();
-    if lines.is_empty() {
-        return "(no output)".into();
-    }
-    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
-}
-
 /// A loopback TCP proxy in front of etcd that can cut every connection.
 pub struct Proxy {
     port: u16,

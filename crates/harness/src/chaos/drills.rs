@@ -12,12 +12,12 @@ use serde_json::{Value, json};
 use super::cluster::{Cluster, Signal};
 use super::ledger::{self, Entry, Ledger};
 use super::scenario::{Item, Scenario};
+use crate::converge;
 use esi_reconciler::esi::Catalog;
 use esi_reconciler::esi::keys::ResourceRef;
 use esi_reconciler::esi::records::{Body, ConfigRecord};
-use esi_reconciler::reconcile::controller::now_ms;
 use esi_reconciler::reconcile::plan::Phase;
-use esi_reconciler::reconcile::{report, snapshot};
+use esi_reconciler::reconcile::report::Report;
 use esi_reconciler::store::txn::{Cond, Fenced, Kv, Op};
 
 /// Every drill, by name, in order.
@@ -197,55 +197,26 @@ impl Ctx {
     /// corrupt ones Invalid); returns how long that took.
     pub async fn converged(&mut self) -> anyhow::Result<Duration> {
         let start = Instant::now();
-        let deadline = start + self.within;
-        loop {
-            let client = &self.cluster.client;
-            let reports = match snapshot::load(client, self.catalog.clone(), 1000).await {
-                Ok(world) => report::all(client, &tokio::sync::RwLock::new(world), now_ms())
-                    .await
-                    .ok(),
-                Err(_) => None,
-            };
-            let mut stuck = vec![];
-            if let Some(reports) = &reports {
-                for r in reports {
-                    let plural = self.catalog.schemas.plural_of(&r.rtype).unwrap_or_default();
-                    let key = ResourceRef::new(plural, r.id.clone()).config_key();
-                    let corrupt = self
-                        .invalid
-                        .contains(&ResourceRef::new(plural, r.id.clone()));
-                    let ok = if corrupt {
-                        r.phase == Phase::Invalid
-                    } else {
-                        r.phase == Phase::Converged
-                            && r.next.is_empty()
-                            && r.desired_version == self.versions.get(&key).copied()
-                    };
-                    if !ok {
-                        stuck.push(format!("{} {} {} ({})", r.rtype, r.id, r.phase, r.message));
-                    }
-                }
+        let wanted = |r: &Report| {
+            let plural = self.catalog.schemas.plural_of(&r.rtype).unwrap_or_default();
+            let resource = ResourceRef::new(plural, r.id.clone());
+            if self.invalid.contains(&resource) {
+                r.phase == Phase::Invalid
             } else {
-                stuck.push("etcd unreachable".into());
+                converge::converged(r)
+                    && r.desired_version == self.versions.get(&resource.config_key()).copied()
             }
-            if stuck.is_empty() {
-                return Ok(start.elapsed());
-            }
-            if Instant::now() >= deadline {
+        };
+        let client = self.cluster.client.clone();
+        match converge::wait_until(&client, &self.catalog, self.within, wanted).await {
+            Ok(_) => Ok(start.elapsed()),
+            Err(stuck) => {
                 let dead = self.cluster.dead_members();
-                anyhow::bail!(
-                    "not converged within {:?}: {} stuck, e.g. {}{}",
-                    self.within,
-                    stuck.len(),
-                    stuck[..stuck.len().min(3)].join("; "),
-                    if dead.is_empty() {
-                        String::new()
-                    } else {
-                        format!("; {}", dead.join("; "))
-                    }
-                );
+                if dead.is_empty() {
+                    anyhow::bail!("{stuck}")
+                }
+                anyhow::bail!("{stuck}; {}", dead.join("; "))
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }

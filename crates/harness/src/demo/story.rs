@@ -8,20 +8,21 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
+use esi_reconciler::store::Change;
 use esi_reconciler::store::Etcd;
-use etcd_client::{EventType, WatchOptions};
+use esi_reconciler::store::mirror::{self, MirrorEvent, MirrorOptions};
+use futures::StreamExt;
 use serde_json::{Map, Value};
 use tokio::sync::{Mutex, watch};
 
+use crate::converge;
 use crate::demo::data as demo;
 use crate::etcd::embedded::EtcdProcess;
 use esi_reconciler::engine::sim::{SimEngine, SimOptions};
 use esi_reconciler::esi::Catalog;
 use esi_reconciler::esi::keys::{EsiKey, JobSlot, ResourceRef};
 use esi_reconciler::gohan;
-use esi_reconciler::reconcile::controller::{Controller, ControllerConfig, now_ms};
-use esi_reconciler::reconcile::report::{self, Report};
-use esi_reconciler::reconcile::{Phase, snapshot};
+use esi_reconciler::reconcile::controller::{Controller, ControllerConfig};
 use esi_reconciler::store::{EtcdOptions, connect_checked};
 use esi_reconciler::telemetry::Metrics;
 use esi_reconciler::telemetry::logging::{self, LogFormat};
@@ -71,22 +72,29 @@ async fn progress(
     captured: Arc<Mutex<Captured>>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let opts = WatchOptions::new()
-        .with_range("/state0")
-        .with_start_revision(from + 1);
-    let mut stream = client.watch("/esi-worker/", Some(opts)).await?.stream;
+    // The history after `from` of the jobs, worker records and `/state`.
+    let span = MirrorOptions {
+        start: "/esi-worker/".into(),
+        end: "/state0".into(),
+        ..MirrorOptions::prefix("/esi-worker/")
+    };
+    let mut stream = mirror::stream(client, span.after(from));
     let port = ResourceRef::new("ports", demo::PORT_ID);
     loop {
-        let msg = tokio::select! {
-            m = stream.message() => m?,
+        let ev = tokio::select! {
+            ev = stream.next() => ev,
             _ = stop.changed() => return Ok(()),
         };
-        let Some(resp) = msg else { return Ok(()) };
-        for ev in resp.events() {
-            let Some(kv) = ev.kv() else { continue };
-            let Ok(key) = kv.key_str() else { continue };
+        let Some(ev) = ev else { return Ok(()) };
+        let MirrorEvent::Changes { changes, .. } = ev else {
+            continue;
+        };
+        for change in changes {
+            let (key, value, put) = match &change {
+                Change::Put(kv) => (kv.key.as_str(), kv.value.as_slice(), true),
+                Change::Delete { key, .. } => (key.as_str(), &[][..], false),
+            };
             let t = start.elapsed().as_secs_f64();
-            let put = ev.event_type() == EventType::Put;
             match EsiKey::parse(key) {
                 Ok(Some(EsiKey::Job(slot, id))) => {
                     if slot == JobSlot::All
@@ -94,7 +102,7 @@ async fn progress(
                         && id.resource_id == demo::PORT_ID
                         && id.action.as_str() == "logical_delete"
                     {
-                        captured.lock().await.delete_job = serde_json::from_slice(kv.value()).ok();
+                        captured.lock().await.delete_job = serde_json::from_slice(value).ok();
                     }
                     let what = match (slot, put) {
                         (JobSlot::All, true) => "issued",
@@ -114,7 +122,7 @@ async fn progress(
                     );
                 }
                 Ok(Some(EsiKey::State(r))) if put => {
-                    let v: Value = serde_json::from_slice(kv.value()).unwrap_or_default();
+                    let v: Value = serde_json::from_slice(value).unwrap_or_default();
                     let err = v["error"]
                         .as_str()
                         .filter(|e| !e.is_empty())
@@ -130,7 +138,7 @@ async fn progress(
                     );
                 }
                 Ok(Some(EsiKey::JobState(r))) if put && r == port => {
-                    let v: Value = serde_json::from_slice(kv.value()).unwrap_or_default();
+                    let v: Value = serde_json::from_slice(value).unwrap_or_default();
                     if v.get("orchestration_state").is_some() {
                         captured.lock().await.job_state = Some(v);
                     }
@@ -138,34 +146,6 @@ async fn progress(
                 _ => {}
             }
         }
-    }
-}
-
-/// Waits until every resource is converged at its latest config.
-async fn converged(
-    client: &Etcd,
-    catalog: &Arc<Catalog>,
-    within: Duration,
-) -> anyhow::Result<Vec<Report>> {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let world = tokio::sync::RwLock::new(snapshot::load(client, catalog.clone(), 1000).await?);
-        let reports = report::all(client, &world, now_ms()).await?;
-        if reports
-            .iter()
-            .all(|r| r.phase == Phase::Converged && r.next.is_empty())
-        {
-            return Ok(reports);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            let stuck: Vec<String> = reports
-                .iter()
-                .filter(|r| r.phase != Phase::Converged)
-                .map(|r| format!("{} {} {} ({})", r.rtype, r.id, r.phase, r.message))
-                .collect();
-            anyhow::bail!("not converged within {within:?}: {}", stuck.join("; "));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -317,7 +297,7 @@ async fn story(args: DemoArgs, log: &Path) -> anyhow::Result<()> {
     apply(&client, &sub, demo::subnet()).await?;
     apply(&client, &port, demo::port(1)).await?;
     apply(&client, &port_b, demo::port_b(1)).await?;
-    converged(&client, &catalog, within).await?;
+    converge::wait_until(&client, &catalog, within, converge::converged).await?;
 
     step(
         5,
@@ -325,14 +305,14 @@ async fn story(args: DemoArgs, log: &Path) -> anyhow::Result<()> {
     );
     apply(&client, &port, demo::port(2)).await?;
     apply(&client, &port_b, demo::port_b(2)).await?;
-    converged(&client, &catalog, within).await?;
+    converge::wait_until(&client, &catalog, within, converge::converged).await?;
     apply(&client, &port, demo::port(3)).await?;
-    converged(&client, &catalog, within).await?;
+    converge::wait_until(&client, &catalog, within, converge::converged).await?;
 
     step(6, "Gohan marks port db3bff62 for deletion");
     let w = gohan::apply(&client, &port.config_key(), demo::port(4), true).await?;
     println!("    Gohan: ports/{} {w}", short(demo::PORT_ID));
-    let reports = converged(&client, &catalog, within).await?;
+    let reports = converge::wait_until(&client, &catalog, within, converge::converged).await?;
 
     let _ = stop_tx.send(true);
     let _ = tokio::join!(reconciler, worker, watcher);
