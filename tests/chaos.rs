@@ -25,7 +25,7 @@ async fn every_drill_converges_with_its_invariants_intact() {
     assert!(ok, "chaos failed:\n{out}\n{err}");
     let r: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     let drills = r["drills"].as_array().unwrap();
-    assert_eq!(drills.len(), esi_harness::chaos::drills::DRILLS.len());
+    assert_eq!(drills.len(), esi_harness::chaos::drills::Drill::ALL.len());
     for d in drills {
         assert_eq!(d["passed"], true, "{d}");
         assert!(d["converge_ms"].is_u64(), "{d}");

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use esi_harness::chaos::{self, ChaosEngine, ChaosOptions, drills::DRILLS};
+use esi_harness::chaos::{self, ChaosEngine, ChaosOptions, drills::Drill};
 
 use super::worker::{EngineKind, HeatArgs, HeatAuthKind};
 
@@ -15,12 +15,9 @@ pub struct ChaosArgs {
     /// load-balancer story's resources.
     #[arg(long, default_value_t = 200)]
     pub ports: usize,
-    /// Drills to run, comma-separated (default: all). One of: worker-kill,
-    /// reconciler-kill, job-keys-deleted, state-deleted, stack-record-deleted,
-    /// etcd-restart, compaction, worker-hang, engine-fails, corrupt-records,
-    /// double-bump, two-reconcilers, network-cut.
-    #[arg(long, value_delimiter = ',')]
-    pub drills: Vec<String>,
+    /// Drills to run, comma-separated (default: all that the engine supports).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub drills: Vec<Drill>,
     /// Deadline, in seconds, for each convergence.
     #[arg(long, default_value_t = 120)]
     pub within_secs: u64,
@@ -44,25 +41,17 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<()> {
             per_drill_project: args.heat.heat_auth == HeatAuthKind::None,
         },
     };
-    let drills: Vec<String> = if args.drills.is_empty() {
-        DRILLS
-            .iter()
-            .filter(|d| engine.supports(d))
-            .map(|s| s.to_string())
+    let drills: Vec<Drill> = if args.drills.is_empty() {
+        Drill::ALL
+            .into_iter()
+            .filter(|d| engine.supports(*d))
             .collect()
     } else {
         args.drills.clone()
     };
-    if let Some(d) = drills.iter().find(|d| !engine.supports(d)) {
+    if let Some(d) = drills.iter().find(|d| !engine.supports(**d)) {
         anyhow::bail!(
             "drill {d} injects faults through the sim engine; it cannot run with --engine heat"
-        );
-    }
-    for d in &drills {
-        anyhow::ensure!(
-            DRILLS.contains(&d.as_str()),
-            "unknown drill {d:?}; drills: {}",
-            DRILLS.join(", ")
         );
     }
     let opts = ChaosOptions {
@@ -75,7 +64,7 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<()> {
     let mut results = vec![];
     for d in &drills {
         eprint!("drill {d:<22} ");
-        let r = chaos::run_drill(d, &opts).await;
+        let r = chaos::run_drill(*d, &opts).await;
         eprintln!("{}", if r.passed { "pass" } else { "FAIL" });
         results.push(r);
     }
@@ -86,7 +75,7 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<()> {
     let failed: Vec<&str> = results
         .iter()
         .filter(|r| !r.passed)
-        .map(|r| r.drill.as_str())
+        .map(|r| r.drill.name())
         .collect();
     anyhow::ensure!(
         failed.is_empty(),

@@ -29,7 +29,7 @@ use crate::esi::keys::ResourceRef;
 use crate::reconcile::action::ActionKind;
 use crate::reconcile::controller::{Controller, Happened, Update, now_ms};
 use crate::reconcile::plan::Phase;
-use crate::reconcile::report::Report;
+use crate::reconcile::report::{self, Report};
 
 #[derive(Debug, Clone)]
 pub struct MirrorConfig {
@@ -97,7 +97,7 @@ pub fn mirror_of(r: &Report, previous: &[Condition], now: u64) -> (EsiResource, 
             resource_type: r.rtype.clone(),
             id: r.id.clone(),
             tenant: r.tenant.clone(),
-            desired: if r.desired == "Absent" {
+            desired: if r.desired == report::Desired::Absent {
                 Desired::Absent
             } else {
                 Desired::Present
@@ -134,7 +134,7 @@ pub fn mirror_of(r: &Report, previous: &[Condition], now: u64) -> (EsiResource, 
         observed_version: r.observed_version.map(|v| v as i64),
         stack_status: r.stack_status.clone(),
         worker_state: r.worker_state.clone(),
-        phase: r.phase.to_string(),
+        phase: r.phase.as_str().to_string(),
         message: r.message.clone(),
         attempts: r.attempts as i32,
         next_retry: rfc3339(r.next_retry_ms),
@@ -142,8 +142,8 @@ pub fn mirror_of(r: &Report, previous: &[Condition], now: u64) -> (EsiResource, 
         last_action_time: rfc3339(r.last_action_ms),
         last_error: r.last_error.clone(),
         conditions: vec![
-            condition("Ready", ready, &r.phase.to_string()),
-            condition("Synced", synced, &r.phase.to_string()),
+            condition("Ready", ready, r.phase.as_str()),
+            condition("Synced", synced, r.phase.as_str()),
         ],
     };
     (obj, status)

@@ -482,9 +482,7 @@ impl Controller {
             for p in Phase::ALL {
                 self.metrics
                     .resources
-                    .get_or_create(&PhaseLabel {
-                        phase: p.to_string(),
-                    })
+                    .get_or_create(&PhaseLabel { phase: p.as_str() })
                     .set(counts.get(&p).copied().unwrap_or(0));
             }
             self.metrics.invalid_records.set(invalid);

@@ -47,9 +47,24 @@ impl Phase {
     ];
 }
 
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Progressing => "Progressing",
+            Phase::Converged => "Converged",
+            Phase::BackingOff => "BackingOff",
+            Phase::Failed => "Failed",
+            Phase::Invalid => "Invalid",
+            Phase::Orphaned => "Orphaned",
+            Phase::Paused => "Paused",
+        }
+    }
+}
+
 impl fmt::Display for Phase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
+        f.pad(self.as_str())
     }
 }
 

@@ -14,14 +14,34 @@ use super::observed::Observed;
 use super::plan::{Phase, Plan};
 use super::world::{Parsed, World};
 
+/// What the config asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Desired {
+    Present,
+    /// Marked for deletion.
+    Absent,
+    /// No valid config.
+    #[serde(rename = "-")]
+    Unknown,
+}
+
+impl std::fmt::Display for Desired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            Desired::Present => "Present",
+            Desired::Absent => "Absent",
+            Desired::Unknown => "-",
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
     #[serde(rename = "type")]
     pub rtype: String,
     pub id: String,
     pub tenant: Option<String>,
-    /// `Present`, `Absent` (marked for deletion) or `-` (no valid config).
-    pub desired: &'static str,
+    pub desired: Desired,
     pub desired_version: Option<u64>,
     pub observed_version: Option<u64>,
     pub worker_state: Option<String>,
@@ -63,9 +83,9 @@ impl Report {
             id: o.resource.id.clone(),
             tenant: cfg.and_then(|c| c.tenant.as_deref().map(str::to_string)),
             desired: match cfg {
-                Some(c) if c.marked => "Absent",
-                Some(_) => "Present",
-                None => "-",
+                Some(c) if c.marked => Desired::Absent,
+                Some(_) => Desired::Present,
+                None => Desired::Unknown,
             },
             desired_version: cfg.map(|c| c.version),
             observed_version: state.map(|s| s.version),

@@ -540,3 +540,97 @@ impl<V: View> Reflector<V> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(key: &str, rev: i64) -> Kv {
+        Kv {
+            key: key.into(),
+            value: vec![],
+            mod_revision: rev,
+            create_revision: rev,
+            lease: 0,
+        }
+    }
+
+    /// The keys of a view, in order.
+    #[derive(Default, Debug, PartialEq)]
+    struct Keys(Vec<String>);
+
+    impl View for Keys {
+        fn apply(&mut self, change: Change) {
+            match change {
+                Change::Put(kv) => self.0.push(kv.key),
+                Change::Delete { key, .. } => self.0.retain(|k| *k != key),
+            }
+        }
+    }
+
+    #[test]
+    fn a_relist_is_swapped_in_whole_and_only_when_complete() {
+        let mut r = Reflector::new(Keys::default);
+        let mut view = Keys(vec!["/old".into()]);
+        let start = MirrorEvent::ListStart {
+            revision: 5,
+            epoch: 2,
+        };
+        assert!(matches!(r.update(&mut view, start), Step::Idle));
+        let page = MirrorEvent::ListPage(vec![kv("/a", 3), kv("/b", 4)]);
+        assert!(matches!(r.update(&mut view, page), Step::Idle));
+        assert_eq!(view.0, vec!["/old"], "untouched while the list is read");
+        match r.update(&mut view, MirrorEvent::ListEnd { revision: 5 }) {
+            Step::Replace {
+                view: old,
+                revision,
+                epoch,
+            } => {
+                assert_eq!((old.0, revision, epoch), (vec!["/old".to_string()], 5, 2));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(view.0, vec!["/a", "/b"]);
+        let changes = MirrorEvent::Changes {
+            revision: 6,
+            changes: vec![Change::Delete {
+                key: "/a".into(),
+                revision: 6,
+            }],
+        };
+        assert!(matches!(
+            r.update(&mut view, changes),
+            Step::Apply { revision: 6, .. }
+        ));
+        assert_eq!(view.0, vec!["/b"]);
+    }
+
+    #[test]
+    fn a_list_that_never_started_replaces_nothing() {
+        let mut r = Reflector::new(Keys::default);
+        let mut view = Keys(vec!["/kept".into()]);
+        // A page or an end without a start (a broken list): ignored.
+        let page = MirrorEvent::ListPage(vec![kv("/a", 1)]);
+        assert!(matches!(r.update(&mut view, page), Step::Idle));
+        let end = MirrorEvent::ListEnd { revision: 1 };
+        assert!(matches!(r.update(&mut view, end), Step::Idle));
+        assert_eq!(view.0, vec!["/kept"]);
+        // A list restarted midway starts over from an empty view.
+        for ev in [
+            MirrorEvent::ListStart {
+                revision: 2,
+                epoch: 1,
+            },
+            MirrorEvent::ListPage(vec![kv("/x", 2)]),
+            MirrorEvent::ListStart {
+                revision: 3,
+                epoch: 1,
+            },
+            MirrorEvent::ListPage(vec![kv("/y", 3)]),
+            MirrorEvent::ListEnd { revision: 3 },
+        ] {
+            r.update(&mut view, ev);
+        }
+        assert_eq!(view.0, vec!["/y"]);
+    }
+}

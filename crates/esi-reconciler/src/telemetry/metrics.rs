@@ -25,7 +25,7 @@ pub struct ReasonLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabel {
-    pub phase: String,
+    pub phase: &'static str,
 }
 
 pub struct Metrics {

@@ -10,8 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::process::{Launch, Launched};
+use esi_reconciler::esi::records::{Body, ConfigRecord};
 use esi_reconciler::store::Etcd;
-use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
+use esi_reconciler::store::txn::{Cond, Fenced, Kv, Op};
+use etcd_client::GetOptions;
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::Mutex;
@@ -245,17 +247,14 @@ async fn txn_limit(client: &Etcd, n: usize, concurrency: usize) -> anyhow::Resul
                     return Ok::<_, etcd_client::Error>(());
                 }
                 let k = format!("/bench/all/{i}");
-                let txn = Txn::new()
-                    .when(vec![Compare::create_revision(
-                        k.clone(),
-                        CompareOp::Equal,
-                        0,
-                    )])
-                    .and_then(vec![
-                        TxnOp::put(k, value.clone(), None),
-                        TxnOp::put(format!("/bench/ready/{i}"), "heat_worker", None),
-                    ]);
-                c.txn(txn).await?;
+                let txn = Fenced::new(
+                    vec![Cond::Absent(k.clone())],
+                    vec![
+                        Op::put(k, value.clone()),
+                        Op::put(format!("/bench/ready/{i}"), "heat_worker"),
+                    ],
+                );
+                c.commit(&txn).await?;
             }
         }));
     }
@@ -296,23 +295,26 @@ async fn range_limit(client: &Etcd, seconds: f64) -> anyhow::Result<f64> {
     Ok(pages as f64 / start.elapsed().as_secs_f64())
 }
 
+/// A `/config` record of `body` at `version`, as Gohan writes it.
+fn config(body: &serde_json::Map<String, serde_json::Value>, version: u64) -> Vec<u8> {
+    let record = ConfigRecord {
+        body: Body::new(body.clone()),
+        version,
+        marked_for_deletion: false,
+        extra: Default::default(),
+    };
+    serde_json::to_vec(&record).unwrap_or_default()
+}
+
 pub async fn load(client: &Etcd, scenario: &Scenario) -> anyhow::Result<()> {
     crate::demo::load_templates(client).await?;
+    // Into an empty store, 100 configs a transaction.
     for chunk in scenario.items.chunks(100) {
-        let ops: Vec<TxnOp> = chunk
+        let ops: Vec<Op> = chunk
             .iter()
-            .map(|i| {
-                TxnOp::put(
-                    i.r.config_key(),
-                    serde_json::to_vec(
-                        &json!({"body": i.body, "version": 1, "marked_for_deletion": false}),
-                    )
-                    .unwrap_or_default(),
-                    None,
-                )
-            })
+            .map(|i| Op::put(i.r.config_key(), config(&i.body, 1)))
             .collect();
-        client.txn(Txn::new().and_then(ops)).await?;
+        client.commit(&Fenced::new(vec![], ops)).await?;
     }
     Ok(())
 }
@@ -546,11 +548,9 @@ async fn steady(
         let version = 2 + (i / ports.len()) as u64;
         let mut body = p.body.clone();
         body.insert("description".into(), json!(format!("change {i}")));
-        let v = json!({"body": body, "version": version, "marked_for_deletion": false});
+        let value = config(&body, version);
         let t0 = Instant::now();
-        client
-            .put(p.r.config_key(), serde_json::to_vec(&v)?, None)
-            .await?;
+        client.put(p.r.config_key(), value, None).await?;
         written.push((format!("{}:{version}", p.r.id), t0));
     }
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -20,28 +20,85 @@ use esi_reconciler::reconcile::plan::Phase;
 use esi_reconciler::reconcile::report::Report;
 use esi_reconciler::store::txn::{Cond, Fenced, Kv, Op};
 
-/// Every drill, by name, in order.
-pub const DRILLS: [&str; 19] = [
-    "worker-kill",
-    "reconciler-kill",
-    "job-keys-deleted",
-    "state-deleted",
-    "stack-record-deleted",
-    "etcd-restart",
-    "compaction",
-    "worker-hang",
-    "engine-fails",
-    "corrupt-records",
-    "double-bump",
-    "two-reconcilers",
-    "network-cut",
-    "etcd-leader-kill",
-    "etcd-member-freeze",
-    "etcd-partition",
-    "etcd-restore",
-    "replica-kill",
-    "replica-freeze",
-];
+/// Every drill, in the order they run. Named on the command line in
+/// kebab case (`worker-kill`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Drill {
+    WorkerKill,
+    ReconcilerKill,
+    JobKeysDeleted,
+    StateDeleted,
+    StackRecordDeleted,
+    EtcdRestart,
+    Compaction,
+    WorkerHang,
+    EngineFails,
+    CorruptRecords,
+    DoubleBump,
+    TwoReconcilers,
+    NetworkCut,
+    EtcdLeaderKill,
+    EtcdMemberFreeze,
+    EtcdPartition,
+    EtcdRestore,
+    ReplicaKill,
+    ReplicaFreeze,
+}
+
+impl Drill {
+    pub const ALL: [Drill; 19] = [
+        Drill::WorkerKill,
+        Drill::ReconcilerKill,
+        Drill::JobKeysDeleted,
+        Drill::StateDeleted,
+        Drill::StackRecordDeleted,
+        Drill::EtcdRestart,
+        Drill::Compaction,
+        Drill::WorkerHang,
+        Drill::EngineFails,
+        Drill::CorruptRecords,
+        Drill::DoubleBump,
+        Drill::TwoReconcilers,
+        Drill::NetworkCut,
+        Drill::EtcdLeaderKill,
+        Drill::EtcdMemberFreeze,
+        Drill::EtcdPartition,
+        Drill::EtcdRestore,
+        Drill::ReplicaKill,
+        Drill::ReplicaFreeze,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Drill::WorkerKill => "worker-kill",
+            Drill::ReconcilerKill => "reconciler-kill",
+            Drill::JobKeysDeleted => "job-keys-deleted",
+            Drill::StateDeleted => "state-deleted",
+            Drill::StackRecordDeleted => "stack-record-deleted",
+            Drill::EtcdRestart => "etcd-restart",
+            Drill::Compaction => "compaction",
+            Drill::WorkerHang => "worker-hang",
+            Drill::EngineFails => "engine-fails",
+            Drill::CorruptRecords => "corrupt-records",
+            Drill::DoubleBump => "double-bump",
+            Drill::TwoReconcilers => "two-reconcilers",
+            Drill::NetworkCut => "network-cut",
+            Drill::EtcdLeaderKill => "etcd-leader-kill",
+            Drill::EtcdMemberFreeze => "etcd-member-freeze",
+            Drill::EtcdPartition => "etcd-partition",
+            Drill::EtcdRestore => "etcd-restore",
+            Drill::ReplicaKill => "replica-kill",
+            Drill::ReplicaFreeze => "replica-freeze",
+        }
+    }
+}
+
+impl std::fmt::Display for Drill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.name())
+    }
+}
 
 /// What a drill's cluster looks like before its fault.
 #[derive(Debug, Clone, Copy)]
@@ -54,7 +111,7 @@ pub struct Setup {
     pub all_via_proxy: bool,
 }
 
-pub fn setup(name: &str) -> Setup {
+pub fn setup(name: Drill) -> Setup {
     let mut s = Setup {
         etcd_members: 1,
         reconcilers: 1,
@@ -62,14 +119,14 @@ pub fn setup(name: &str) -> Setup {
         all_via_proxy: false,
     };
     match name {
-        "two-reconcilers" => s.reconcilers = 2,
-        "network-cut" => s.worker_via_proxy = true,
-        "etcd-leader-kill" | "etcd-member-freeze" | "etcd-restore" => s.etcd_members = 3,
-        "etcd-partition" => {
+        Drill::TwoReconcilers => s.reconcilers = 2,
+        Drill::NetworkCut => s.worker_via_proxy = true,
+        Drill::EtcdLeaderKill | Drill::EtcdMemberFreeze | Drill::EtcdRestore => s.etcd_members = 3,
+        Drill::EtcdPartition => {
             s.etcd_members = 3;
             s.all_via_proxy = true;
         }
-        "replica-kill" | "replica-freeze" => s.reconcilers = 3,
+        Drill::ReplicaKill | Drill::ReplicaFreeze => s.reconcilers = 3,
         _ => {}
     }
     s
@@ -222,16 +279,16 @@ impl Ctx {
 }
 
 /// Runs the fault of drill `name`. The cluster is converged when it starts.
-pub async fn inject(name: &str, c: &mut Ctx) -> anyhow::Result<()> {
+pub async fn inject(name: Drill, c: &mut Ctx) -> anyhow::Result<()> {
     match name {
-        "worker-kill" => {
+        Drill::WorkerKill => {
             c.bump(20).await?;
             c.wait_key("/jobs/working/").await?;
             c.cluster.workers[0].kill().await;
             c.notes.push("worker SIGKILLed holding a claim".into());
             c.cluster.start_worker(false).await?;
         }
-        "reconciler-kill" => {
+        Drill::ReconcilerKill => {
             c.bump(20).await?;
             c.wait_key("/jobs/all/").await?;
             c.cluster.reconcilers[0].kill().await;
@@ -239,7 +296,7 @@ pub async fn inject(name: &str, c: &mut Ctx) -> anyhow::Result<()> {
                 .push("reconciler SIGKILLed while issuing jobs".into());
             c.cluster.start_reconciler().await?;
         }
-        "job-keys-deleted" => {
+        Drill::JobKeysDeleted => {
             // Slow the worker down so jobs sit in every slot, then delete by hand.
             c.cluster.workers[0].signal(Signal::STOP);
             c.bump(20).await?;
@@ -262,7 +319,7 @@ pub async fn inject(name: &str, c: &mut Ctx) -> anyhow::Result<()> {
                 ready.len()
             ));
         }
-        "state-deleted" => {
+        Drill::StateDeleted => {
             for p in c
                 .scenario
                 .ports()
@@ -275,7 +332,7 @@ pub async fn inject(name: &str, c: &mut Ctx) -> anyhow::Result<()> {
             }
             c.notes.push("deleted /state of 10 ports".into());
         }
-        "stack-record-deleted" => {
+        Drill::StackRecordDeleted => {
             for p in c
                 .scenario
                 .ports()
@@ -290,14 +347,14 @@ pub async fn inject(name: &str, c: &mut Ctx) -> anyhow::Result<()> {
                 "deleted the heat stack record of 10 ports (the engine keeps the stacks)".into(),
             );
         }
-        "etcd-restart" => {
+        Drill::EtcdRestart => {
             c.bump(20).await?;
             c.wait_key("/jobs/working/").await?;
             c.cluster.restart_etcd(Duration::from_secs(10)).await?;
             c.notes
                 .push("etcd down for 10 s mid-jobs, restarted on its data dir".into());
         }
-        "compaction" => {
+        Drill::Compaction => {
             // Freeze the reconciler, change things, compact and defragment
             // past its watch revision, then let it go on.
             c.cluster.reconcilers[0].signal(Signal::STOP);
@@ -316,7 +373,7 @@ pub async fn inject(name: &str, c: &mut Ctx) -> anyhow::Result<()> {
                 "compacted at {rev} and defragmented while the reconciler was frozen"
             ));
         }
-        "worker-hang" => {
+        Drill::WorkerHang => {
             // One worker whose jobs time out after 3 s (its heat_timeout,
             // capped) holds the claims; it hangs for 5 s, past that timeout
             // and past its 2 s lease, while a second worker takes over.
@@ -337,7 +394,7 @@ pub async fn inject(name: &str, c: &mut Ctx) -> anyhow::Result<()> {
             c.cluster.workers[0].signal(Signal::CONT);
             c.notes.push("a worker hung 5 s mid-job, past its 3 s job timeout and 2 s lease; a second worker took over".into());
         }
-        "engine-fails" => {
+        Drill::EngineFails => {
             c.cluster.workers[0].kill().await;
             c.cluster
                 .opts
@@ -348,7 +405,7 @@ pub async fn inject(name: &str, c: &mut Ctx) -> anyhow::Result<()> {
             c.notes
                 .push("the engine fails 3 operations of every stack after its first".into());
         }
-        "corrupt-records" => {
+        Drill::CorruptRecords => {
             c.bump(10).await?;
             let ports: Vec<ResourceRef> = c
                 .scenario
@@ -378,7 +435,7 @@ pub async fn inject(name: &str, c: &mut Ctx) -> anyhow::Result<()> {
             c.notes
                 .push("corrupt JSON under /config, /state and /jobs/all".into());
         }
-        "double-bump" => {
+        Drill::DoubleBump => {
             let r = c.bump(1).await?;
             let prefix = format!("/jobs/working/modify:heat_worker:port:{}:", r[0].id);
             c.wait_key(&prefix).await?;
@@ -387,11 +444,11 @@ pub async fn inject(name: &str, c: &mut Ctx) -> anyhow::Result<()> {
             c.notes
                 .push("one port bumped twice while its job was in flight".into());
         }
-        "two-reconcilers" => {
+        Drill::TwoReconcilers => {
             c.bump(30).await?;
             c.notes.push("a second reconciler ran throughout".into());
         }
-        "network-cut" => {
+        Drill::NetworkCut => {
             c.bump(20).await?;
             c.wait_key("/jobs/working/").await?;
             c.cluster.proxy.cut();
@@ -400,7 +457,7 @@ pub async fn inject(name: &str, c: &mut Ctx) -> anyhow::Result<()> {
             c.notes
                 .push("the worker cut off from etcd for 5 s (past its lease) mid-job".into());
         }
-        "etcd-leader-kill" => {
+        Drill::EtcdLeaderKill => {
             c.bump(10).await?;
             c.wait_key("/jobs/working/").await?;
             let first = c.cluster.etcd.wait_leader(c.within).await?;
@@ -419,7 +476,7 @@ pub async fn inject(name: &str, c: &mut Ctx) -> anyhow::Result<()> {
                 "etcd leader m{first} SIGKILLed mid-jobs (restarted after convergence), then leader m{second}"
             ));
         }
-        "etcd-member-freeze" => {
+        Drill::EtcdMemberFreeze => {
             c.bump(10).await?;
             c.wait_key("/jobs/working/").await?;
             let leader = c.cluster.etcd.wait_leader(c.within).await?;
@@ -431,7 +488,7 @@ pub async fn inject(name: &str, c: &mut Ctx) -> anyhow::Result<()> {
                 "etcd leader m{leader} frozen (SIGSTOP) for 10 s mid-jobs: it answers nothing and holds connections open"
             ));
         }
-        "etcd-partition" => {
+        Drill::EtcdPartition => {
             c.bump(10).await?;
             c.wait_key("/jobs/working/").await?;
             c.cluster.proxy.blackhole();
@@ -442,7 +499,7 @@ pub async fn inject(name: &str, c: &mut Ctx) -> anyhow::Result<()> {
                 "etcd member m0 partitioned from every process for 10 s (connections open, nothing passes)".into(),
             );
         }
-        "etcd-restore" => {
+        Drill::EtcdRestore => {
             let dir = tempfile::tempdir()?;
             let snap = dir.path().join("snapshot.db");
             c.cluster.etcd.snapshot(&snap).await?;
@@ -481,7 +538,7 @@ pub async fn inject(name: &str, c: &mut Ctx) -> anyhow::Result<()> {
                 t.elapsed().as_secs_f64()
             ));
         }
-        "replica-kill" => {
+        Drill::ReplicaKill => {
             let split = owned_split(c).await;
             let mut victim = c.cluster.reconcilers.remove(0);
             victim.kill().await;
@@ -493,7 +550,7 @@ pub async fn inject(name: &str, c: &mut Ctx) -> anyhow::Result<()> {
                 MEMBER_TTL.as_secs()
             ));
         }
-        "replica-freeze" => {
+        Drill::ReplicaFreeze => {
             c.cluster.reconcilers[0].signal(Signal::STOP);
             c.bump(30).await?;
             let gone = members_after(c, 2, MEMBER_TTL * 4).await?;
@@ -510,13 +567,12 @@ pub async fn inject(name: &str, c: &mut Ctx) -> anyhow::Result<()> {
                 gone.as_secs_f64()
             ));
         }
-        other => anyhow::bail!("unknown drill {other}"),
     }
     Ok(())
 }
 
 /// Checks made after a drill converged; returns failures.
-pub async fn after(name: &str, c: &mut Ctx) -> Vec<String> {
+pub async fn after(name: Drill, c: &mut Ctx) -> Vec<String> {
     let mut failures = vec![];
     let worker_failed = async |c: &Ctx| {
         let mut sum = 0.0;
@@ -537,7 +593,7 @@ pub async fn after(name: &str, c: &mut Ctx) -> Vec<String> {
         sum
     };
     match name {
-        "etcd-leader-kill" | "etcd-member-freeze" | "etcd-partition" => {
+        Drill::EtcdLeaderKill | Drill::EtcdMemberFreeze | Drill::EtcdPartition => {
             let failed = worker_failed(c).await;
             if failed > 0.0 {
                 failures.push(format!(
@@ -560,7 +616,7 @@ pub async fn after(name: &str, c: &mut Ctx) -> Vec<String> {
                 "no job failed; {failovers} failovers, {retries} requests retried, {errors} reconciles failed on etcd"
             ));
         }
-        "etcd-restore" => {
+        Drill::EtcdRestore => {
             for m in c.cluster.reconcilers.iter().chain(c.cluster.workers.iter()) {
                 let metric = if m.role == "worker" {
                     "esi_worker_etcd_store_resets_total"
@@ -579,7 +635,7 @@ pub async fn after(name: &str, c: &mut Ctx) -> Vec<String> {
                 }
             }
         }
-        "replica-kill" | "replica-freeze" => {
+        Drill::ReplicaKill | Drill::ReplicaFreeze => {
             let handovers = sum_over(c, "esi_reconciler_handovers_total").await;
             if handovers < 1.0 {
                 failures.push("no replica reports a hand-over".into());

@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use cluster::{Cluster, ClusterOptions};
-use drills::Ctx;
+use drills::{Ctx, Drill};
 use esi_reconciler::esi::Catalog;
 use ledger::Ledger;
 use scenario::Scenario;
@@ -28,7 +28,7 @@ use scenario::Scenario;
 pub struct ChaosOptions {
     /// Generated ports (plus their networks and subnets).
     pub ports: usize,
-    pub drills: Vec<String>,
+    pub drills: Vec<Drill>,
     /// Deadline for each convergence.
     pub within: Duration,
     /// This binary, to run reconcilers and workers.
@@ -55,11 +55,12 @@ pub enum ChaosEngine {
 
 impl ChaosEngine {
     /// Drills that need the sim engine's fault injection.
-    pub fn supports(&self, drill: &str) -> bool {
-        matches!(self, ChaosEngine::Sim) || drill != "engine-fails"
+    /// `engine-fails` injects its faults through the sim engine.
+    pub fn supports(&self, drill: Drill) -> bool {
+        matches!(self, ChaosEngine::Sim) || drill != Drill::EngineFails
     }
 
-    fn worker_args(&self, drill: &str) -> Vec<String> {
+    fn worker_args(&self, drill: Drill) -> Vec<String> {
         match self {
             ChaosEngine::Sim => vec!["--sim-latency-ms".into(), "100".into()],
             ChaosEngine::Heat {
@@ -85,7 +86,7 @@ impl ChaosEngine {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DrillResult {
-    pub drill: String,
+    pub drill: Drill,
     pub passed: bool,
     /// From the end of the fault to every resource converged.
     pub converge_ms: Option<u64>,
@@ -122,9 +123,9 @@ fn worker_args() -> Vec<String> {
 }
 
 /// Runs one drill from a fresh cluster.
-pub async fn run_drill(name: &str, opts: &ChaosOptions) -> DrillResult {
+pub async fn run_drill(name: Drill, opts: &ChaosOptions) -> DrillResult {
     let mut result = DrillResult {
-        drill: name.to_string(),
+        drill: name,
         passed: false,
         converge_ms: None,
         actions: 0,
@@ -140,7 +141,7 @@ pub async fn run_drill(name: &str, opts: &ChaosOptions) -> DrillResult {
     result
 }
 
-async fn drill(name: &str, opts: &ChaosOptions, out: &mut DrillResult) -> anyhow::Result<()> {
+async fn drill(name: Drill, opts: &ChaosOptions, out: &mut DrillResult) -> anyhow::Result<()> {
     let catalog = Arc::new(Catalog::load(None, None)?);
     let setup = drills::setup(name);
     let cluster = Cluster::start(ClusterOptions {
@@ -228,7 +229,7 @@ async fn drill(name: &str, opts: &ChaosOptions, out: &mut DrillResult) -> anyhow
             ));
         }
     }
-    if name == "engine-fails" {
+    if name == Drill::EngineFails {
         let changed: Vec<_> = c
             .scenario
             .ports()
