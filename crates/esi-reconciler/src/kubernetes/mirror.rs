@@ -24,10 +24,11 @@ use serde_json::json;
 use tokio::sync::mpsc::{UnboundedReceiver, error::TryRecvError};
 
 use super::crd::*;
+use crate::clock::now_ms;
 use crate::esi::Catalog;
 use crate::esi::keys::ResourceRef;
 use crate::reconcile::action::ActionKind;
-use crate::reconcile::controller::{Controller, Happened, Update, now_ms};
+use crate::reconcile::controller::{Controller, Happened, Update};
 use crate::reconcile::plan::Phase;
 use crate::reconcile::report::{self, Report};
 
@@ -218,13 +219,36 @@ impl KubeMirror {
         };
         let stream = watcher(self.api.clone(), watcher::Config::default())
             .default_backoff()
-            .reflect(writer)
-            .applied_objects();
+            .reflect(writer);
         futures::pin_mut!(stream);
-        let mut paused_before: HashSet<String> = HashSet::new();
+        // The paused mirrors, by name: the controller holds the same set. A
+        // mirror deleted, or found gone by a relist, is paused no more.
+        let mut paused: HashMap<String, ResourceRef> = HashMap::new();
+        let mut listed: Option<HashSet<String>> = None;
         while let Some(ev) = stream.next().await {
             let obj = match ev {
-                Ok(o) => o,
+                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => o,
+                Ok(watcher::Event::Delete(o)) => {
+                    if let Some(r) = paused.remove(&o.name_any()) {
+                        controller.set_paused(&r, false);
+                    }
+                    continue;
+                }
+                Ok(watcher::Event::Init) => {
+                    listed = Some(HashSet::new());
+                    continue;
+                }
+                Ok(watcher::Event::InitDone) => {
+                    let seen = listed.take().unwrap_or_default();
+                    paused.retain(|name, r| {
+                        let keep = seen.contains(name);
+                        if !keep {
+                            controller.set_paused(r, false);
+                        }
+                        keep
+                    });
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "watching EsiResources");
                     continue;
@@ -234,17 +258,20 @@ impl KubeMirror {
                 continue;
             };
             let name = obj.name_any();
-            let paused = obj
+            if let Some(l) = listed.as_mut() {
+                l.insert(name.clone());
+            }
+            let is_paused = obj
                 .annotations()
                 .get(PAUSED_ANNOTATION)
                 .is_some_and(|v| v == "true");
-            let changed = if paused {
-                paused_before.insert(name.clone())
+            let changed = if is_paused {
+                paused.insert(name.clone(), r.clone()).is_none()
             } else {
-                paused_before.remove(&name)
+                paused.remove(&name).is_some()
             };
             if changed {
-                controller.set_paused(&r, paused);
+                controller.set_paused(&r, is_paused);
             }
             if obj.annotations().contains_key(RETRY_NOW_ANNOTATION) {
                 if let Err(e) = controller.retry_now(&r).await {

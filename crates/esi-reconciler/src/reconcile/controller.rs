@@ -69,7 +69,7 @@ impl Default for ControllerConfig {
     }
 }
 
-pub use crate::clock::now_ms;
+use crate::clock::now_ms;
 
 pub struct Controller {
     client: Etcd,

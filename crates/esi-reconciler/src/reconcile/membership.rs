@@ -278,7 +278,7 @@ impl Membership {
             id: self.id(),
             host: std::env::var("HOSTNAME").unwrap_or_default(),
             pid: std::process::id(),
-            started_ms: crate::reconcile::controller::now_ms(),
+            started_ms: crate::clock::now_ms(),
         };
         let value = serde_json::to_vec(&record).unwrap_or_default();
         let txn = Fenced::new(

@@ -11,11 +11,11 @@ use crate::esi::Catalog;
 use crate::esi::keys::ResourceRef;
 use crate::store::StoreError;
 
-use super::controller::now_ms;
 use super::decide::decide_for;
 use super::execute::{ExecError, Executor, Outcome};
 use super::plan::Plan;
 use super::snapshot;
+use crate::clock::now_ms;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OnceError {
