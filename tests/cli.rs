@@ -265,11 +265,7 @@ async fn demo(tmp: &std::path::Path, args: &[&str]) -> (bool, String, String) {
         .output()
         .await
         .expect("run esi-reconciler demo");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    outcome(&out)
 }
 
 /// Lines of `s` that look like a log record (tracing's text or JSON, etcd's)

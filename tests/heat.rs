@@ -43,38 +43,40 @@ fn reconciler(etcd: &str, catalog: &[String]) -> Proc {
     spawn_args(&a)
 }
 
-/// `worker` flags for the Heat engine with `auth` (and the test
-/// environment), and the catalog.
-fn heat_worker_args(etcd: &str, heat: &TestHeat, catalog: &[String], auth: &[&str]) -> Vec<String> {
+/// The Heat engine on Heat's no-auth pipeline at `url`: the Heat these
+/// tests start has no Keystone.
+fn heat_no_auth(url: &str) -> [&str; 6] {
+    ["--engine", "heat", "--heat-auth", "none", "--heat-url", url]
+}
+
+/// `worker` flags on `etcd` with `engine`'s flags and the catalog.
+fn heat_worker_args(etcd: &str, engine: &[&str], catalog: &[String]) -> Vec<String> {
     let mut a: Vec<String> = [
         "worker",
         "--etcd-endpoints",
         etcd,
         "--metrics-addr",
         "127.0.0.1:0",
-        "--engine",
-        "heat",
-        "--heat-environment",
-        &heat.environment_file().display().to_string(),
     ]
-    .map(String::from)
-    .to_vec();
-    a.extend(auth.iter().map(|s| s.to_string()));
+    .iter()
+    .chain(engine)
+    .map(|s| s.to_string())
+    .collect();
     a.extend_from_slice(catalog);
     a
 }
 
-/// A worker on Heat's no-auth pipeline.
+/// A worker on Heat's no-auth pipeline, with the test environment.
 fn heat_worker(etcd: &str, heat: &TestHeat, catalog: &[String], extra: &[&str]) -> Proc {
     let url = heat.url();
-    let mut a = heat_worker_args(
-        etcd,
-        heat,
-        catalog,
-        &["--heat-auth", "none", "--heat-url", &url],
-    );
-    a.extend(extra.iter().map(|s| s.to_string()));
-    spawn_args(&a)
+    let env = heat.environment_file().display().to_string();
+    let engine = [
+        &heat_no_auth(&url)[..],
+        &["--heat-environment", &env],
+        extra,
+    ]
+    .concat();
+    spawn_args(&heat_worker_args(etcd, &engine, catalog))
 }
 
 async fn get_all(etcd: &str, catalog: &[String]) -> Option<Vec<Value>> {
@@ -434,25 +436,8 @@ async fn a_heat_that_never_answers_fails_the_job_in_its_time() {
     });
     let widgets = Widgets::install(&etcd).await;
     let _r = reconciler(&etcd.url(), &widgets.catalog());
-    let mut a: Vec<String> = [
-        "worker",
-        "--etcd-endpoints",
-        &etcd.url(),
-        "--metrics-addr",
-        "127.0.0.1:0",
-        "--engine",
-        "heat",
-        "--heat-auth",
-        "none",
-        "--heat-url",
-        &url,
-        "--job-timeout-cap-secs",
-        "3",
-    ]
-    .map(String::from)
-    .to_vec();
-    a.extend(widgets.catalog());
-    let _w = spawn_args(&a);
+    let engine = [&heat_no_auth(&url)[..], &["--job-timeout-cap-secs", "3"]].concat();
+    let _w = spawn_args(&heat_worker_args(&etcd.url(), &engine, &widgets.catalog()));
     Widgets::put(&etcd, "mute", 1, json!({"value": "v"})).await;
     let s = wait_widget(&etcd, "mute", "CREATE_FAILED").await;
     let error = s["error"].as_str().unwrap();
@@ -544,24 +529,22 @@ async fn chaos_worker_kill_on_heat() {
     let env = heat.environment_file();
     let url = heat.url();
     let args = [
-        "chaos",
-        "--engine",
-        "heat",
-        "--heat-auth",
-        "none",
-        "--heat-url",
-        &url,
-        "--heat-environment",
-        env.to_str().unwrap(),
-        "--drills",
-        "worker-kill",
-        "--ports",
-        "20",
-        "--within-secs",
-        "120",
-        "--report",
-        report.path().to_str().unwrap(),
-    ];
+        &["chaos"][..],
+        &heat_no_auth(&url),
+        &[
+            "--heat-environment",
+            env.to_str().unwrap(),
+            "--drills",
+            "worker-kill",
+            "--ports",
+            "20",
+            "--within-secs",
+            "120",
+            "--report",
+            report.path().to_str().unwrap(),
+        ],
+    ]
+    .concat();
     let (ok, out, err) = cli(&args).await;
     assert!(ok, "{out}\n{err}\n{}", heat.log_tail());
     let r = read_json(report.path());
@@ -576,18 +559,13 @@ async fn chaos_worker_kill_on_heat() {
         );
         assert!(status.ends_with("_COMPLETE"), "{name}: {status}");
     }
-    let (ok, _, err) = cli(&[
-        "chaos",
-        "--engine",
-        "heat",
-        "--heat-auth",
-        "none",
-        "--heat-url",
-        &url,
-        "--drills",
-        "engine-fails",
-    ])
-    .await;
+    let sim_only = [
+        &["chaos"][..],
+        &heat_no_auth(&url),
+        &["--drills", "engine-fails"],
+    ]
+    .concat();
+    let (ok, _, err) = cli(&sim_only).await;
     assert!(!ok && err.contains("sim engine"), "{err}");
 }
 
@@ -600,17 +578,21 @@ fn keystone_worker(
     env: &[(&str, &str)],
     cwd: &std::path::Path,
 ) -> tokio::process::Child {
+    let env_file = heat.environment_file().display().to_string();
+    let engine = [
+        "--engine",
+        "heat",
+        "--heat-auth",
+        "keystone",
+        "--heat-environment",
+        &env_file,
+    ];
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_esi-reconciler"));
-    cmd.args(heat_worker_args(
-        etcd,
-        heat,
-        catalog,
-        &["--heat-auth", "keystone"],
-    ))
-    .current_dir(cwd)
-    .env("ESI_LOG_LEVEL", "warn")
-    .env("HOME", cwd)
-    .kill_on_drop(true);
+    cmd.args(heat_worker_args(etcd, &engine, catalog))
+        .current_dir(cwd)
+        .env("ESI_LOG_LEVEL", "warn")
+        .env("HOME", cwd)
+        .kill_on_drop(true);
     for k in [
         "OS_CLOUD",
         "OS_AUTH_URL",

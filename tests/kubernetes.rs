@@ -24,6 +24,28 @@ fn parse_exports(text: &str) -> HashMap<String, String> {
         .collect()
 }
 
+/// Runs `tests/k8s/{script}` with `args` and `env`, asserts it succeeded,
+/// and returns what it exported (how these scripts hand their results on).
+async fn k8s_script(
+    script: &str,
+    args: &[&std::ffi::OsStr],
+    env: &HashMap<String, String>,
+) -> HashMap<String, String> {
+    let out = tokio::process::Command::new("bash")
+        .arg(repo().join("tests/k8s").join(script))
+        .args(args)
+        .envs(env)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse_exports(&String::from_utf8_lossy(&out.stdout))
+}
+
 struct ControlPlane {
     dir: tempfile::TempDir,
     tools: HashMap<String, String>,
@@ -33,35 +55,13 @@ struct ControlPlane {
 
 impl ControlPlane {
     async fn up() -> ControlPlane {
-        let build = tokio::process::Command::new("bash")
-            .arg(repo().join("tests/k8s/build-tools.sh"))
-            .output()
-            .await
-            .unwrap();
-        assert!(
-            build.status.success(),
-            "build-tools.sh failed: {}",
-            String::from_utf8_lossy(&build.stderr)
-        );
-        let tools = parse_exports(&String::from_utf8_lossy(&build.stdout));
+        let tools = k8s_script("build-tools.sh", &[], &HashMap::new()).await;
         let dir = tempfile::Builder::new()
             .prefix("esi-k8s-")
             .tempdir()
             .unwrap();
-        let up = tokio::process::Command::new("bash")
-            .arg(repo().join("tests/k8s/control-plane.sh"))
-            .arg("up")
-            .arg(dir.path())
-            .envs(&tools)
-            .output()
-            .await
-            .unwrap();
-        assert!(
-            up.status.success(),
-            "control plane did not start: {}",
-            String::from_utf8_lossy(&up.stderr)
-        );
-        let env = parse_exports(&String::from_utf8_lossy(&up.stdout));
+        let up = [std::ffi::OsStr::new("up"), dir.path().as_os_str()];
+        let env = k8s_script("control-plane.sh", &up, &tools).await;
         ControlPlane {
             kubeconfig: dir.path().join("kubeconfig"),
             server: env["ESI_K8S_SERVER"].clone(),
@@ -77,11 +77,7 @@ impl ControlPlane {
             .output()
             .await
             .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        outcome(&out)
     }
 
     async fn kubectl(&self, args: &[&str]) -> (bool, String, String) {
@@ -96,6 +92,43 @@ impl ControlPlane {
 
     async fn helm(&self, args: &[&str]) -> (bool, String, String) {
         self.run("ESI_HELM", args).await
+    }
+
+    /// `helm template esi {chart}` with `flags` and each of `sets` as `--set`.
+    async fn helm_template(
+        &self,
+        chart: &str,
+        flags: &[&str],
+        sets: &[&str],
+    ) -> (bool, String, String) {
+        let mut args = vec!["template", "esi", chart];
+        args.extend(flags);
+        args.extend(sets.iter().flat_map(|s| ["--set", s]));
+        self.helm(&args).await
+    }
+
+    /// Waits until the API serves the CRD.
+    async fn wait_crd_established(&self) {
+        self.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/esiresources.esi.reconciler.dev",
+        ])
+        .await;
+    }
+
+    /// Annotates the mirror `name` in namespace esi: how users steer it.
+    async fn annotate(&self, name: &str, annotation: &str) {
+        self.kubectl_ok(&["annotate", "esr", "-n", "esi", name, annotation])
+            .await;
+    }
+
+    /// The names of the mirrors in namespace esi of type `rtype`, by label.
+    async fn esr_names_of_type(&self, rtype: &str) -> String {
+        let label = format!("esi.reconciler.dev/type={rtype}");
+        self.kubectl_ok(&["get", "esr", "-n", "esi", "-l", &label, "-o", "name"])
+            .await
     }
 
     /// The mirror `name` in `ns` as JSON, if it exists.
@@ -163,13 +196,7 @@ async fn mirrors_on_a_real_apiserver() {
         repo().join("crds/esiresource.yaml").to_str().unwrap(),
     ])
     .await;
-    cp.kubectl_ok(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/esiresources.esi.reconciler.dev",
-    ])
-    .await;
+    cp.wait_crd_established().await;
     cp.kubectl_ok(&["create", "namespace", "esi"]).await;
 
     let etcd = TestEtcd::start().await;
@@ -230,43 +257,13 @@ async fn mirrors_on_a_real_apiserver() {
         .clone();
     assert_eq!(ready["status"], "True");
     assert!(ready["lastTransitionTime"].as_str().unwrap().ends_with('Z'));
-    let by_label = cp
-        .kubectl_ok(&[
-            "get",
-            "esr",
-            "-n",
-            "esi",
-            "-l",
-            "esi.reconciler.dev/type=network",
-            "-o",
-            "name",
-        ])
-        .await;
+    let by_label = cp.esr_names_of_type("network").await;
     assert_eq!(by_label.lines().count(), 2, "{by_label}");
-    let none = cp
-        .kubectl_ok(&[
-            "get",
-            "esr",
-            "-n",
-            "esi",
-            "-l",
-            "esi.reconciler.dev/type=port",
-            "-o",
-            "name",
-        ])
-        .await;
+    let none = cp.esr_names_of_type("port").await;
     assert!(none.trim().is_empty());
 
     // Paused: a new config version is not acted on until unpaused.
-    cp.kubectl_ok(&[
-        "annotate",
-        "esr",
-        "-n",
-        "esi",
-        &name,
-        "esi.reconciler.dev/paused=true",
-    ])
-    .await;
+    cp.annotate(&name, "esi.reconciler.dev/paused=true").await;
     eventually(within, "the pause to be seen", || async {
         let o = cp.esr("esi", &name).await?;
         (o["status"]["phase"] == "Paused").then_some(())
@@ -290,15 +287,7 @@ async fn mirrors_on_a_real_apiserver() {
             .is_empty(),
         "a paused resource got a job"
     );
-    cp.kubectl_ok(&[
-        "annotate",
-        "esr",
-        "-n",
-        "esi",
-        &name,
-        "esi.reconciler.dev/paused-",
-    ])
-    .await;
+    cp.annotate(&name, "esi.reconciler.dev/paused-").await;
     wait_state(
         &etcd,
         &format!("/state/v2.0/networks/{NET}"),
@@ -320,15 +309,8 @@ async fn mirrors_on_a_real_apiserver() {
         .await
         .unwrap();
     assert!(issued_before["next_retry_ms"].as_u64().unwrap() > 0);
-    cp.kubectl_ok(&[
-        "annotate",
-        "esr",
-        "-n",
-        "esi",
-        &failing,
-        "esi.reconciler.dev/retry-now=now",
-    ])
-    .await;
+    cp.annotate(&failing, "esi.reconciler.dev/retry-now=now")
+        .await;
     let rec = Recorder::start(&etcd, "/jobs/all/").await;
     eventually(within, "a retry job after retry-now", || async {
         (!rec
@@ -386,25 +368,17 @@ async fn the_chart_installs_and_its_service_account_suffices() {
     let (ok, out, err) = cp.helm(&["lint", chart]).await;
     assert!(ok, "helm lint: {out}{err}");
     let (ok, rendered, err) = cp
-        .helm(&[
-            "template",
-            "esi",
+        .helm_template(
             chart,
-            "-n",
-            "esi",
-            "--set",
-            "etcd.tlsSecret=etcd-tls",
-            "--set",
-            "reconciler.etcd.clientCertSecret=reconciler-etcd-cert",
-            "--set",
-            "worker.etcd.credentialsSecret=worker-etcd-user",
-            "--set",
-            "limits.yamlNodes=50000",
-            "--set-json",
-            "limits.evalBytes=4194304",
-            "--set",
-            "serviceMonitor.enabled=true",
-        ])
+            &["-n", "esi", "--set-json", "limits.evalBytes=4194304"],
+            &[
+                "etcd.tlsSecret=etcd-tls",
+                "reconciler.etcd.clientCertSecret=reconciler-etcd-cert",
+                "worker.etcd.credentialsSecret=worker-etcd-user",
+                "limits.yamlNodes=50000",
+                "serviceMonitor.enabled=true",
+            ],
+        )
         .await;
     assert!(ok, "helm template: {err}");
     // Each component carries its own etcd identity, and only its own.
@@ -452,19 +426,16 @@ async fn the_chart_installs_and_its_service_account_suffices() {
     // The worker on OpenStack Heat: Keystone credentials from a Secret's
     // clouds.yaml (where osauth looks), the environment from a ConfigMap.
     let (ok, heat, err) = cp
-        .helm(&[
-            "template",
-            "esi",
+        .helm_template(
             chart,
-            "--set",
-            "worker.engine=heat",
-            "--set",
-            "worker.heat.cloudsSecret=openstack",
-            "--set",
-            "worker.heat.cloud=prod",
-            "--set",
-            "worker.heat.environmentConfigMap=heat-env",
-        ])
+            &[],
+            &[
+                "worker.engine=heat",
+                "worker.heat.cloudsSecret=openstack",
+                "worker.heat.cloud=prod",
+                "worker.heat.environmentConfigMap=heat-env",
+            ],
+        )
         .await;
     assert!(ok, "helm template (heat): {err}");
     for want in [
@@ -480,23 +451,17 @@ async fn the_chart_installs_and_its_service_account_suffices() {
     }
     assert!(!heat.contains("--sim-latency-ms") && !heat.contains("--heat-url"));
     let (ok, _, err) = cp
-        .helm(&[
-            "template",
-            "esi",
+        .helm_template(
             chart,
-            "--set",
-            "worker.engine=heat",
-            "--set",
-            "worker.heat.auth=token",
-        ])
+            &[],
+            &["worker.engine=heat", "worker.heat.auth=token"],
+        )
         .await;
     assert!(
         !ok && err.contains("heat/auth"),
         "values.schema.json did not reject auth=token: {err}"
     );
-    let (ok, _, err) = cp
-        .helm(&["template", "esi", chart, "--set", "worker.slots=0"])
-        .await;
+    let (ok, _, err) = cp.helm_template(chart, &[], &["worker.slots=0"]).await;
     assert!(
         !ok && err.contains("slots"),
         "values.schema.json did not reject slots=0: {err}"
@@ -517,13 +482,7 @@ async fn the_chart_installs_and_its_service_account_suffices() {
         ])
         .await;
     assert!(ok, "helm install: {out}{err}");
-    cp.kubectl_ok(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/esiresources.esi.reconciler.dev",
-    ])
-    .await;
+    cp.wait_crd_established().await;
     for kind in [
         "deployment/esi-esi-reconciler-reconciler",
         "deployment/esi-esi-reconciler-worker",

@@ -9,6 +9,7 @@ use common::{TcpProxy, TestEtcd};
 use esi_reconciler::store::mirror::{self, MirrorEvent, MirrorOptions};
 use esi_reconciler::store::{Change, EtcdOptions, connect};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 fn opts(page_size: i64) -> MirrorOptions {
     MirrorOptions {
@@ -25,6 +26,46 @@ async fn next(rx: &mut mpsc::Receiver<MirrorEvent>) -> MirrorEvent {
         .await
         .expect("mirror event within 30s")
         .expect("mirror running")
+}
+
+/// Waits for the next change and asserts it is the put of `key` alone, at
+/// `revision`. Events `pass` accepts may come first; any other fails.
+async fn expect_put(
+    rx: &mut mpsc::Receiver<MirrorEvent>,
+    key: &str,
+    revision: i64,
+    mut pass: impl FnMut(&MirrorEvent) -> bool,
+) {
+    loop {
+        match next(rx).await {
+            MirrorEvent::Changes {
+                revision: got,
+                changes,
+            } => {
+                assert_eq!(got, revision, "the put of {key}");
+                assert!(
+                    matches!(&changes[..], [Change::Put(kv)] if kv.key == key),
+                    "expected the put of {key} alone, got {changes:?}"
+                );
+                return;
+            }
+            other if pass(&other) => {}
+            other => panic!("expected the put of {key}, got {other:?}"),
+        }
+    }
+}
+
+/// A mirror (pages of 100) reaching `etcd` through a proxy the test can cut.
+async fn mirror_through_proxy(
+    etcd: &TestEtcd,
+) -> (TcpProxy, mpsc::Receiver<MirrorEvent>, JoinHandle<()>) {
+    let proxy = TcpProxy::start(etcd.process.client_port()).await.unwrap();
+    let client = connect(&EtcdOptions::with_endpoints(vec![proxy.url()]))
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(64);
+    let task = tokio::spawn(mirror::run(client, opts(100), tx));
+    (proxy, rx, task)
 }
 
 /// Collects a full list (ListStart .. ListEnd): (revision, keys).
@@ -59,13 +100,7 @@ async fn lists_in_pages_at_one_revision_then_watches() {
     assert_eq!(pages, 4);
     assert!(rev >= 8);
     etcd.put("/state/v2.0/ports/p1", "{}").await;
-    match next(&mut rx).await {
-        MirrorEvent::Changes { revision, changes } => {
-            assert_eq!(revision, rev + 1);
-            assert!(matches!(&changes[..], [Change::Put(kv)] if kv.key == "/state/v2.0/ports/p1"));
-        }
-        other => panic!("{other:?}"),
-    }
+    expect_put(&mut rx, "/state/v2.0/ports/p1", rev + 1, |_| false).await;
     task.abort();
 }
 
@@ -91,59 +126,39 @@ async fn lists_only_its_prefixes_each_paged_and_still_watches_the_span() {
     assert_eq!(pages, 4, "two pages per prefix");
     // The watch covers the whole span, between the prefixes too.
     etcd.put("/gohan/seen", "y").await;
-    match next(&mut rx).await {
-        MirrorEvent::Changes { revision, changes } => {
-            assert_eq!(revision, rev + 1);
-            assert!(matches!(&changes[..], [Change::Put(kv)] if kv.key == "/gohan/seen"));
-        }
-        other => panic!("{other:?}"),
-    }
+    expect_put(&mut rx, "/gohan/seen", rev + 1, |_| false).await;
     task.abort();
 }
 
 #[tokio::test]
 async fn resumes_from_the_last_revision_after_a_broken_stream() {
     let etcd = TestEtcd::start().await;
-    let proxy = TcpProxy::start(etcd.process.client_port()).await.unwrap();
-    let client = connect(&EtcdOptions::with_endpoints(vec![proxy.url()]))
-        .await
-        .unwrap();
-    let (tx, mut rx) = mpsc::channel(64);
-    let task = tokio::spawn(mirror::run(client, opts(100), tx));
+    let (proxy, mut rx, task) = mirror_through_proxy(&etcd).await;
     let (rev, _, _) = collect_list(&mut rx).await;
     // A change through the watch proves it is established before the cut
     // (a watch that cannot start yet is retried inside the store layer).
+    let progress = |ev: &MirrorEvent| matches!(ev, MirrorEvent::Progress { .. });
     etcd.put("/config/v2.0/ports/before-cut", "{}").await;
-    loop {
-        match next(&mut rx).await {
-            MirrorEvent::Changes { revision, .. } => {
-                assert_eq!(revision, rev + 1);
-                break;
-            }
-            MirrorEvent::Progress { .. } => {}
-            other => panic!("expected the first change, got {other:?}"),
-        }
-    }
+    expect_put(&mut rx, "/config/v2.0/ports/before-cut", rev + 1, progress).await;
     proxy.cut();
     etcd.put("/config/v2.0/ports/while-cut", "{}").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     proxy.restore();
     // The write made while cut off arrives as a change, with no relist.
     let mut restarts = 0;
-    loop {
-        match next(&mut rx).await {
-            MirrorEvent::WatchRestart { .. } => restarts += 1,
-            MirrorEvent::Changes { changes, revision } => {
-                assert!(
-                    matches!(&changes[..], [Change::Put(kv)] if kv.key == "/config/v2.0/ports/while-cut")
-                );
-                assert_eq!(revision, rev + 2);
-                break;
+    expect_put(
+        &mut rx,
+        "/config/v2.0/ports/while-cut",
+        rev + 2,
+        |ev| match ev {
+            MirrorEvent::WatchRestart { .. } => {
+                restarts += 1;
+                true
             }
-            MirrorEvent::Progress { .. } => {}
-            other => panic!("expected a resumed watch, got {other:?}"),
-        }
-    }
+            other => progress(other),
+        },
+    )
+    .await;
     assert!(restarts >= 1, "the broken stream was not noticed");
     task.abort();
 }
@@ -151,12 +166,7 @@ async fn resumes_from_the_last_revision_after_a_broken_stream() {
 #[tokio::test]
 async fn relists_when_its_revision_was_compacted() {
     let etcd = TestEtcd::start().await;
-    let proxy = TcpProxy::start(etcd.process.client_port()).await.unwrap();
-    let client = connect(&EtcdOptions::with_endpoints(vec![proxy.url()]))
-        .await
-        .unwrap();
-    let (tx, mut rx) = mpsc::channel(64);
-    let task = tokio::spawn(mirror::run(client, opts(100), tx));
+    let (proxy, mut rx, task) = mirror_through_proxy(&etcd).await;
     collect_list(&mut rx).await;
     proxy.cut();
     etcd.put("/config/v2.0/ports/a", "{}").await;

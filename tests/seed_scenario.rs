@@ -7,29 +7,21 @@ mod common;
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use common::*;
 
 const PORT: &str = "db3bff62-cf93-48ce-8d6b-cfb2f7fd7dfc";
 
-fn seed(name: &str) -> Value {
-    read_json(seed_records().join(name))
-}
-
 async fn load(etcd: &TestEtcd) {
     load_seed_world(etcd).await;
-    let state = etcd
-        .get_json(&format!("/state/v2.0/ports/{PORT}"))
-        .await
-        .unwrap();
-    assert_eq!(
-        (
-            state["version"].as_u64(),
-            state["state"]["worker_state"].as_str()
-        ),
-        (Some(3), Some("MODIFY_COMPLETED"))
-    );
+    assert_state(
+        etcd,
+        &format!("/state/v2.0/ports/{PORT}"),
+        3,
+        "MODIFY_COMPLETED",
+    )
+    .await;
 }
 
 /// Waits until a freshly started reconciler has loaded etcd and planned
@@ -88,24 +80,7 @@ async fn seed_scenario_issues_one_fenced_logical_delete() {
         .expect("the job is ready");
     assert_eq!(ready, b"heat_worker");
     let job = etcd.get_json(&key).await.unwrap();
-    let recorded = seed("2_job.json")["value"].clone();
-    assert_eq!(
-        params_as_sets(&job[1]),
-        params_as_sets(&recorded[1]),
-        "params differ from the seed's job"
-    );
-    for f in [
-        "action",
-        "version",
-        "job_name",
-        "resource_input",
-        "dependency",
-        "is_first",
-        "is_last",
-        "on_failure",
-    ] {
-        assert_eq!(job[1][f], recorded[1][f], "{f}");
-    }
+    assert_seed_job(&job);
     assert_eq!(
         (job[0].clone(), job[2].clone()),
         (json!("heat_worker"), json!(0))
@@ -127,7 +102,7 @@ async fn seed_scenario_issues_one_fenced_logical_delete() {
     }
 
     // Config v5 before any worker claims v4: v4 is withdrawn, one v5 job.
-    let mut cfg = seed("1_config.json")["value"].clone();
+    let mut cfg = seed_value("1_config.json");
     cfg["version"] = json!(5);
     cfg["body"]["description"] = json!("changed while the delete was queued");
     etcd.put_json(&format!("/config/v2.0/ports/{PORT}"), &cfg)

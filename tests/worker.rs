@@ -10,11 +10,20 @@ use common::*;
 
 const LB: &str = "05_load_balancer";
 const PORT: &str = "db3bff62-cf93-48ce-8d6b-cfb2f7fd7dfc";
+const NET: &str = "ce9a7a92-d11a-4fc6-8ae7-18061b62c98f";
+/// How long any one wait in these tests may take.
+const WITHIN: Duration = Duration::from_secs(30);
 
 async fn apply_step(etcd: &TestEtcd, step: &str) {
     for (key, value) in gohan_step(LB, step) {
         etcd.put_json(&key, &value).await;
     }
+}
+
+/// Waits until network `NET`'s `/state` is at `version` with `worker_state`.
+async fn wait_network(etcd: &TestEtcd, version: u64, worker_state: &str) -> Value {
+    let key = format!("/state/v2.0/networks/{NET}");
+    wait_state(etcd, &key, version, worker_state, WITHIN).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,7 +32,6 @@ async fn the_seed_scenario_yields_the_seed_records() {
     load_reference_templates(&etcd).await;
     let rec = Recorder::start(&etcd, "/").await;
     let (_r, _w) = spawn_reconciler_and_worker(&etcd.url(), &["--sim-latency-ms", "50"]);
-    let within = Duration::from_secs(30);
     let state = |id: &str, plural: &str| format!("/state/v2.0/{plural}/{id}");
     // The story of port db3bff62, one step at a time, as recorded.
     apply_step(&etcd, "CreateNetwork1_01").await;
@@ -33,7 +41,7 @@ async fn the_seed_scenario_yields_the_seed_records() {
         &state("6f5f33d6-2cfe-47c1-a91a-3f3d44972b1a", "subnets"),
         1,
         "CREATE_COMPLETED",
-        within,
+        WITHIN,
     )
     .await;
     for (step, v, ws) in [
@@ -43,15 +51,14 @@ async fn the_seed_scenario_yields_the_seed_records() {
         ("UpdateLoadbalancerInterface_07", 4, "DELETE_COMPLETED"),
     ] {
         apply_step(&etcd, step).await;
-        wait_state(&etcd, &state(PORT, "ports"), v, ws, within).await;
+        wait_state(&etcd, &state(PORT, "ports"), v, ws, WITHIN).await;
     }
-    let seed = |n: &str| read_json(seed_records().join(n))["value"].clone();
     // (1) the config, as Gohan wrote it.
     assert_eq!(
         etcd.get_json(&format!("/config/v2.0/ports/{PORT}"))
             .await
             .unwrap(),
-        seed("1_config.json")
+        seed_value("1_config.json")
     );
     // (2) the job: same params (as sets), action, version, input; random suffix aside.
     let events = rec.events().await;
@@ -64,32 +71,18 @@ async fn the_seed_scenario_yields_the_seed_records() {
         })
         .map(|(.., v)| serde_json::from_slice(v).unwrap())
         .expect("the logical_delete job was issued");
-    let want = seed("2_job.json");
-    assert_eq!(params_as_sets(&job[1]), params_as_sets(&want[1]));
-    for f in [
-        "action",
-        "version",
-        "job_name",
-        "resource_input",
-        "dependency",
-        "handler",
-        "is_first",
-        "is_last",
-        "on_failure",
-    ] {
-        assert_eq!(job[1][f], want[1][f], "{f}");
-    }
+    assert_seed_job(&job);
     // (3), (4) and (5): exactly the seed's records.
     assert_seed_port_records(&etcd, &rec).await;
     let job_state_key = format!("/esi-worker/job_state/v2.0/ports/{PORT}");
     eventually(
-        within,
+        WITHIN,
         "job_state to be removed at the job's end",
         || async { etcd.get(&job_state_key).await.is_none().then_some(()) },
     )
     .await;
     // The reconciler then finishes the job (removes all/ and finished/).
-    eventually(within, "the finished job to be removed", || async {
+    eventually(WITHIN, "the finished job to be removed", || async {
         etcd.keys("/jobs/").await.is_empty().then_some(())
     })
     .await;
@@ -114,7 +107,7 @@ async fn creation_honours_dependencies() {
         &format!("/state/v2.0/ports/{PORT}"),
         1,
         "CREATE_COMPLETED",
-        Duration::from_secs(30),
+        WITHIN,
     )
     .await;
     let events = rec.events().await;
@@ -169,36 +162,31 @@ async fn a_worker_that_loses_its_claim_writes_nothing() {
         &["--sim-latency-ms", "3000", "--lease-ttl-secs", "2"],
     ));
     apply_step(&etcd, "CreateNetwork1_01").await;
-    let net = "ce9a7a92-d11a-4fc6-8ae7-18061b62c98f";
-    let within = Duration::from_secs(30);
-    let working_a = eventually(within, "worker A to claim the job", || async {
+    let working_a = eventually(WITHIN, "worker A to claim the job", || async {
         etcd.keys("/jobs/working/").await.first().cloned()
     })
     .await;
     let reservation_a = etcd.get(&working_a).await.unwrap();
     // Freeze A mid-job: its lease lapses and etcd drops its claim.
     a.signal(Signal::STOP);
-    eventually(within, "A's claim to expire", || async {
+    eventually(WITHIN, "A's claim to expire", || async {
         etcd.get(&working_a).await.is_none().then_some(())
     })
     .await;
-    let mut b = spawn_args(&worker_args(
-        &etcd.url(),
-        ANY_PORT,
-        &["--sim-latency-ms", "200", "--lease-ttl-secs", "2"],
-    ));
-    wait_state(
-        &etcd,
-        &format!("/state/v2.0/networks/{net}"),
-        1,
-        "CREATE_COMPLETED",
-        within,
-    )
-    .await;
+    // B and, later, C: quicker than A, on as short a lease.
+    let spawn_worker = || {
+        spawn_args(&worker_args(
+            &etcd.url(),
+            ANY_PORT,
+            &["--sim-latency-ms", "200", "--lease-ttl-secs", "2"],
+        ))
+    };
+    let mut b = spawn_worker();
+    wait_network(&etcd, 1, "CREATE_COMPLETED").await;
     // Thaw A: it finds its claim gone and writes nothing.
     a.signal(Signal::CONT);
     let addr = format!("127.0.0.1:{a_port}");
-    eventually(within, "A to notice its lost claim", || {
+    eventually(WITHIN, "A to notice its lost claim", || {
         let addr = addr.clone();
         async move {
             let (_, body) = http_get(&addr, "/metrics").await?;
@@ -226,7 +214,7 @@ async fn a_worker_that_loses_its_claim_writes_nothing() {
         "the result was written under B's claim"
     );
     // And a worker killed outright: its job is claimed again and completes.
-    etcd.put_json(&format!("/config/v2.0/networks/{net}"), &{
+    etcd.put_json(&format!("/config/v2.0/networks/{NET}"), &{
         let mut c = gohan_step(LB, "CreateNetwork1_01")[0].1.clone();
         c["version"] = json!(2);
         c["body"]["name"] = json!("renamed");
@@ -234,19 +222,8 @@ async fn a_worker_that_loses_its_claim_writes_nothing() {
     })
     .await;
     b.sigkill().await;
-    let _c = spawn_args(&worker_args(
-        &etcd.url(),
-        ANY_PORT,
-        &["--sim-latency-ms", "200", "--lease-ttl-secs", "2"],
-    ));
-    wait_state(
-        &etcd,
-        &format!("/state/v2.0/networks/{net}"),
-        2,
-        "MODIFY_COMPLETED",
-        within,
-    )
-    .await;
+    let _c = spawn_worker();
+    wait_network(&etcd, 2, "MODIFY_COMPLETED").await;
     let versions: Vec<u64> = rec
         .events()
         .await
@@ -331,14 +308,13 @@ async fn sigterm_releases_running_jobs_after_the_grace_period() {
         &["--sim-latency-ms", "4000", "--shutdown-grace-secs", "1"],
     );
     apply_step(&etcd, "CreateNetwork1_01").await;
-    let within = Duration::from_secs(30);
-    let working = eventually(within, "the job to be claimed", || async {
+    let working = eventually(WITHIN, "the job to be claimed", || async {
         etcd.keys("/jobs/working/").await.first().cloned()
     })
     .await;
     let id = working.trim_start_matches("/jobs/working/").to_string();
     w.signal(Signal::TERM);
-    let status = tokio::time::timeout(within, w.child.wait())
+    let status = tokio::time::timeout(WITHIN, w.child.wait())
         .await
         .expect("worker exits after its grace period")
         .unwrap();
@@ -355,14 +331,7 @@ async fn sigterm_releases_running_jobs_after_the_grace_period() {
         ANY_PORT,
         &["--sim-latency-ms", "50"],
     ));
-    wait_state(
-        &etcd,
-        "/state/v2.0/networks/ce9a7a92-d11a-4fc6-8ae7-18061b62c98f",
-        1,
-        "CREATE_COMPLETED",
-        within,
-    )
-    .await;
+    wait_network(&etcd, 1, "CREATE_COMPLETED").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -378,20 +347,11 @@ async fn purge_deleted_removes_what_gohan_would() {
         &["--sim-latency-ms", "50"],
     ));
     apply_step(&etcd, "CreateNetwork1_01").await;
-    let net = "ce9a7a92-d11a-4fc6-8ae7-18061b62c98f";
-    let within = Duration::from_secs(30);
-    wait_state(
-        &etcd,
-        &format!("/state/v2.0/networks/{net}"),
-        1,
-        "CREATE_COMPLETED",
-        within,
-    )
-    .await;
+    wait_network(&etcd, 1, "CREATE_COMPLETED").await;
     let (ok, out, err) = cli(&[
         "config",
         "delete",
-        &format!("network/{net}"),
+        &format!("network/{NET}"),
         "--etcd-endpoints",
         &etcd.url(),
         "--schemas",
@@ -400,29 +360,25 @@ async fn purge_deleted_removes_what_gohan_would() {
     .await;
     assert!(ok && out.contains("marked for deletion (v2)"), "{out}{err}");
     // Deleted, then purged: config and stack record gone, /state records the delete.
-    eventually(within, "the config and stack record purged", || async {
+    eventually(WITHIN, "the config and stack record purged", || async {
         let gone = etcd
-            .get(&format!("/config/v2.0/networks/{net}"))
+            .get(&format!("/config/v2.0/networks/{NET}"))
             .await
             .is_none()
             && etcd
-                .get(&format!("/esi-worker/heat_stacks/v2.0/networks/{net}"))
+                .get(&format!("/esi-worker/heat_stacks/v2.0/networks/{NET}"))
                 .await
                 .is_none();
         gone.then_some(())
     })
     .await;
-    let state = etcd
-        .get_json(&format!("/state/v2.0/networks/{net}"))
-        .await
-        .unwrap();
-    assert_eq!(
-        (
-            state["version"].clone(),
-            state["state"]["worker_state"].clone()
-        ),
-        (json!(2), json!("DELETE_COMPLETED"))
-    );
+    assert_state(
+        &etcd,
+        &format!("/state/v2.0/networks/{NET}"),
+        2,
+        "DELETE_COMPLETED",
+    )
+    .await;
     assert!(
         etcd.keys("/esi-reconciler/v1/resources/").await.is_empty(),
         "our status record outlived the resource"

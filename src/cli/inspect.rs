@@ -3,8 +3,8 @@
 
 use clap::{Args, ValueEnum};
 
-use esi_reconciler::esi::ResourceRef;
 use esi_reconciler::clock::now_ms;
+use esi_reconciler::esi::ResourceRef;
 use esi_reconciler::reconcile::membership;
 use esi_reconciler::reconcile::report::{self, Report};
 use esi_reconciler::reconcile::snapshot;

@@ -39,6 +39,11 @@ pub fn seed_records() -> PathBuf {
     shared().join("seed/records")
 }
 
+/// The value of the seed's record `name` (the file also holds its key).
+pub fn seed_value(name: &str) -> Value {
+    read_json(seed_records().join(name))["value"].clone()
+}
+
 pub fn read_json(path: impl AsRef<std::path::Path>) -> Value {
     let p = path.as_ref();
     serde_json::from_slice(&std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
@@ -202,6 +207,11 @@ pub async fn cli(args: &[&str]) -> (bool, String, String) {
         .output()
         .await
         .expect("run esi-reconciler");
+    outcome(&out)
+}
+
+/// A finished process as (status, stdout, stderr), the form tests match on.
+pub fn outcome(out: &std::process::Output) -> (bool, String, String) {
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -385,6 +395,14 @@ impl Drop for Recorder {
     }
 }
 
+/// A `/state` record's (version, worker_state), for comparing as one.
+fn version_and_worker_state(state: &Value) -> (Option<u64>, Option<&str>) {
+    (
+        state["version"].as_u64(),
+        state["state"]["worker_state"].as_str(),
+    )
+}
+
 /// Waits until `/state` of `key` is at `version` with `worker_state`.
 pub async fn wait_state(
     etcd: &TestEtcd,
@@ -398,11 +416,25 @@ pub async fn wait_state(
         &format!("{key} at v{version} {worker_state}"),
         || async {
             let v = etcd.get_json(key).await?;
-            (v["version"].as_u64() == Some(version) && v["state"]["worker_state"] == worker_state)
-                .then_some(v)
+            (version_and_worker_state(&v) == (Some(version), Some(worker_state))).then_some(v)
         },
     )
     .await
+}
+
+/// Asserts `/state` of `key` is at `version` with `worker_state` now, for
+/// a record already settled (no waiting, unlike [`wait_state`]).
+pub async fn assert_state(etcd: &TestEtcd, key: &str, version: u64, worker_state: &str) -> Value {
+    let state = etcd
+        .get_json(key)
+        .await
+        .unwrap_or_else(|| panic!("no {key}"));
+    assert_eq!(
+        version_and_worker_state(&state),
+        (Some(version), Some(worker_state)),
+        "{key}: {state}"
+    );
+    state
 }
 
 /// A job's params by name, as (type, value, resources as a sorted set).
@@ -461,13 +493,36 @@ pub fn require_python_module(module: &str, package: &str) {
     );
 }
 
+/// The seed port's logical delete `job` ([handler, job, 0]) is the seed's:
+/// the same params as sets (their order is not kept) and the same fields.
+pub fn assert_seed_job(job: &Value) {
+    let want = seed_value("2_job.json");
+    assert_eq!(
+        params_as_sets(&job[1]),
+        params_as_sets(&want[1]),
+        "params differ from the seed's job"
+    );
+    for f in [
+        "action",
+        "version",
+        "job_name",
+        "resource_input",
+        "dependency",
+        "handler",
+        "is_first",
+        "is_last",
+        "on_failure",
+    ] {
+        assert_eq!(job[1][f], want[1][f], "{f}");
+    }
+}
+
 /// The seed port's records equal the seed's: (3) its heat stack record and
 /// (5) its `/state` as they stand, and (4) the last job state the worker
 /// wrote (it removes it at the job's end), from `rec`, a recorder that
 /// watched `/esi-worker/job_state/`.
 pub async fn assert_seed_port_records(etcd: &TestEtcd, rec: &Recorder) {
     const PORT: &str = "db3bff62-cf93-48ce-8d6b-cfb2f7fd7dfc";
-    let seed = |n: &str| read_json(seed_records().join(n))["value"].clone();
     for (key, record) in [
         (
             format!("/esi-worker/heat_stacks/v2.0/ports/{PORT}"),
@@ -475,7 +530,11 @@ pub async fn assert_seed_port_records(etcd: &TestEtcd, rec: &Recorder) {
         ),
         (format!("/state/v2.0/ports/{PORT}"), "5_state.json"),
     ] {
-        assert_eq!(etcd.get_json(&key).await.unwrap(), seed(record), "{key}");
+        assert_eq!(
+            etcd.get_json(&key).await.unwrap(),
+            seed_value(record),
+            "{key}"
+        );
     }
     let job_state_key = format!("/esi-worker/job_state/v2.0/ports/{PORT}");
     let last: Value = rec
@@ -486,7 +545,7 @@ pub async fn assert_seed_port_records(etcd: &TestEtcd, rec: &Recorder) {
         .map(|(.., v)| serde_json::from_slice(v).unwrap())
         .next_back()
         .expect("the worker wrote the port's job state");
-    assert_eq!(last, seed("4_job_state.json"), "{job_state_key}");
+    assert_eq!(last, seed_value("4_job_state.json"), "{job_state_key}");
 }
 
 /// The seed's world: the port, network and subnet templates; the converged
