@@ -297,6 +297,36 @@ async fn mirrors_on_a_real_apiserver() {
     )
     .await;
 
+    // Paused again, then its mirror deleted by hand: nothing is left that
+    // says "paused", so the resource is not paused any more.
+    cp.annotate(&name, "esi.reconciler.dev/paused=true").await;
+    cfg["version"] = json!(3);
+    etcd.put_json(&format!("/config/v2.0/networks/{NET}"), &cfg)
+        .await;
+    eventually(within, "the paused mirror to show v3 desired", || async {
+        let o = cp.esr("esi", &name).await?;
+        (o["spec"]["desiredVersion"] == 3 && o["status"]["phase"] == "Paused").then_some(())
+    })
+    .await;
+    cp.kubectl_ok(&["delete", "esr", "-n", "esi", &name]).await;
+    wait_state(
+        &etcd,
+        &format!("/state/v2.0/networks/{NET}"),
+        3,
+        "MODIFY_COMPLETED",
+        within,
+    )
+    .await;
+    eventually(
+        within,
+        "the mirror back, unpaused and converged",
+        || async {
+            let o = cp.esr("esi", &name).await?;
+            (o["status"]["phase"] == "Converged" && o["spec"]["desiredVersion"] == 3).then_some(())
+        },
+    )
+    .await;
+
     // Failing, backing off for 10 minutes; retry-now retries at once.
     let failing = format!("network-{NET2}");
     eventually(within, "the failing network to back off", || async {
