@@ -272,51 +272,43 @@ async fn mirrors_on_a_real_apiserver() {
     let mut cfg = gohan_step("05_load_balancer", "CreateNetwork1_01")[0]
         .1
         .clone();
-    cfg["version"] = json!(2);
     cfg["body"]["name"] = json!("renamed");
-    etcd.put_json(&format!("/config/v2.0/networks/{NET}"), &cfg)
+    // A new config version for the paused network: the mirror shows it
+    // desired, and no job is issued for it.
+    let bump_paused = async |cfg: &mut Value, version: u64| {
+        cfg["version"] = json!(version);
+        etcd.put_json(&format!("/config/v2.0/networks/{NET}"), cfg)
+            .await;
+        eventually(
+            within,
+            "the paused mirror to show the new version",
+            || async {
+                let o = cp.esr("esi", &name).await?;
+                (o["spec"]["desiredVersion"] == version && o["status"]["phase"] == "Paused")
+                    .then_some(())
+            },
+        )
         .await;
-    eventually(within, "the paused mirror to show v2 desired", || async {
-        let o = cp.esr("esi", &name).await?;
-        (o["spec"]["desiredVersion"] == 2 && o["status"]["phase"] == "Paused").then_some(())
-    })
-    .await;
-    assert!(
-        etcd.keys(&format!("/jobs/all/modify:heat_worker:network:{NET}:2:"))
-            .await
-            .is_empty(),
-        "a paused resource got a job"
-    );
+        let jobs = format!("/jobs/all/modify:heat_worker:network:{NET}:{version}:");
+        assert!(
+            etcd.keys(&jobs).await.is_empty(),
+            "a paused resource got a job"
+        );
+    };
+    let modified = async |version: u64| {
+        let key = format!("/state/v2.0/networks/{NET}");
+        wait_state(&etcd, &key, version, "MODIFY_COMPLETED", within).await;
+    };
+    bump_paused(&mut cfg, 2).await;
     cp.annotate(&name, "esi.reconciler.dev/paused-").await;
-    wait_state(
-        &etcd,
-        &format!("/state/v2.0/networks/{NET}"),
-        2,
-        "MODIFY_COMPLETED",
-        within,
-    )
-    .await;
+    modified(2).await;
 
     // Paused again, then its mirror deleted by hand: nothing is left that
     // says "paused", so the resource is not paused any more.
     cp.annotate(&name, "esi.reconciler.dev/paused=true").await;
-    cfg["version"] = json!(3);
-    etcd.put_json(&format!("/config/v2.0/networks/{NET}"), &cfg)
-        .await;
-    eventually(within, "the paused mirror to show v3 desired", || async {
-        let o = cp.esr("esi", &name).await?;
-        (o["spec"]["desiredVersion"] == 3 && o["status"]["phase"] == "Paused").then_some(())
-    })
-    .await;
+    bump_paused(&mut cfg, 3).await;
     cp.kubectl_ok(&["delete", "esr", "-n", "esi", &name]).await;
-    wait_state(
-        &etcd,
-        &format!("/state/v2.0/networks/{NET}"),
-        3,
-        "MODIFY_COMPLETED",
-        within,
-    )
-    .await;
+    modified(3).await;
     eventually(
         within,
         "the mirror back, unpaused and converged",
