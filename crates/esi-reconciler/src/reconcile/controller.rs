@@ -24,6 +24,7 @@ use super::decide::decide_for;
 use super::execute::{ExecError, Executor, Outcome};
 use super::membership::{self, Membership};
 use super::observed::Observed;
+use super::phase_book::PhaseBook;
 use super::plan::{Phase, Plan};
 use super::queue::Queue;
 use super::report::Report;
@@ -89,7 +90,7 @@ pub struct Controller {
     /// Resources an operator paused: planned, but not acted on.
     paused: Mutex<HashSet<ResourceRef>>,
     /// The phase each resource's last plan found, for the gauges.
-    phases: Mutex<HashMap<ResourceRef, Phase>>,
+    phases: Mutex<PhaseBook>,
     /// The store epoch the world was listed in: a reconcile acts only while
     /// it is the store's current one (never from the view of a store that
     /// was since restored).
@@ -175,7 +176,7 @@ impl Controller {
             deferred: Mutex::new(HashMap::new()),
             updates,
             paused: Mutex::new(HashSet::new()),
-            phases: Mutex::new(HashMap::new()),
+            phases: Mutex::new(PhaseBook::default()),
             listed_epoch: std::sync::atomic::AtomicU64::new(0),
             membership,
         })
@@ -466,7 +467,7 @@ impl Controller {
                 for (r, _) in w.resources() {
                     if view.owns(r) {
                         owned = owned.saturating_add(1);
-                        let phase = phases.get(r).copied().unwrap_or(Phase::Pending);
+                        let phase = phases.get(r);
                         let n = counts.entry(phase).or_default();
                         *n = n.saturating_add(1);
                     }
@@ -533,7 +534,7 @@ impl Controller {
         self.phases
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(r.clone(), p.phase);
+            .set(r, p.phase);
         if let Some(ms) = p.requeue_after_ms {
             self.queue
                 .schedule_after(r.clone(), Duration::from_millis(ms));
@@ -636,9 +637,9 @@ impl Controller {
 
     /// Drops what is kept in memory for a resource gone from etcd.
     fn forget(&self, r: &ResourceRef) {
-        let mut phases = self.phases.lock().unwrap_or_else(|p| p.into_inner());
-        if phases.remove(r).is_some() {
-            phases.shrink_if_sparse();
-        }
+        self.phases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .forget(r);
     }
 }

@@ -21,6 +21,7 @@ pub use plan::{Phase, Plan, plan};
 pub use world::World;
 pub mod controller;
 pub mod once;
+pub mod phase_book;
 pub mod queue;
 pub mod report;
 pub mod snapshot;
