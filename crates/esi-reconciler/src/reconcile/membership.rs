@@ -238,7 +238,9 @@ impl Membership {
                             let gone = changes.iter().any(|c| matches!(c,
                                 Change::Delete { key: k, revision }
                                     if k.strip_prefix(MEMBERS) == Some(me.as_str()) && self.registered_before(*revision)));
-                            if gone {
+                            // Gone because we left (shutdown) is no news.
+                            let leaving = self.leaving.load(std::sync::atomic::Ordering::Relaxed);
+                            if gone && !leaving {
                                 tracing::warn!(replica = %me, "our member key is gone (lease lapsed?): acting on nothing until registered again");
                             }
                             (gone, false)
