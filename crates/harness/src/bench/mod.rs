@@ -85,6 +85,10 @@ pub struct BenchReport {
     /// etcd revisions the cold start took, per resource: the writes the
     /// product actually made, the sim engine's stack records included.
     pub writes_per_resource_seen: f64,
+    /// etcd requests the cold start took, per resource, by gRPC method
+    /// (unary calls as etcd counted them; the bench's own polling included,
+    /// about 0.02 per resource at 10k).
+    pub requests_per_resource: std::collections::BTreeMap<String, f64>,
     /// CPU seconds the cold start took: reconciler, worker, etcd.
     pub cold_start_cpu_s: [f64; 3],
     /// etcd CPU per write (ms): in the limit, and in the cold start
@@ -389,6 +393,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         rep.replicas
     );
     let rev0 = esi_reconciler::store::current_revision(&client).await?;
+    let requests0 = etcd_requests(&etcd).await;
     let start = Instant::now();
     let (r, w) = processes(&opts.binary, &etcd.client_url, rep.replicas)?;
     let rpids: Vec<u32> = r.iter().filter_map(|p| p.child.id()).collect();
@@ -430,6 +435,15 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         cpu(w.child.id()),
         cpu(etcd.pid()) - etcd_cpu0,
     ];
+    let requests = etcd_requests(&etcd).await;
+    rep.requests_per_resource = requests
+        .iter()
+        .map(|(method, n)| {
+            let before = requests0.get(method).copied().unwrap_or(0.0);
+            (method.clone(), (n - before) / rep.resources.max(1) as f64)
+        })
+        .filter(|(_, per)| *per > 0.0)
+        .collect();
     rep.writes_per_resource_seen = (esi_reconciler::store::current_revision(&client).await? - rev0)
         as f64
         / rep.resources as f64;
@@ -614,6 +628,52 @@ pub fn convergence_png(r: &BenchReport) -> Result<Vec<u8>, plot::PlotError> {
 }
 
 /// The table the command prints.
+/// The unary requests etcd has served so far, by gRPC method, from its own
+/// `/metrics` (`grpc_server_handled_total`, every result code).
+async fn etcd_requests(etcd: &EtcdProcess) -> std::collections::BTreeMap<String, f64> {
+    let addr = format!("127.0.0.1:{}", etcd.client_port());
+    match crate::scrape::fetch(&addr, "/metrics").await {
+        Some((200, body)) => handled_by_method(&body),
+        _ => Default::default(),
+    }
+}
+
+/// Sums `grpc_server_handled_total` samples of unary calls by `grpc_method`.
+fn handled_by_method(body: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in body.lines() {
+        let Some(rest) = line.strip_prefix("grpc_server_handled_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        if !labels.contains("grpc_type=\"unary\"") {
+            continue;
+        }
+        let method = labels
+            .split(',')
+            .find_map(|l| l.strip_prefix("grpc_method=\""))
+            .and_then(|m| m.strip_suffix('"'));
+        if let (Some(m), Ok(v)) = (method, value.trim().parse::<f64>()) {
+            *out.entry(m.to_string()).or_insert(0.0) += v;
+        }
+    }
+    out
+}
+
+/// `Range 2.1, Txn 7.0, …`, most first.
+fn requests_line(per: &std::collections::BTreeMap<String, f64>) -> String {
+    if per.is_empty() {
+        return "- (etcd's /metrics not readable)".into();
+    }
+    let mut v: Vec<(&String, &f64)> = per.iter().collect();
+    v.sort_by(|a, b| b.1.total_cmp(a.1));
+    let total: f64 = per.values().sum();
+    let parts: Vec<String> = v.iter().map(|(m, n)| format!("{m} {n:.2}")).collect();
+    format!("{total:.1}: {}", parts.join(", "))
+}
+
 pub fn table(r: &BenchReport) -> String {
     let p = |x: &Option<Percentiles>| {
         x.as_ref()
@@ -632,6 +692,7 @@ pub fn table(r: &BenchReport) -> String {
         format!("etcd limit                    {:.0} txn/s (job-sized), {:.0} range pages/s (1000 keys)", r.txn_per_s, r.range_pages_per_s),
         format!("writes per resource           {:.0} transactions needed (issue, claim, engine record, results, cleanup, finish)", r.writes_per_resource),
         format!("cold start                    {:.1} s, {:.0} resources/s, {:.1} etcd writes per resource", r.cold_start_s, r.resources_per_s, r.writes_per_resource_seen),
+        format!("etcd requests per resource    {}", requests_line(&r.requests_per_resource)),
         format!("cold start CPU                reconciler {:.1} s, worker {:.1} s, etcd {:.1} s", r.cold_start_cpu_s[0], r.cold_start_cpu_s[1], r.cold_start_cpu_s[2]),
         format!("etcd CPU per write            {:.3} ms in the limit, {:.3} ms in the cold start", r.etcd_cpu_ms_per_write[0], r.etcd_cpu_ms_per_write[1]),
         format!("ratio to the limit            {:.2} (goal >= 0.8)", r.ratio_to_limit),
@@ -658,6 +719,20 @@ mod tests {
             (51.0, 99.0, 100.0, 100)
         );
         assert!(percentiles(vec![]).p99_ms.is_nan());
+    }
+
+    #[test]
+    fn counts_etcds_unary_requests_by_method() {
+        let body = "# HELP grpc_server_handled_total x\n\
+grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Range\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"} 40\n\
+grpc_server_handled_total{grpc_code=\"NotFound\",grpc_method=\"Range\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"} 2\n\
+grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Txn\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"} 7\n\
+grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Watch\",grpc_service=\"etcdserverpb.Watch\",grpc_type=\"bidi_stream\"} 3\n";
+        let m = handled_by_method(body);
+        assert_eq!(m.get("Range"), Some(&42.0));
+        assert_eq!(m.get("Txn"), Some(&7.0));
+        assert_eq!(m.get("Watch"), None, "streams are not requests");
+        assert_eq!(requests_line(&m), "49.0: Range 42.00, Txn 7.00");
     }
 
     #[test]
