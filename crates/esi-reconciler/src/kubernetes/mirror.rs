@@ -21,7 +21,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
-use tokio::sync::mpsc::{UnboundedReceiver, error::TryRecvError};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::crd::*;
 use crate::clock::now_ms;
@@ -172,6 +172,8 @@ pub struct KubeMirror {
     store: Store<EsiResource>,
     writer: Mutex<Option<reflector::store::Writer<EsiResource>>>,
     events: Mutex<Vec<PendingEvent>>,
+    /// The latest report per resource not yet written (`None`: gone).
+    pending: Mutex<HashMap<ResourceRef, Option<Box<Report>>>>,
 }
 
 impl KubeMirror {
@@ -186,6 +188,7 @@ impl KubeMirror {
             store,
             writer: Mutex::new(Some(writer)),
             events: Mutex::new(vec![]),
+            pending: Mutex::new(HashMap::new()),
         })
     }
 
@@ -201,8 +204,9 @@ impl KubeMirror {
         updates: UnboundedReceiver<Update>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
         let watch = tokio::spawn(self.clone().watch_annotations(controller.clone()));
-        let sync = tokio::spawn(self.clone().sync_loop(controller, updates));
-        vec![watch, sync]
+        let receive = tokio::spawn(self.clone().receive(updates));
+        let sync = tokio::spawn(self.clone().sync_loop(controller));
+        vec![watch, receive, sync]
     }
 
     fn resource_of(&self, obj: &EsiResource) -> Option<ResourceRef> {
@@ -254,10 +258,15 @@ impl KubeMirror {
                     continue;
                 }
             };
-            let Some(r) = self.resource_of(&obj) else {
+            let name = obj.name_any();
+            // Only the resource's own mirror speaks for it (not another
+            // object whose spec names it).
+            let Some(r) = self
+                .resource_of(&obj)
+                .filter(|r| self.name_of(r).as_deref() == Some(name.as_str()))
+            else {
                 continue;
             };
-            let name = obj.name_any();
             if let Some(l) = listed.as_mut() {
                 l.insert(name.clone());
             }
@@ -330,18 +339,35 @@ impl KubeMirror {
         }
     }
 
+    /// Takes the controller's updates as they come, keeping the latest
+    /// report per resource: however slow the writes, what waits is at most
+    /// one report per resource.
+    async fn receive(self: Arc<Self>, mut updates: UnboundedReceiver<Update>) {
+        while let Some(u) = updates.recv().await {
+            match u {
+                Update::Reconciled {
+                    resource,
+                    report,
+                    happened,
+                } => {
+                    if let Some(h) = happened {
+                        self.event_for(&resource, h);
+                    }
+                    Self::lock(&self.pending).insert(resource, Some(report));
+                }
+                Update::Gone(r) => {
+                    Self::lock(&self.pending).insert(r, None);
+                }
+            }
+        }
+    }
+
     /// Writes the latest report of every resource the controller reported
     /// since the last round; deletes mirrors of resources gone from etcd
     /// (checked in full after a relist, after a failure and every
     /// 600 rounds).
-    async fn sync_loop(
-        self: Arc<Self>,
-        controller: Arc<Controller>,
-        mut updates: UnboundedReceiver<Update>,
-    ) {
+    async fn sync_loop(self: Arc<Self>, controller: Arc<Controller>) {
         let mut written: HashMap<String, Written> = HashMap::new();
-        // The latest report per resource not yet written (`None`: gone).
-        let mut pending: HashMap<ResourceRef, Option<Box<Report>>> = HashMap::new();
         let recorder = Recorder::new(
             self.client.clone(),
             Reporter {
@@ -355,26 +381,6 @@ impl KubeMirror {
         let mut seen_epoch = 0;
         loop {
             tick.tick().await;
-            loop {
-                match updates.try_recv() {
-                    Ok(Update::Reconciled {
-                        resource,
-                        report,
-                        happened,
-                    }) => {
-                        if let Some(h) = happened {
-                            self.event_for(&resource, h);
-                        }
-                        pending.insert(resource, Some(report));
-                    }
-                    Ok(Update::Gone(r)) => {
-                        pending.insert(r, None);
-                    }
-                    Err(TryRecvError::Empty) => break,
-                    // The controller is gone: so is the process.
-                    Err(TryRecvError::Disconnected) => return,
-                }
-            }
             if !controller
                 .ready_flag()
                 .load(std::sync::atomic::Ordering::Relaxed)
@@ -395,7 +401,10 @@ impl KubeMirror {
                     .checked_div(u64::from(self.cfg.qps))
                     .unwrap_or(1000),
             );
-            let batch: Vec<(ResourceRef, Option<Box<Report>>)> = pending.drain().collect();
+            let batch: Vec<(ResourceRef, Option<Box<Report>>)> =
+                std::mem::take(&mut *Self::lock(&self.pending))
+                    .into_iter()
+                    .collect();
             for (r, report) in batch {
                 // Each resource is mirrored by the replica that owns it.
                 let owned = controller.owns(&r);
@@ -406,7 +415,7 @@ impl KubeMirror {
                         if let Err(e) = self.api.delete(&name, &DeleteParams::default()).await
                             && !is_not_found(&e)
                         {
-                            pending.entry(r).or_insert(None);
+                            Self::lock(&self.pending).entry(r).or_insert(None);
                             failed = true;
                         }
                     }
@@ -444,7 +453,7 @@ impl KubeMirror {
                     Err(e) => {
                         tracing::debug!(%name, error = %e, "mirror write failed; retrying next round");
                         // A newer report that arrived meanwhile wins.
-                        pending.entry(r).or_insert(Some(report));
+                        Self::lock(&self.pending).entry(r).or_insert(Some(report));
                         failed = true;
                     }
                 }

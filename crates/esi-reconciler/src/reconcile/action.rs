@@ -183,8 +183,13 @@ impl fmt::Display for Action {
                     i.template,
                     i.handler
                 )?;
-                if !i.dependency.is_empty() {
-                    write!(f, " waiting for {}", i.dependency.join(", "))?;
+                // A count, not the ids: this text is our status record's
+                // `last_action`, and a resource many others reference
+                // would make it long.
+                match i.dependency.len() {
+                    0 => {}
+                    1 => write!(f, " after 1 job in flight")?,
+                    n => write!(f, " after {n} jobs in flight")?,
                 }
                 Ok(())
             }

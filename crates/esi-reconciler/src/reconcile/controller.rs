@@ -25,7 +25,7 @@ use super::execute::{ExecError, Executor, Outcome};
 use super::membership::{self, Membership};
 use super::observed::Observed;
 use super::phase_book::PhaseBook;
-use super::plan::{Phase, Plan};
+use super::plan::{Hold, HoldCause, Phase, Plan};
 use super::queue::Queue;
 use super::report::Report;
 use super::snapshot::mirror_options;
@@ -350,6 +350,10 @@ impl Controller {
                     // snapshot) is reconciled too, so it is seen to be gone.
                     all.extend(old.resources().map(|(r, _)| r.clone()));
                     self.listed_epoch.store(epoch, Ordering::Relaxed);
+                    self.phases
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clear();
                     for r in all {
                         self.queue.schedule(r);
                     }
@@ -540,48 +544,30 @@ impl Controller {
                 .schedule_after(r.clone(), Duration::from_millis(ms));
         }
         let (revision, happened) = self.act(r, &p).await;
-        self.publish(Update::Reconciled {
-            resource: r.clone(),
-            report: Box::new(Report::new(&o, &p)),
-            happened,
-        });
+        if self.updates.is_some() {
+            self.publish(Update::Reconciled {
+                resource: r.clone(),
+                report: Box::new(Report::new(&o, &p)),
+                happened,
+            });
+        }
         revision
     }
 
-    /// Carries out what the plan decided: its actions, or its hold.
+    /// Carries out what the plan decided: its actions, then its hold.
     async fn act(&self, r: &ResourceRef, p: &Plan) -> (Option<i64>, Option<Happened>) {
-        if let Some(hold) = &p.hold {
-            tracing::info!(resource = %r, reason = %hold.reason, "deferred");
-            if let Some(b) = &hold.blocked_on {
-                self.lock_deferred()
-                    .entry(b.clone())
-                    .or_default()
-                    .insert(r.clone());
-            }
-            if hold.unbuildable {
-                self.metrics.error(ExecError::Build(String::new()).reason());
-                self.metrics.reconciled("error");
-            } else {
-                self.metrics.reconciled("deferred");
-            }
-            self.executor.note_error(p, &hold.reason).await;
-            self.queue.schedule_after(r.clone(), self.error_delay(r));
-            let happened = if hold.unbuildable {
-                Happened::Failed(hold.reason.clone())
-            } else {
-                Happened::Held(hold.reason.clone())
-            };
-            return (None, Some(happened));
-        }
-        if p.needs_draft {
-            // Drafted from a config that changed meanwhile: the world will
-            // show the change; plan again then.
-            self.metrics.reconciled("conflict");
-            self.queue.schedule(r.clone());
-            return (None, None);
-        }
         if p.actions.is_empty() {
-            self.metrics.reconciled("noop");
+            if let Some(hold) = &p.hold {
+                return (None, Some(self.held(r, p, hold).await));
+            }
+            if p.needs_draft {
+                // Drafted from a config that changed meanwhile: the world
+                // will show the change; plan again then.
+                self.metrics.reconciled("conflict");
+                self.queue.schedule(r.clone());
+            } else {
+                self.metrics.reconciled("noop");
+            }
             return (None, None);
         }
         match self.executor.execute(p).await {
@@ -594,7 +580,12 @@ impl Controller {
                 }
                 tracing::info!(resource = %r, phase = %p.phase, actions = ?actions, "applied");
                 self.metrics.reconciled("applied");
-                {
+                if p.hold.is_some() || p.needs_draft {
+                    // Jobs in flight were tidied ahead of a job that has to
+                    // wait: plan again once the world has these writes
+                    // (the hold is noted then, on the fresh status record).
+                    self.queue.schedule(r.clone());
+                } else {
                     let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
                     if errors.remove(r).is_some() {
                         errors.shrink_if_sparse();
@@ -624,6 +615,37 @@ impl Controller {
                 self.executor.note_error(p, &e.to_string()).await;
                 self.failed(r, &e);
                 (None, Some(Happened::Failed(e.to_string())))
+            }
+        }
+    }
+
+    /// A due job that is not issued now: say why, and plan again later
+    /// (at once when what it waits for changes).
+    async fn held(&self, r: &ResourceRef, p: &Plan, hold: &Hold) -> Happened {
+        if let Some(b) = &hold.blocked_on {
+            self.lock_deferred()
+                .entry(b.clone())
+                .or_default()
+                .insert(r.clone());
+        }
+        self.executor.note_error(p, &hold.reason).await;
+        self.queue.schedule_after(r.clone(), self.error_delay(r));
+        match hold.cause {
+            HoldCause::Waiting => {
+                tracing::info!(resource = %r, reason = %hold.reason, "deferred");
+                self.metrics.reconciled("deferred");
+                Happened::Held(hold.reason.clone())
+            }
+            HoldCause::Unbuildable | HoldCause::Unreadable => {
+                let label = if hold.cause == HoldCause::Unbuildable {
+                    "build_job"
+                } else {
+                    "etcd"
+                };
+                tracing::warn!(resource = %r, error = %hold.reason, "reconcile failed");
+                self.metrics.error(label);
+                self.metrics.reconciled("error");
+                Happened::Failed(hold.reason.clone())
             }
         }
     }

@@ -10,7 +10,7 @@ use crate::store::txn::Kv;
 
 use super::draft::draft;
 use super::observed::{Observed, TemplateStatus};
-use super::plan::{Plan, plan};
+use super::plan::{HoldCause, Phase, Plan, plan};
 use super::world::World;
 
 /// Plans `o` (built from `world` for `r`); drafts the job when the plan asks
@@ -28,19 +28,34 @@ pub async fn decide(
         return Ok((o, p));
     };
     let config_rev = o.config.as_ref().map(|c| c.mod_rev).unwrap_or(0);
-    let schemas = world.read().await.catalog().clone();
-    let d = draft(
+    let catalog = world.read().await.catalog().clone();
+    let drafted = draft(
         kv,
-        &schemas.schemas,
+        &catalog.schemas,
         compiled,
         &o.resource,
         &o.rtype,
         config_rev,
     )
-    .await?;
-    let o = o.with_draft(&*world.read().await, d);
-    let p = plan(&o);
-    Ok((o, p))
+    .await;
+    match drafted {
+        Ok(d) => {
+            let o = o.with_draft(&*world.read().await, d);
+            let p = plan(&o);
+            Ok((o, p))
+        }
+        // What was planned besides the job (tidying) still goes ahead;
+        // the job waits, with backoff, until its config can be read.
+        Err(e) => {
+            let mut p = p;
+            let reason = format!(
+                "reading the job's config: {}",
+                crate::store::client::describe(&e)
+            );
+            p.hold(Phase::Progressing, reason, None, HoldCause::Unreadable);
+            Ok((o, p))
+        }
+    }
 }
 
 /// The view of `r` in `world` at `now_ms`, decided.

@@ -99,7 +99,7 @@ pub async fn draft(
         match build_params(template, subject, schemas, &fetched) {
             Ok(p) => break p,
             Err(EvalError::NeedConfig(rid)) => {
-                if fetched.0.len() >= MAX_REFERENCED_CONFIGS {
+                if fetched.0.len() > MAX_REFERENCED_CONFIGS {
                     return Ok(Draft::Invalid(format!(
                         "template {} references more than {MAX_REFERENCED_CONFIGS} configs",
                         template.id

@@ -34,6 +34,11 @@ impl PhaseBook {
         self.0.get(&key(r)).copied().unwrap_or(Phase::Pending)
     }
 
+    /// Forgets every phase (a relist: each is planned again).
+    pub fn clear(&mut self) {
+        self.0 = HashMap::new();
+    }
+
     pub fn forget(&mut self, r: &ResourceRef) {
         if self.0.remove(&key(r)).is_some() {
             self.0.shrink_if_sparse();

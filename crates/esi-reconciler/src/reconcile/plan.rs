@@ -108,8 +108,17 @@ pub struct Hold {
     pub reason: String,
     /// Plan again when this resource changes.
     pub blocked_on: Option<ResourceRef>,
-    /// The job cannot be built at all (as opposed to waiting its turn).
-    pub unbuildable: bool,
+    pub cause: HoldCause,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldCause {
+    /// A referenced resource must come first.
+    Waiting,
+    /// The job cannot be built from this config and template.
+    Unbuildable,
+    /// What the job is built from could not be read (etcd failed).
+    Unreadable,
 }
 
 impl Plan {
@@ -142,18 +151,21 @@ impl Plan {
         p
     }
 
-    fn hold(
+    /// The due job is not issued now, for `reason`; what was planned
+    /// before it (tidying jobs in flight) still goes ahead.
+    pub fn hold(
         &mut self,
         phase: Phase,
         reason: String,
         blocked_on: Option<ResourceRef>,
-        unbuildable: bool,
+        cause: HoldCause,
     ) {
         self.set(phase, reason.clone());
+        self.needs_draft = false;
         self.hold = Some(Hold {
             reason,
             blocked_on,
-            unbuildable,
+            cause,
         });
     }
 
@@ -692,14 +704,19 @@ fn issue_job(o: &Observed, p: &mut Plan, intent: &Intent<'_>, retry: bool, why: 
         }
         Draft::MissingReference { rtype, id } => {
             let reason = format!("{rtype} {id} is referenced but has no config");
-            return p.hold(Phase::Pending, reason, view.missing.clone(), false);
+            return p.hold(
+                Phase::Pending,
+                reason,
+                view.missing.clone(),
+                HoldCause::Waiting,
+            );
         }
         Draft::Invalid(e) => {
             return p.hold(
                 Phase::Failed,
                 format!("cannot build the job: {e}"),
                 None,
-                true,
+                HoldCause::Unbuildable,
             );
         }
     };
@@ -708,7 +725,12 @@ fn issue_job(o: &Observed, p: &mut Plan, intent: &Intent<'_>, retry: bool, why: 
             "waiting for {} {} to be issued first",
             r.id.resource_type, r.id.resource_id
         );
-        return p.hold(Phase::Pending, reason, r.resource.clone(), false);
+        return p.hold(
+            Phase::Pending,
+            reason,
+            r.resource.clone(),
+            HoldCause::Waiting,
+        );
     }
     let mut dependency: Vec<String> = vec![];
     let jobs = view.references.iter().flat_map(|r| &r.unfinished_jobs);

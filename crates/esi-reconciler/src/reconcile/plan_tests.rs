@@ -864,7 +864,7 @@ fn the_draft_decides_between_issuing_waiting_and_failing() {
     assert_eq!((p.phase, kinds(&p)), (Phase::Pending, vec![]));
     let hold = p.hold.expect("held");
     assert_eq!(hold.blocked_on, Some(ResourceRef::new("networks", "n1")));
-    assert!(!hold.unbuildable);
+    assert_eq!(hold.cause, HoldCause::Waiting);
     assert_eq!(hold.reason, "waiting for network n1 to be issued first");
 
     // Jobs in flight of referenced and referencing resources become the
@@ -892,8 +892,8 @@ fn the_draft_decides_between_issuing_waiting_and_failing() {
     });
     let p = super::plan(&o);
     assert_eq!(
-        p.hold.map(|h| (h.blocked_on, h.unbuildable)),
-        Some((Some(ResourceRef::new("networks", "n9")), false))
+        p.hold.map(|h| (h.blocked_on, h.cause)),
+        Some((Some(ResourceRef::new("networks", "n9")), HoldCause::Waiting))
     );
 
     // A job that cannot be built is a failure, retried with backoff.
@@ -903,7 +903,7 @@ fn the_draft_decides_between_issuing_waiting_and_failing() {
     });
     let p = super::plan(&o);
     assert_eq!(p.phase, Phase::Failed);
-    assert!(p.hold.is_some_and(|h| h.unbuildable));
+    assert!(p.hold.is_some_and(|h| h.cause == HoldCause::Unbuildable));
 }
 
 #[test]
@@ -938,4 +938,20 @@ fn retry_times_are_a_function_of_the_failure() {
         (1_000..=2_000).contains(&wait),
         "first retry in 1-2 s: {wait}"
     );
+}
+
+#[test]
+fn a_held_job_still_lets_the_jobs_in_flight_be_tidied() {
+    // v1 queued, config now v2 whose job must wait for its network.
+    let mut o = port(2, false);
+    o.jobs = vec![ObservedJob {
+        ready: Some(41),
+        ..job(JobAction::Create, 1)
+    }];
+    let mut d = drafted(&o);
+    d.references = vec![reference("n1", &[], true)];
+    o.draft = Some(d);
+    let p = super::plan(&o);
+    assert_eq!(kinds(&p), vec!["withdraw_job"]);
+    assert!(p.hold.is_some());
 }
