@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use serde_json::json;
 
 use common::*;
@@ -398,5 +400,66 @@ async fn demo_failure_names_the_log_holding_the_cause() {
     assert!(
         text.contains(" ERROR esi_harness::demo::story: the demo failed error=\"not converged"),
         "{text}"
+    );
+}
+
+/// A queued job of an old version is withdrawn even while the new version's
+/// job has to wait for a referenced resource: plan shows both decisions, and
+/// run carries out the first and holds the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_superseded_job_is_withdrawn_while_the_new_one_waits() {
+    let etcd = TestEtcd::start().await;
+    let url = etcd.url();
+    // The port's and subnet's templates, not the network's: the network
+    // stays without a job, so whatever references it has to wait.
+    for t in ["port", "subnet"] {
+        let v = read_json(reference().join(format!("heat_templates/{t}.json")));
+        etcd.put_json(v["key"].as_str().unwrap(), &v["value"]).await;
+    }
+    etcd.put_json(
+        "/config/v2.0/networks/n1",
+        &json!({"body": {"id": "n1", "tenant_id": "t"}, "version": 1}),
+    )
+    .await;
+    let port = |version: u64| {
+        json!({"body": {"id": "p1", "network_id": "n1", "device_owner": "compute:nova", "tenant_id": "t",
+                        "fixed_ips": []}, "version": version})
+    };
+    etcd.put_json("/config/v2.0/ports/p1", &port(2)).await;
+    // A v1 job the Job Manager queued before the config moved on.
+    let id = "create:heat_worker:port:p1:1:old00";
+    let job = json!(["heat_worker", {"id": id, "job_name": "port:p1:1", "handler": "heat_worker",
+        "action": "create", "resource_type": "port", "resource_id": "p1", "version": 1,
+        "is_first": true, "is_last": true, "on_failure": "fail", "dependency": [],
+        "resource_input": {}, "params": []}, 0]);
+    etcd.put_json(&format!("/jobs/all/{id}"), &job).await;
+    etcd.put(&format!("/jobs/ready/{id}"), "heat_worker").await;
+
+    let mut args = with_etcd(&url, &["plan", "port/p1"]);
+    let catalog = reference_catalog_args();
+    args.extend(catalog.iter().map(String::as_str));
+    let (ok, out, err) = cli(&args).await;
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("next:     withdraw {id}")), "{out}");
+    assert!(
+        out.contains("waiting for network n1 to be issued first"),
+        "{out}"
+    );
+
+    let _reconciler = spawn_args(&reconciler_args(&url, ANY_PORT));
+    eventually(Duration::from_secs(30), "the v1 job withdrawn", || async {
+        etcd.keys("/jobs/").await.is_empty().then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(30), "the hold noted", || async {
+        let status = etcd
+            .get_json("/esi-reconciler/v1/resources/ports/p1")
+            .await?;
+        (status["last_error"] == "waiting for network n1 to be issued first").then_some(())
+    })
+    .await;
+    assert!(
+        etcd.keys("/jobs/").await.is_empty(),
+        "no v2 job while it waits"
     );
 }
