@@ -412,10 +412,7 @@ async fn a_superseded_job_is_withdrawn_while_the_new_one_waits() {
     let url = etcd.url();
     // The port's and subnet's templates, not the network's: the network
     // stays without a job, so whatever references it has to wait.
-    for t in ["port", "subnet"] {
-        let v = read_json(reference().join(format!("heat_templates/{t}.json")));
-        etcd.put_json(v["key"].as_str().unwrap(), &v["value"]).await;
-    }
+    load_reference_templates_named(&etcd, &["port", "subnet"]).await;
     etcd.put_json(
         "/config/v2.0/networks/n1",
         &json!({"body": {"id": "n1", "tenant_id": "t"}, "version": 1}),

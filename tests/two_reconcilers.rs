@@ -16,10 +16,7 @@ const PORTS: usize = 60;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_reconcilers_never_duplicate_a_job() {
     let etcd = TestEtcd::start().await;
-    for t in ["port", "network", "subnet"] {
-        let v = read_json(reference().join(format!("heat_templates/{t}.json")));
-        etcd.put_json(v["key"].as_str().unwrap(), &v["value"]).await;
-    }
+    load_reference_templates_named(&etcd, &["port", "network", "subnet"]).await;
     // A converged network and subnet; ports on them with no state yet.
     etcd.put_json(
         "/config/v2.0/networks/n1",

@@ -311,6 +311,14 @@ pub fn spawn_reconciler_and_worker(etcd: &str, worker_extra: &[&str]) -> (Proc, 
     )
 }
 
+/// Loads these reference heat templates (`port`, `network`, …).
+pub async fn load_reference_templates_named(etcd: &TestEtcd, names: &[&str]) {
+    for t in names {
+        let v = read_json(reference().join(format!("heat_templates/{t}.json")));
+        etcd.put_json(v["key"].as_str().unwrap(), &v["value"]).await;
+    }
+}
+
 /// Loads the 47 reference heat templates.
 pub async fn load_reference_templates(etcd: &TestEtcd) {
     for entry in std::fs::read_dir(reference().join("heat_templates")).unwrap() {
