@@ -249,12 +249,8 @@ pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
 }
 
 /// The value of a Prometheus sample line `name{labels} value` (labels as written).
-pub fn metric(body: &str, name_and_labels: &str) -> Option<f64> {
-    body.lines().find_map(|l| {
-        l.strip_prefix(name_and_labels)
-            .and_then(|v| v.trim().parse().ok())
-    })
-}
+#[allow(unused_imports)]
+pub use esi_harness::scrape::sample as metric;
 
 /// A loopback TCP proxy that can cut every connection (the drills' proxy).
 #[allow(unused_imports)]

@@ -29,6 +29,15 @@ pub async fn scrape(addr: &str, metric: &str) -> Option<f64> {
     Some(sum_samples(&body, metric))
 }
 
+/// The value of the one sample named exactly `name_and_labels` (labels
+/// as written), if the exposition has it.
+pub fn sample(body: &str, name_and_labels: &str) -> Option<f64> {
+    body.lines().find_map(|l| {
+        l.strip_prefix(name_and_labels)
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
 /// The sum of the samples of `metric` in a Prometheus text exposition.
 pub fn sum_samples(body: &str, metric: &str) -> f64 {
     body.lines()

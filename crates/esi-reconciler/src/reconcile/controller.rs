@@ -591,13 +591,17 @@ impl Controller {
                         errors.shrink_if_sparse();
                     }
                 }
-                let note = p
-                    .actions
-                    .iter()
-                    .map(|a| format!("{} ({})", a.action, a.why))
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                (Some(revision), Some(Happened::Applied { actions, note }))
+                // The event's text, for the Kubernetes mirror if it listens.
+                let happened = self.updates.as_ref().map(|_| {
+                    let note = p
+                        .actions
+                        .iter()
+                        .map(|a| format!("{} ({})", a.action, a.why))
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    Happened::Applied { actions, note }
+                });
+                (Some(revision), happened)
             }
             Ok(Outcome::Conflict {
                 revision,

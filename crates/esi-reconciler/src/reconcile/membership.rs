@@ -358,11 +358,11 @@ impl Membership {
 struct Members(std::collections::BTreeSet<String>);
 
 impl mirror::View for Members {
-    fn apply(&mut self, change: Change) {
+    fn apply(&mut self, change: &Change) {
         match change {
             Change::Put(kv) => {
                 if let Some(id) = kv.key.strip_prefix(MEMBERS) {
-                    if is_live(&kv) {
+                    if is_live(kv) {
                         self.0.insert(id.to_string());
                     } else {
                         self.0.remove(id);

@@ -707,8 +707,8 @@ where
 }
 
 impl crate::store::mirror::View for World {
-    fn apply(&mut self, change: Change) {
-        World::apply(self, &change);
+    fn apply(&mut self, change: &Change) {
+        World::apply(self, change);
     }
 }
 

@@ -449,8 +449,9 @@ impl Drop for MirrorStream {
 
 /// Something kept from a mirrored range.
 pub trait View {
-    /// Applies one change; a listed key arrives as a put.
-    fn apply(&mut self, change: Change);
+    /// Applies one change; a listed key arrives as a put. Borrowed: the
+    /// same changes go on to the consumer (`Step::Apply`).
+    fn apply(&mut self, change: &Change);
 }
 
 /// What one mirror event means for a view.
@@ -496,7 +497,7 @@ impl<V: View> Reflector<V> {
             MirrorEvent::ListPage(kvs) => {
                 if let Some((view, _)) = self.listing.as_mut() {
                     for kv in kvs {
-                        view.apply(Change::Put(kv));
+                        view.apply(&Change::Put(kv));
                     }
                 }
                 Step::Idle
@@ -532,7 +533,7 @@ impl<V: View> Reflector<V> {
             },
             Step::Apply { revision, changes } => {
                 for c in &changes {
-                    view.apply(c.clone());
+                    view.apply(c);
                 }
                 Step::Apply { revision, changes }
             }
@@ -560,10 +561,10 @@ mod tests {
     struct Keys(Vec<String>);
 
     impl View for Keys {
-        fn apply(&mut self, change: Change) {
+        fn apply(&mut self, change: &Change) {
             match change {
-                Change::Put(kv) => self.0.push(kv.key),
-                Change::Delete { key, .. } => self.0.retain(|k| *k != key),
+                Change::Put(kv) => self.0.push(kv.key.clone()),
+                Change::Delete { key, .. } => self.0.retain(|k| k != key),
             }
         }
     }

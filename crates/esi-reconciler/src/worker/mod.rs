@@ -225,7 +225,7 @@ impl ReadyJobs {
 }
 
 impl View for ReadyJobs {
-    fn apply(&mut self, change: Change) {
+    fn apply(&mut self, change: &Change) {
         match change {
             Change::Put(kv) => {
                 let id = ready_id(&kv.key);
@@ -236,7 +236,7 @@ impl View for ReadyJobs {
                     self.queue.insert((kv.mod_revision, id));
                 }
             }
-            Change::Delete { key, .. } => self.remove(&ready_id(&key)),
+            Change::Delete { key, .. } => self.remove(&ready_id(key)),
         }
     }
 }
