@@ -18,6 +18,7 @@ fn opts(page_size: i64) -> MirrorOptions {
         page_size,
         list_prefixes: vec![],
         from: None,
+        unlisted: false,
     }
 }
 
@@ -101,6 +102,28 @@ async fn lists_in_pages_at_one_revision_then_watches() {
     assert!(rev >= 8);
     etcd.put("/state/v2.0/ports/p1", "{}").await;
     expect_put(&mut rx, "/state/v2.0/ports/p1", rev + 1, |_| false).await;
+    task.abort();
+}
+
+/// An unlisted mirror (a cache that reads keys on demand) starts at the
+/// current revision without reading a key, then sees every change.
+#[tokio::test]
+async fn an_unlisted_mirror_reads_no_key_and_watches_from_now() {
+    let etcd = TestEtcd::start().await;
+    for i in 0..5 {
+        etcd.put(&format!("/config/v2.0/ports/p{i}"), "{}").await;
+    }
+    let (tx, mut rx) = mpsc::channel(8);
+    let task = tokio::spawn(mirror::run(
+        etcd.client.clone(),
+        MirrorOptions::prefix("/config/").unlisted(),
+        tx,
+    ));
+    let (rev, keys, pages) = collect_list(&mut rx).await;
+    assert_eq!((keys.len(), pages), (0, 0), "{keys:?}");
+    assert!(rev >= 5, "the list still pins the current revision: {rev}");
+    etcd.put("/config/v2.0/ports/p1", "{\"x\": 1}").await;
+    expect_put(&mut rx, "/config/v2.0/ports/p1", rev + 1, |_| false).await;
     task.abort();
 }
 

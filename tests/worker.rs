@@ -388,3 +388,161 @@ async fn purge_deleted_removes_what_gohan_would() {
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["resources"][0]["phase"], "Converged", "{out}");
 }
+
+/// The worker keeps heat templates from a watch instead of reading one per
+/// job: a template changed after a job used it must be the one the next
+/// job renders (here, an output the new template adds shows up in the
+/// stack record of the network's next job).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_template_is_what_the_next_job_renders() {
+    let etcd = TestEtcd::start().await;
+    load_reference_templates_named(&etcd, &["network"]).await;
+    let (_r, _w) = spawn_reconciler_and_worker(&etcd.url(), &[]);
+    let config = "/config/v2.0/networks/n-cache";
+    let state = "/state/v2.0/networks/n-cache";
+    let stack = "/esi-worker/heat_stacks/v2.0/networks/n-cache";
+    let put_network = |version: u64, name: &str| {
+        json!({"body": {"id": "n-cache", "name": name, "tenant_id": "t", "admin_state_up": true},
+               "version": version, "marked_for_deletion": false})
+    };
+    let markers = |v: &Value| -> Vec<Value> {
+        v["output"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|o| o["output_key"] == "marker")
+            .map(|o| o["output_value"].clone())
+            .collect()
+    };
+    etcd.put_json(config, &put_network(1, "a")).await;
+    wait_state(&etcd, state, 1, "CREATE_COMPLETED", WITHIN).await;
+    assert!(markers(&etcd.get_json(stack).await.unwrap()).is_empty());
+    // The template gains an output.
+    let key = "/config/v2.0/heat_templates/network";
+    let mut template = etcd.get_json(key).await.unwrap();
+    let file = template["body"]["template_file"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        file.trim_end().ends_with("route_targets] }"),
+        "outputs last"
+    );
+    template["body"]["template_file"] = json!(format!(
+        "{}\n  marker:\n    description: added\n    value: changed\n",
+        file.trim_end()
+    ));
+    etcd.put_json(key, &template).await;
+    etcd.put_json(config, &put_network(2, "b")).await;
+    wait_state(&etcd, state, 2, "MODIFY_COMPLETED", WITHIN).await;
+    assert_eq!(
+        markers(&etcd.get_json(stack).await.unwrap()),
+        vec![json!("changed")]
+    );
+}
+
+/// The results of a job are fenced on the records it was made from: a
+/// template changed while the job's stack was being made (after the worker
+/// rendered it) fails that fence, and the job is done again from the new
+/// template before its results land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_changed_during_a_job_makes_it_run_again() {
+    let etcd = TestEtcd::start().await;
+    load_reference_templates_named(&etcd, &["network"]).await;
+    let (_r, _w) = spawn_reconciler_and_worker(&etcd.url(), &["--sim-latency-ms", "2000"]);
+    let stack = "/esi-worker/heat_stacks/v2.0/networks/n-redo";
+    etcd.put_json(
+        "/config/v2.0/networks/n-redo",
+        &json!({"body": {"id": "n-redo", "name": "a", "tenant_id": "t", "admin_state_up": true},
+                "version": 1, "marked_for_deletion": false}),
+    )
+    .await;
+    // The sim engine's record exists once the worker rendered and started.
+    eventually(WITHIN, "the stack operation to start", || async {
+        etcd.get("/~esi-sim/v1/stacks/network_n-redo").await
+    })
+    .await;
+    let key = "/config/v2.0/heat_templates/network";
+    let mut template = etcd.get_json(key).await.unwrap();
+    let file = template["body"]["template_file"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    template["body"]["template_file"] = json!(format!(
+        "{}\n  marker:\n    description: added\n    value: changed\n",
+        file.trim_end()
+    ));
+    etcd.put_json(key, &template).await;
+    wait_state(
+        &etcd,
+        "/state/v2.0/networks/n-redo",
+        1,
+        "CREATE_COMPLETED",
+        WITHIN,
+    )
+    .await;
+    let record = etcd.get_json(stack).await.unwrap();
+    let marker = record["output"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|o| o["output_key"] == "marker")
+        .map(|o| o["output_value"].clone());
+    assert_eq!(marker, Some(json!("changed")), "{record}");
+}
+
+/// A ready job whose record does not parse is found out only by claiming
+/// it (the claim reads the record in its own transaction). The worker then
+/// puts back exactly what it found — `ready/` and no `working/` or
+/// `job_state` — counts it once as invalid, and does not take it again
+/// while it goes on with other jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_ready_job_is_given_back_untouched_and_not_retaken() {
+    let etcd = TestEtcd::start().await;
+    load_reference_templates_named(&etcd, &["network"]).await;
+    let id = "create:heat_worker:network:n-bad:1:zzzzz";
+    let all = format!("/jobs/all/{id}");
+    let ready = format!("/jobs/ready/{id}");
+    etcd.put(&all, "[\"heat_worker\", {").await;
+    etcd.put(&ready, "heat_worker").await;
+    let port = free_port();
+    let _w = spawn_args(&worker_args(&etcd.url(), port, &[]));
+    let _r = spawn_args(&reconciler_args(&etcd.url(), ANY_PORT));
+    let addr = format!("127.0.0.1:{port}");
+    let invalid = || async {
+        let (_, body) = http_get(&addr, "/metrics").await?;
+        metric(&body, "esi_worker_jobs_total{result=\"invalid\"}")
+    };
+    eventually(WITHIN, "the invalid job to be counted", || async {
+        invalid().await.filter(|n| *n >= 1.0)
+    })
+    .await;
+    // Another job runs to its end after it: the worker is not stuck on the
+    // bad one, and had time to take it again if it would.
+    etcd.put_json(
+        "/config/v2.0/networks/n-good",
+        &json!({"body": {"id": "n-good", "name": "g", "tenant_id": "t", "admin_state_up": true},
+                "version": 1, "marked_for_deletion": false}),
+    )
+    .await;
+    wait_state(
+        &etcd,
+        "/state/v2.0/networks/n-good",
+        1,
+        "CREATE_COMPLETED",
+        WITHIN,
+    )
+    .await;
+    assert_eq!(invalid().await, Some(1.0));
+    assert_eq!(
+        etcd.get(&all).await.as_deref(),
+        Some(&b"[\"heat_worker\", {"[..])
+    );
+    assert_eq!(etcd.get(&ready).await.as_deref(), Some(&b"heat_worker"[..]));
+    assert!(etcd.get(&format!("/jobs/working/{id}")).await.is_none());
+    assert!(
+        etcd.get("/esi-worker/job_state/v2.0/networks/n-bad")
+            .await
+            .is_none()
+    );
+}

@@ -70,7 +70,8 @@ async fn write_fenced(
     let txn = Fenced::new(
         vec![Cond::ModRev(key.to_string(), rev)],
         vec![Op::put(key, value)],
-    );
+    )
+    .named("gohan");
     Ok(client.commit(&txn).await?.succeeded)
 }
 

@@ -11,6 +11,8 @@
 //! stack, fail or hang stacks whose name (or one of whose template
 //! resources) matches a pattern.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::store::Etcd;
@@ -93,7 +95,23 @@ impl SimStack {
 pub struct SimEngine {
     client: Etcd,
     opts: SimOptions,
+    /// The stacks as this engine last saved or read them, with their
+    /// records' mod revisions: an operation starts from here and its save
+    /// compares the revision, so a stack this engine knows costs no read.
+    /// A save that finds the record moved (another worker's engine) gets it
+    /// back with the failed answer and starts over from it.
+    known: Arc<Mutex<HashMap<String, Known>>>,
 }
+
+/// A stack record as last seen: the stack (`None`: no record) and its mod
+/// revision (0: none).
+type Known = (Option<SimStack>, i64);
+
+/// Stacks [`SimEngine::known`] keeps at most; when full it starts over.
+const KNOWN_CAPACITY: usize = 65_536;
+
+/// Attempts at an operation whose save finds the record moved each time.
+const SAVE_ATTEMPTS: usize = 3;
 
 use crate::clock::now_ms;
 
@@ -103,52 +121,81 @@ fn storage(e: etcd_client::Error) -> EngineError {
 
 impl SimEngine {
     pub fn new(client: Etcd, opts: SimOptions) -> Self {
-        Self { client, opts }
+        Self {
+            client,
+            opts,
+            known: Arc::default(),
+        }
     }
 
-    async fn load(&self, name: &str) -> Result<Option<SimStack>, EngineError> {
-        Ok(self.load_versioned(name).await?.0)
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, Known>> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn remember(&self, name: &str, mut known: Known) {
+        // An operation never looks at the last one's parameters: not kept.
+        if let Some(s) = known.0.as_mut() {
+            s.parameters = Map::new();
+        }
+        let mut k = self.known();
+        if k.len() >= KNOWN_CAPACITY && !k.contains_key(name) {
+            k.clear();
+        }
+        k.insert(name.to_string(), known);
     }
 
     /// The stack and the mod revision of its record (0: none), which its
-    /// next save compares.
-    async fn load_versioned(&self, name: &str) -> Result<(Option<SimStack>, i64), EngineError> {
+    /// next save compares: as known, or read.
+    async fn load(&self, name: &str) -> Result<Known, EngineError> {
+        if let Some(known) = self.known().get(name) {
+            return Ok(known.clone());
+        }
         let resp = self
             .client
             .get(format!("{PREFIX}{name}"), None)
             .await
             .map_err(storage)?;
-        match resp.kvs().first() {
-            None => Ok((None, 0)),
-            Some(kv) => serde_json::from_slice(kv.value())
-                .map(|s| (Some(s), kv.mod_revision()))
-                .map_err(|e| EngineError::Storage(format!("sim stack {name} is corrupt: {e}"))),
-        }
+        let known = match resp.kvs().first() {
+            None => (None, 0),
+            Some(kv) => (Some(parse(name, kv.value())?), kv.mod_revision()),
+        };
+        self.remember(name, known.clone());
+        Ok(known)
     }
 
     /// Saves a stack if its record is still at `version` (its mod
-    /// revision as loaded): a write that a
-    /// frozen etcd member applies late (after the store layer retried it
-    /// elsewhere) can never overwrite a newer operation.
-    async fn save(&self, s: &SimStack, version: i64) -> Result<(), EngineError> {
+    /// revision as loaded): a write that a frozen etcd member applies late
+    /// (after the store layer retried it elsewhere) can never overwrite a
+    /// newer operation. `false`: the record moved; it is known anew.
+    async fn save(&self, s: &SimStack, version: i64) -> Result<bool, EngineError> {
         let key = format!("{PREFIX}{}", s.name);
         let v = serde_json::to_vec(s).map_err(|e| EngineError::Storage(e.to_string()))?;
         let txn = Fenced::new(
             vec![Cond::ModRev(key.clone(), version)],
             vec![Op::put(key.clone(), v.clone())],
-        );
-        let resp = self.client.commit(&txn).await.map_err(storage)?;
-        if resp.succeeded {
-            return Ok(());
+        )
+        .reading(vec![key])
+        .named("sim_engine");
+        let done = self.client.commit(&txn).await.map_err(storage)?;
+        if done.succeeded {
+            self.remember(&s.name, (Some(s.clone()), done.revision));
+            return Ok(true);
         }
-        // Our own first attempt may have landed before a retry.
-        let now = self.client.get(key, None).await.map_err(storage)?;
-        match now.kvs().first() {
-            Some(kv) if kv.value() == v.as_slice() => Ok(()),
-            _ => Err(EngineError::Storage(format!(
-                "sim stack {} changed while being saved",
-                s.name
-            ))),
+        match done.read.into_iter().next().flatten() {
+            // Our own first attempt landed before the store layer's retry.
+            Some(now) if now.value == v => {
+                self.remember(&s.name, (Some(s.clone()), now.mod_rev));
+                Ok(true)
+            }
+            Some(now) => {
+                let stack = parse(&s.name, &now.value)?;
+                self.remember(&s.name, (Some(stack), now.mod_rev));
+                Ok(false)
+            }
+            None => {
+                self.remember(&s.name, (None, 0));
+                Ok(false)
+            }
         }
     }
 
@@ -167,7 +214,7 @@ impl SimEngine {
         name: &str,
         previous: Option<SimStack>,
         version: i64,
-    ) -> Result<StackInfo, EngineError> {
+    ) -> Result<Option<StackInfo>, EngineError> {
         let resources = spec
             .map(|s| hot::resource_names(&s.template))
             .unwrap_or_default();
@@ -258,59 +305,90 @@ impl SimEngine {
             parameters: spec.map(|s| s.parameters.clone()).unwrap_or_default(),
             operations,
         };
-        self.save(&stack, version).await?;
-        Ok(stack.info(now))
+        Ok(self.save(&stack, version).await?.then(|| stack.info(now)))
     }
+
+    /// Runs `op` from the stack as known until its save lands (a record
+    /// moved by another engine is known anew by the failed save).
+    async fn operate<'a, F, Fut>(&'a self, name: &str, op: F) -> Result<StackInfo, EngineError>
+    where
+        F: Fn(Option<SimStack>, i64) -> Fut,
+        Fut: std::future::Future<Output = Result<Option<StackInfo>, EngineError>> + 'a,
+    {
+        for _ in 0..SAVE_ATTEMPTS {
+            let (prev, version) = self.load(name).await?;
+            if let Some(info) = op(prev, version).await? {
+                return Ok(info);
+            }
+        }
+        Err(EngineError::Storage(format!(
+            "sim stack {name} changed while being saved"
+        )))
+    }
+}
+
+fn parse(name: &str, value: &[u8]) -> Result<SimStack, EngineError> {
+    serde_json::from_slice(value)
+        .map_err(|e| EngineError::Storage(format!("sim stack {name} is corrupt: {e}")))
 }
 
 impl Engine for SimEngine {
     async fn create_stack(&self, spec: &StackSpec) -> Result<StackInfo, EngineError> {
-        let (prev, version) = self.load_versioned(&spec.name).await?;
-        if let Some(p) = &prev {
-            let info = p.info(now_ms());
-            let gone = p.action == "DELETE" && info.is_terminal() && !info.is_failed();
-            if !gone && !info.is_failed() {
-                // Exists (or is being made): adopt it.
-                return Ok(info);
+        self.operate(&spec.name, |prev, version| async move {
+            if let Some(p) = &prev {
+                let info = p.info(now_ms());
+                let gone = p.action == "DELETE" && info.is_terminal() && !info.is_failed();
+                if !gone && !info.is_failed() {
+                    // Exists (or is being made): adopt it.
+                    return Ok(Some(info));
+                }
+                if !gone {
+                    // A failed stack is updated into shape, as Heat allows.
+                    return self
+                        .start("UPDATE", Some(spec), &spec.name, prev, version)
+                        .await;
+                }
             }
-            if !gone {
-                // A failed stack is updated into shape, as Heat allows.
-                return self
-                    .start("UPDATE", Some(spec), &spec.name, prev, version)
-                    .await;
-            }
-        }
-        self.start("CREATE", Some(spec), &spec.name, prev, version)
-            .await
+            self.start("CREATE", Some(spec), &spec.name, prev, version)
+                .await
+        })
+        .await
     }
 
     async fn update_stack(&self, spec: &StackSpec) -> Result<StackInfo, EngineError> {
-        let (prev, version) = self.load_versioned(&spec.name).await?;
-        let missing = prev.as_ref().is_none_or(|p| {
-            p.action == "DELETE" && p.info(now_ms()).is_terminal() && p.outcome == "COMPLETE"
-        });
-        let action = if missing { "CREATE" } else { "UPDATE" };
-        self.start(action, Some(spec), &spec.name, prev, version)
-            .await
+        self.operate(&spec.name, |prev, version| async move {
+            let missing = prev.as_ref().is_none_or(|p| {
+                p.action == "DELETE" && p.info(now_ms()).is_terminal() && p.outcome == "COMPLETE"
+            });
+            let action = if missing { "CREATE" } else { "UPDATE" };
+            self.start(action, Some(spec), &spec.name, prev, version)
+                .await
+        })
+        .await
     }
 
     async fn delete_stack(&self, name: &str) -> Result<StackInfo, EngineError> {
-        let (prev, version) = self.load_versioned(name).await?;
-        match &prev {
-            None => Ok(StackInfo::gone(name)),
-            Some(p)
-                if p.action == "DELETE"
-                    && p.outcome == "COMPLETE"
-                    && p.info(now_ms()).is_terminal() =>
-            {
-                Ok(p.info(now_ms()))
+        self.operate(name, |prev, version| async move {
+            match &prev {
+                None => Ok(Some(StackInfo::gone(name))),
+                Some(p)
+                    if p.action == "DELETE"
+                        && p.outcome == "COMPLETE"
+                        && p.info(now_ms()).is_terminal() =>
+                {
+                    Ok(Some(p.info(now_ms())))
+                }
+                Some(_) => self.start("DELETE", None, name, prev, version).await,
             }
-            Some(_) => self.start("DELETE", None, name, prev, version).await,
-        }
+        })
+        .await
     }
 
+    /// From the stack as known: its status is a function of time once an
+    /// operation started, and only an operation (ours, or another engine's
+    /// on a job this worker no longer holds) changes the record.
     async fn get_stack(&self, name: &str) -> Result<Option<StackInfo>, EngineError> {
-        Ok(self.load(name).await?.map(|s| s.info(now_ms())))
+        Ok(self.load(name).await?.0.map(|s| s.info(now_ms())))
     }
 }
 

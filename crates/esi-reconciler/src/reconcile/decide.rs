@@ -28,16 +28,7 @@ pub async fn decide(
         return Ok((o, p));
     };
     let config_rev = o.config.as_ref().map(|c| c.mod_rev).unwrap_or(0);
-    let catalog = world.read().await.catalog().clone();
-    let drafted = draft(
-        kv,
-        &catalog.schemas,
-        compiled,
-        &o.resource,
-        &o.rtype,
-        config_rev,
-    )
-    .await;
+    let drafted = draft(kv, world, compiled, &o.resource, &o.rtype, config_rev).await;
     match drafted {
         Ok(d) => {
             let o = o.with_draft(&*world.read().await, d);

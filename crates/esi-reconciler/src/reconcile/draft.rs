@@ -23,6 +23,10 @@ use crate::esi::records::{self, ConfigRecord, Param, ResourceId};
 use crate::esi::schema::Schemas;
 use crate::store::txn::Kv;
 
+use super::bodies::Body;
+use super::world::World;
+use tokio::sync::RwLock;
+
 /// Referenced configs one job may read: a template whose params reference
 /// more resources than this is refused rather than read without end.
 const MAX_REFERENCED_CONFIGS: usize = 256;
@@ -56,12 +60,12 @@ pub enum Draft {
 
 /// Configs read while drafting, by `(type, id)`.
 #[derive(Default)]
-struct Fetched(HashMap<(String, String), Option<Map<String, Value>>>);
+struct Fetched(HashMap<(String, String), Option<Body>>);
 
 impl Configs for Fetched {
     fn lookup(&self, rtype: &str, id: &str) -> Lookup<'_> {
         match self.0.get(&(rtype.to_string(), id.to_string())) {
-            Some(Some(b)) => Lookup::Found(b),
+            Some(Some(b)) => Lookup::Found(b.as_ref()),
             Some(None) => Lookup::Absent,
             None => Lookup::NotLoaded,
         }
@@ -69,15 +73,19 @@ impl Configs for Fetched {
 }
 
 /// Reads the config of `r` (a `rtype`) at `config_rev` and evaluates the
-/// template's mappings over it.
+/// template's mappings over it, with the configs it references as `world`
+/// knows them.
 pub async fn draft(
     kv: &impl Kv,
-    schemas: &Schemas,
+    world: &RwLock<World>,
     template: &CompiledTemplate,
     r: &ResourceRef,
     rtype: &str,
     config_rev: i64,
 ) -> Result<Draft, etcd_client::Error> {
+    let catalog = world.read().await.catalog().clone();
+    let schemas = &catalog.schemas;
+    // The one read a job needs: the world keeps no bodies (see `bodies`).
     let Some(record) = kv
         .read(&r.config_key())
         .await?
@@ -105,7 +113,7 @@ pub async fn draft(
                         template.id
                     )));
                 }
-                let body = match read_config(kv, schemas, &rid).await? {
+                let body = match referenced_config(kv, world, schemas, &rid).await? {
                     Ok(body) => body,
                     Err(why) => return Ok(Draft::Invalid(why)),
                 };
@@ -134,20 +142,43 @@ pub async fn draft(
 }
 
 /// The body of a referenced config, `None` if it has none; `Err` says why a
-/// config that is there cannot be used.
-async fn read_config(
+/// config that is there cannot be used. Kept in the world's
+/// [`ConfigBodies`] at the revision the world knows, so the next job that
+/// references it reads nothing.
+async fn referenced_config(
     kv: &impl Kv,
+    world: &RwLock<World>,
     schemas: &Schemas,
     rid: &ResourceId,
-) -> Result<Result<Option<Map<String, Value>>, String>, etcd_client::Error> {
+) -> Result<Result<Option<Body>, String>, etcd_client::Error> {
     let Some(plural) = schemas.plural_of(&rid.resource_type) else {
         return Ok(Ok(None));
     };
-    let key = ResourceRef::new(plural, rid.resource_id.clone()).config_key();
+    let r = ResourceRef::new(plural, rid.resource_id.clone());
+    let key = r.config_key();
+    let known = {
+        let w = world.read().await;
+        let rev = w.config_rev(&r);
+        (rev, rev.and_then(|rev| w.bodies().get(&key, rev)))
+    };
+    if let (_, Some(body)) = known {
+        return Ok(Ok(Some(body)));
+    }
     Ok(match kv.read(&key).await? {
         None => Ok(None),
-        Some(rec) => records::parse::<ConfigRecord>("config", &rec.value)
-            .map(|c| Some(c.body.fields))
-            .map_err(|e| format!("{} {}: {e}", rid.resource_type, rid.resource_id)),
+        Some(rec) => match records::parse::<ConfigRecord>("config", &rec.value) {
+            Ok(c) => {
+                let body = Arc::new(c.body.fields);
+                if known.0 == Some(rec.mod_rev) {
+                    world
+                        .read()
+                        .await
+                        .bodies()
+                        .keep(&key, rec.mod_rev, body.clone());
+                }
+                Ok(Some(body))
+            }
+            Err(e) => Err(format!("{} {}: {e}", rid.resource_type, rid.resource_id)),
+        },
     })
 }

@@ -180,6 +180,7 @@ impl<K: Kv> Executor<K> {
                 }
             };
             status = status_after(status, &planned.action, plan.now_ms);
+            txn.kind = kind.as_str();
             txn.when.push(Cond::ModRev(status_key.clone(), status_rev));
             txn.then.push(if last {
                 Op::delete(status_key.clone())
@@ -382,7 +383,8 @@ impl<K: Kv> Executor<K> {
                 key,
                 serde_json::to_vec(&status).unwrap_or_default(),
             )],
-        );
+        )
+        .named("note_error");
         if let Err(e) = self.send(txn).await {
             tracing::debug!(error = %e, "could not record error");
         }

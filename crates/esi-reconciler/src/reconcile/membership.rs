@@ -286,7 +286,8 @@ impl Membership {
         let txn = Fenced::new(
             vec![Cond::Absent(key.to_string())],
             vec![Op::put_leased(key, value, lease)],
-        );
+        )
+        .named("membership");
         let resp = self.etcd.commit(&txn).await?;
         if resp.succeeded {
             let mut h = self.held.lock().unwrap_or_else(|p| p.into_inner());
@@ -312,7 +313,8 @@ impl Membership {
                 let txn = Fenced::new(
                     vec![Cond::Lease(key.to_string(), old)],
                     vec![Op::put_leased(key, kv.value().to_vec(), lease)],
-                );
+                )
+                .named("membership");
                 if !self.etcd.commit(&txn).await?.succeeded {
                     return Err(etcd_client::Error::InvalidArgs(
                         "member key changed while being moved to the new lease".into(),
@@ -346,7 +348,7 @@ impl Membership {
         if let Some(fence) = self.fence() {
             let _ = self
                 .etcd
-                .commit(&Fenced::new(vec![fence], vec![Op::delete(key)]))
+                .commit(&Fenced::new(vec![fence], vec![Op::delete(key)]).named("membership"))
                 .await;
         }
         self.publish(|v| v.registration = None);

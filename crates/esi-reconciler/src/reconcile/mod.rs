@@ -6,6 +6,7 @@
 
 pub mod action;
 pub mod backoff;
+pub mod bodies;
 pub mod decide;
 pub mod draft;
 pub mod execute;

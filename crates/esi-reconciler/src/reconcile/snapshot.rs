@@ -24,6 +24,7 @@ pub fn mirror_options(page_size: i64) -> MirrorOptions {
             .map(String::from)
             .to_vec(),
         from: None,
+        unlisted: false,
     }
 }
 

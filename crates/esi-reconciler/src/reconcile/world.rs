@@ -2,8 +2,9 @@
 //! resource's records and every job in flight, at one revision.
 //!
 //! Only what planning needs is kept (versions, statuses, revisions), not the
-//! config bodies: the executor fetches a body when it issues a job. That keeps
-//! memory per resource small at 100k resources.
+//! config bodies: a draft reads a body when a job is due (keeping those that
+//! other jobs reference, in [`ConfigBodies`]). That keeps memory per
+//! resource small at 100k resources.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use crate::esi::records::{
 };
 use crate::store::{Change, Kv};
 
+use super::bodies::ConfigBodies;
 use super::sparse::Sparse;
 
 use super::status::ResourceStatus;
@@ -217,6 +219,8 @@ pub struct World {
     dependents: HashMap<String, HashSet<String>>,
     interned: HashSet<Arc<TemplateUse>>,
     interned_strs: HashSet<Arc<str>>,
+    /// Bodies of referenced configs, checked against `resources`' revisions.
+    bodies: ConfigBodies,
 }
 
 impl World {
@@ -232,7 +236,18 @@ impl World {
             dependents: HashMap::new(),
             interned: HashSet::new(),
             interned_strs: HashSet::new(),
+            bodies: ConfigBodies::default(),
         }
+    }
+
+    /// The config bodies drafts keep (see [`ConfigBodies`]).
+    pub fn bodies(&self) -> &ConfigBodies {
+        &self.bodies
+    }
+
+    /// The mod revision of `r`'s config as the world has it.
+    pub fn config_rev(&self, r: &ResourceRef) -> Option<i64> {
+        self.resources.get(r)?.config.as_ref().map(|c| c.mod_rev)
     }
 
     pub fn catalog(&self) -> &Arc<Catalog> {

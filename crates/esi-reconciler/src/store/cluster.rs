@@ -41,7 +41,9 @@ use etcd_client::{
     LeaseRevokeResponse, LeaseTimeToLiveOptions, LeaseTimeToLiveResponse, PutOptions, PutResponse,
     ResponseHeader, StatusResponse, Txn, TxnResponse, WatchOptions, WatchStream,
 };
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
@@ -74,6 +76,24 @@ pub struct StoreStats {
     pub healthy_members: Gauge,
     /// Members known.
     pub members: Gauge,
+    /// Transactions sent, by what they do ([`Fenced::kind`](super::txn::Fenced::kind)).
+    pub transactions: Family<WriteKind, Counter>,
+}
+
+/// The label of a transaction: which step of the protocol it is.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteKind {
+    pub kind: String,
+}
+
+impl StoreStats {
+    /// Counts one transaction of `kind` ("" counts as "other").
+    pub fn transaction(&self, kind: &str) {
+        let kind = if kind.is_empty() { "other" } else { kind };
+        self.transactions
+            .get_or_create(&WriteKind { kind: kind.into() })
+            .inc();
+    }
 }
 
 impl StoreStats {
@@ -99,6 +119,11 @@ impl StoreStats {
             self.healthy_members.clone(),
         );
         registry.register("etcd_members", "etcd members known", self.members.clone());
+        registry.register(
+            "etcd_transactions",
+            "etcd transactions sent, by the step of the protocol they are (failed compares included)",
+            self.transactions.clone(),
+        );
     }
 }
 

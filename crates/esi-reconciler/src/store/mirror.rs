@@ -92,6 +92,10 @@ pub struct MirrorOptions {
     /// consumers of the history rather than of the current state. A list
     /// still follows when that history was compacted or the store reset.
     pub from: Option<i64>,
+    /// Changes only: a list reads no key, just the revision to watch from
+    /// (an empty list that still says "forget everything"), for views that
+    /// keep only the keys their user asked for ([`MirrorOptions::unlisted`]).
+    pub unlisted: bool,
 }
 
 impl MirrorOptions {
@@ -103,7 +107,17 @@ impl MirrorOptions {
             page_size: 1000,
             list_prefixes: vec![],
             from: None,
+            unlisted: false,
         }
+    }
+
+    /// Changes under the prefix from now on, without listing what is there:
+    /// for a cache that reads a key when first asked for it and then keeps
+    /// it current from the watch. After a compaction or a reset the view is
+    /// told to forget everything, as a relist would, but nothing is read.
+    pub fn unlisted(mut self) -> Self {
+        self.unlisted = true;
+        self
     }
 
     /// The history after `revision` instead of a list first.
@@ -152,6 +166,9 @@ pub async fn list(
             if revision > 0 {
                 o = o.with_revision(revision);
             }
+            if opts.unlisted {
+                o = o.with_limit(1).with_keys_only();
+            }
             let resp = client.get(from.clone(), Some(o)).await?;
             if revision == 0 {
                 revision = resp.header().map(|h| h.revision()).unwrap_or(0);
@@ -164,6 +181,9 @@ pub async fn list(
                 }
             }
             let kvs = resp.kvs();
+            if opts.unlisted {
+                break;
+            }
             if let Some(last) = kvs.last() {
                 from = last.key().to_vec();
                 from.push(0);

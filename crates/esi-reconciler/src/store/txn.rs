@@ -74,16 +74,44 @@ impl Op {
 }
 
 /// One transaction: all of `when` holds, then all of `then` is written,
-/// atomically; otherwise nothing is.
+/// atomically; otherwise nothing is. Either way the keys in `read` come
+/// back with the answer, as they were just before the writes.
+///
+/// Why reads ride along: a writer that would otherwise read a key before
+/// or after its transaction (to learn what it claimed, or why a compare
+/// failed) gets it in the same request, at the same revision. etcd does
+/// the work of one request instead of two, and the value cannot have
+/// changed between the read and the write.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Fenced {
     pub when: Vec<Cond>,
     pub then: Vec<Op>,
+    pub read: Vec<String>,
+    /// Which step of the protocol this is (`claim`, `issue_job`, …), for
+    /// the count of transactions by kind in the metrics ("": other).
+    pub kind: &'static str,
 }
 
 impl Fenced {
     pub fn new(when: Vec<Cond>, then: Vec<Op>) -> Self {
-        Self { when, then }
+        Self {
+            when,
+            then,
+            read: vec![],
+            kind: "",
+        }
+    }
+
+    /// Names the step of the protocol this transaction is.
+    pub fn named(mut self, kind: &'static str) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// Also returns these keys with the answer (see [`Committed::read`]).
+    pub fn reading(mut self, keys: Vec<String>) -> Self {
+        self.read = keys;
+        self
     }
 
     /// The etcd transaction this describes.
@@ -118,17 +146,41 @@ impl Fenced {
                 Op::Delete(key) => TxnOp::delete(key.as_str(), None),
             })
             .collect();
-        Txn::new().when(when).and_then(then)
+        let reads = || {
+            self.read
+                .iter()
+                .map(|k| TxnOp::get(k.as_str(), None))
+                .collect::<Vec<_>>()
+        };
+        // Reads first: they see the keys as they were before the writes.
+        let mut ops = reads();
+        ops.extend(then);
+        Txn::new().when(when).and_then(ops).or_else(reads())
     }
 }
 
+/// The records of `read` keys in a transaction's answer, in order.
+fn records_read(resp: &etcd_client::TxnResponse, n: usize) -> Vec<Option<Record>> {
+    resp.op_responses()
+        .into_iter()
+        .take(n)
+        .map(|op| match op {
+            etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(Record::of),
+            _ => None,
+        })
+        .collect()
+}
+
 /// How a transaction ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Committed {
     /// Every condition held and the writes landed.
     pub succeeded: bool,
     /// The store's revision in the answer (the writes' revision on success).
     pub revision: i64,
+    /// The [`Fenced::read`] keys as they were before the writes (or at
+    /// `revision` when the compares failed), in order; `None`: absent.
+    pub read: Vec<Option<Record>>,
 }
 
 /// One key as read.
@@ -138,6 +190,17 @@ pub struct Record {
     pub mod_rev: i64,
     pub create_rev: i64,
     pub lease: i64,
+}
+
+impl Record {
+    fn of(kv: &etcd_client::KeyValue) -> Self {
+        Record {
+            value: kv.value().to_vec(),
+            mod_rev: kv.mod_revision(),
+            create_rev: kv.create_revision(),
+            lease: kv.lease(),
+        }
+    }
 }
 
 /// What a writer needs of the store: read one key, commit one fenced
@@ -171,19 +234,16 @@ impl<T: Kv> Kv for &T {
 impl Kv for Etcd {
     async fn read(&self, key: &str) -> Result<Option<Record>, etcd_client::Error> {
         let resp = self.get(key, None).await?;
-        Ok(resp.kvs().first().map(|kv| Record {
-            value: kv.value().to_vec(),
-            mod_rev: kv.mod_revision(),
-            create_rev: kv.create_revision(),
-            lease: kv.lease(),
-        }))
+        Ok(resp.kvs().first().map(Record::of))
     }
 
     async fn commit(&self, txn: &Fenced) -> Result<Committed, etcd_client::Error> {
+        self.stats().transaction(txn.kind);
         let resp = self.txn(txn.to_etcd()).await?;
         Ok(Committed {
             succeeded: resp.succeeded(),
             revision: resp.header().map(|h| h.revision()).unwrap_or(0),
+            read: records_read(&resp, txn.read.len()),
         })
     }
 }
@@ -257,10 +317,12 @@ pub mod mem {
 
         fn apply(&self, txn: &Fenced) -> Committed {
             let mut s = self.lock();
+            let read = txn.read.iter().map(|k| s.keys.get(k).cloned()).collect();
             if !txn.when.iter().all(|c| Self::holds(&s.keys, c)) {
                 return Committed {
                     succeeded: false,
                     revision: s.revision,
+                    read,
                 };
             }
             if !txn.then.is_empty() {
@@ -290,6 +352,7 @@ pub mod mem {
             Committed {
                 succeeded: true,
                 revision: rev,
+                read,
             }
         }
     }
@@ -324,5 +387,31 @@ pub mod mem {
         let r = kv.read("/a").await.unwrap().unwrap();
         assert_eq!(r.create_rev, a);
         assert!(r.mod_rev > a);
+    }
+
+    #[tokio::test]
+    async fn reads_come_back_as_before_the_writes_either_way() {
+        let kv = MemKv::new();
+        let a = kv.seed("/a", "1");
+        let t = Fenced::new(vec![Cond::Absent("/b".into())], vec![Op::put("/a", "2")])
+            .reading(vec!["/a".into(), "/b".into()]);
+        let done = kv.commit(&t).await.unwrap();
+        assert!(done.succeeded);
+        assert_eq!(
+            done.read[0].as_ref().map(|r| (r.value.clone(), r.mod_rev)),
+            Some((b"1".to_vec(), a))
+        );
+        assert_eq!(done.read[1], None);
+        kv.seed("/b", "x");
+        let failed = kv.commit(&t).await.unwrap();
+        assert!(!failed.succeeded);
+        assert_eq!(
+            failed.read[0].as_ref().map(|r| r.value.clone()),
+            Some(b"2".to_vec())
+        );
+        assert_eq!(
+            failed.read[1].as_ref().map(|r| r.value.clone()),
+            Some(b"x".to_vec())
+        );
     }
 }

@@ -7,7 +7,7 @@
 //! deleted) writes nothing.
 
 use crate::store::Etcd;
-use crate::store::txn::{Cond, Fenced, Kv, Op};
+use crate::store::txn::{Cond, Fenced, Kv, Op, Record};
 
 use crate::esi::keys::{JobId, JobSlot};
 use crate::esi::records::{self, JobEnvelope, queue_value};
@@ -20,6 +20,10 @@ pub struct Claim {
     /// Create revision of our `working/` key: the fence for every write.
     pub claim_rev: i64,
     pub reservation: String,
+    /// The resource's `/state` key and record as the claim found it
+    /// (`None`: the job's type is unknown): the results compare its mod
+    /// revision instead of reading it again.
+    pub state: Option<(String, Option<Record>)>,
 }
 
 impl Claim {
@@ -29,12 +33,30 @@ impl Claim {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ClaimError {
-    #[error("etcd: {0}")]
-    Etcd(#[from] etcd_client::Error),
-    #[error("job {id} is invalid and left untouched: {reason}")]
-    Invalid { id: String, reason: String },
+/// What a claim got.
+#[derive(Debug)]
+pub enum Claimed {
+    Job(Box<Claim>),
+    /// The job's record does not parse: found out only once claimed.
+    Unreadable(Unreadable),
+}
+
+/// A claimed job whose record does not parse, to be given back as found.
+#[derive(Debug)]
+pub struct Unreadable {
+    pub reason: String,
+    /// Undoes the claim: `working/` removed, `ready/` and `job_state` as
+    /// they were (fenced by the claim).
+    undo: Fenced,
+}
+
+impl Unreadable {
+    /// Puts back what the claim changed, so the record stays as the
+    /// protocol left it. The caller first makes sure it will not take the
+    /// job again when `ready/` reappears.
+    pub async fn give_back(&self, kv: &impl Kv) -> Result<bool, etcd_client::Error> {
+        Ok(kv.commit(&self.undo).await?.succeeded)
+    }
 }
 
 /// A fresh reservation value for `working/` keys (a random UUID, as ESI's
@@ -43,89 +65,117 @@ pub fn new_reservation() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-/// Tries to claim `id` under `lease`, setting `job_state_key` (when the
-/// resource type is known) to `{}`. `Ok(None)`: somebody else has it, or it
-/// is no longer ready.
+/// The keys a claim returns with its answer, in this order.
+enum Read {
+    All,
+    Working,
+    JobState,
+    State,
+}
+
+/// Tries to claim `id` under `lease`, setting the resource's `job_state`
+/// (when its type is known, `keys` = its `job_state` and `/state` keys) to
+/// `{}`. `Ok(None)`: somebody else has it, or it is no longer ready.
+///
+/// One request: the transaction itself returns the job (`all/`), our
+/// `working/` key, and the resource's `job_state` and `/state`, so the
+/// claim reads nothing before or after.
 pub async fn claim(
-    client: &Etcd,
+    kv: &impl Kv,
     id: &JobId,
     lease: i64,
-    job_state_key: Option<String>,
+    keys: Option<(String, String)>,
     reservation: &str,
-) -> Result<Option<Claim>, ClaimError> {
-    let kv = client;
+) -> Result<Option<Claimed>, etcd_client::Error> {
     let all_key = id.slot_key(JobSlot::All);
-    let resp = kv.get(all_key.clone(), None).await?;
-    let Some(all) = resp.kvs().first() else {
-        return Ok(None);
-    };
-    let envelope: JobEnvelope =
-        records::parse("job", all.value()).map_err(|e| ClaimError::Invalid {
-            id: id.to_string(),
-            reason: e.to_string(),
-        })?;
-    let reservation = reservation.to_string();
     let working = id.slot_key(JobSlot::Working);
     let ready = id.slot_key(JobSlot::Ready);
+    let (job_state_key, state_key) = keys.unzip();
+    let mut read = vec![all_key.clone(), working.clone()];
+    read.extend(job_state_key.clone());
+    read.extend(state_key.clone());
     let mut then = vec![
-        Op::put_leased(working.clone(), reservation.clone(), lease),
+        Op::put_leased(working.clone(), reservation.to_string(), lease),
         Op::delete(ready.clone()),
     ];
-    then.extend(job_state_key.map(|k| Op::put(k, "{}")));
+    then.extend(job_state_key.clone().map(|k| Op::put(k, "{}")));
     let txn = Fenced::new(
         vec![
             Cond::Present(ready),
             Cond::Absent(working.clone()),
-            Cond::ModRev(all_key, all.mod_revision()),
+            Cond::Present(all_key),
         ],
         then,
-    );
-    let resp = match kv.commit(&txn).await {
-        Ok(r) => Some(r),
-        // No answer: it may still have landed (read below), or land later
-        // (the caller retries with the same reservation).
-        Err(e) if crate::store::cluster::is_retryable(&e) => {
-            tracing::debug!(job = %id, error = %crate::store::client::describe(&e), "claim answer lost; reading back");
-            None
-        }
-        Err(e) => return Err(e.into()),
+    )
+    .reading(read)
+    .named("claim");
+    let done = kv.commit(&txn).await?;
+    let typed = job_state_key.is_some();
+    let got = |r: Read| -> Option<&Record> {
+        let i = match r {
+            Read::All => 0,
+            Read::Working => 1,
+            Read::JobState if typed => 2,
+            Read::State if typed => 3,
+            _ => return None,
+        };
+        done.read.get(i).and_then(Option::as_ref)
     };
-    let claim_rev = if let Some(resp) = resp.filter(|r| r.succeeded) {
-        resp.revision
+    let claim_rev = if done.succeeded {
+        done.revision
     } else {
         // The store layer retries a transaction whose answer was lost; if
         // the first attempt did land, this one failed its compares on our
         // own claim. The reservation (random, ours alone) tells.
-        let now = kv.get(working.clone(), None).await?;
-        match now.kvs().first() {
-            Some(w) if w.value() == reservation.as_bytes() && w.lease() == lease => {
-                w.create_revision()
-            }
-            _ if resp.is_none() => {
-                return Err(ClaimError::Etcd(etcd_client::Error::GRpcStatus(
-                    tonic::Status::unavailable("claim not confirmed"),
-                )));
-            }
+        match got(Read::Working) {
+            Some(w) if w.value == reservation.as_bytes() && w.lease == lease => w.create_rev,
             _ => return Ok(None),
         }
     };
-    Ok(Some(Claim {
-        id: id.clone(),
-        envelope,
-        claim_rev,
-        reservation,
-    }))
+    let Some(all) = got(Read::All) else {
+        return Ok(None);
+    };
+    Ok(Some(
+        match records::parse::<JobEnvelope>("job", &all.value) {
+            Ok(envelope) => Claimed::Job(Box::new(Claim {
+                id: id.clone(),
+                envelope,
+                claim_rev,
+                reservation: reservation.to_string(),
+                state: state_key.map(|k| (k, got(Read::State).cloned())),
+            })),
+            Err(e) => {
+                let job_state = job_state_key.map(|k| match got(Read::JobState) {
+                    Some(before) => Op::put(k, before.value.clone()),
+                    None => Op::delete(k),
+                });
+                Claimed::Unreadable(Unreadable {
+                    reason: e.to_string(),
+                    undo: unclaim_txn(id, claim_rev, job_state),
+                })
+            }
+        },
+    ))
+}
+
+/// Gives a claimed job back: `working/` removed, `ready/` restored (and
+/// `restore`, when given), in one transaction fenced by the claim.
+fn unclaim_txn(id: &JobId, claim_rev: i64, restore: Option<Op>) -> Fenced {
+    let working = id.slot_key(JobSlot::Working);
+    let mut ops = vec![
+        Op::delete(working.clone()),
+        Op::put(id.slot_key(JobSlot::Ready), queue_value(&id.handler)),
+    ];
+    ops.extend(restore);
+    let fence = Cond::CreateRev(working, claim_rev);
+    Fenced::new(vec![fence], ops).named("release_claim")
 }
 
 /// Gives a claimed job back: `working/` removed, `ready/` restored, in one
 /// transaction fenced by the claim.
 pub async fn release(client: &Etcd, c: &Claim) -> Result<bool, etcd_client::Error> {
-    let txn = Fenced::new(
-        vec![c.fence()],
-        vec![
-            Op::delete(c.id.slot_key(JobSlot::Working)),
-            Op::put(c.id.slot_key(JobSlot::Ready), queue_value(&c.id.handler)),
-        ],
-    );
-    Ok(client.commit(&txn).await?.succeeded)
+    Ok(client
+        .commit(&unclaim_txn(&c.id, c.claim_rev, None))
+        .await?
+        .succeeded)
 }

@@ -6,20 +6,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::store::Etcd;
-use crate::store::txn::{Cond, Fenced, Kv, Op};
+use crate::store::txn::{Cond, Fenced, Kv, Op, Record};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 
 use crate::engine::{Engine, EngineError, StackInfo, StackSpec};
 use crate::esi::Catalog;
-use crate::esi::keys::{JobAction, JobId, JobSlot, ResourceRef, TEMPLATES};
+use crate::esi::keys::{HEAT_STACKS, JobAction, JobId, JobSlot, ResourceRef, TEMPLATES};
 use crate::esi::mapping::select::TemplateChoice;
 use crate::esi::records::{
     self, ConfigRecord, HeatStack, HeatTemplate, Job, JobState, StackOutput, StateRecord,
 };
 use crate::limits::Limits;
 
+use super::cache::{Cache, Parsed};
 use super::claim::{self, Claim};
 use super::params::{self, Resolver};
 use super::render;
@@ -49,6 +50,43 @@ pub struct JobRunner<E> {
     pub catalog: Arc<Catalog>,
     pub engine: Arc<E>,
     pub settings: JobSettings,
+    /// Heat templates, kept from a watch (see [`cache`](super::cache)).
+    pub templates: Cache<HeatTemplate>,
+    /// Heat stack records whose outputs params reference.
+    pub stacks: Cache<HeatStack>,
+}
+
+/// Heat templates the cache keeps: few, each serving every job of a type.
+const TEMPLATE_CAPACITY: usize = 1024;
+/// Referenced stack records the cache keeps (a network's, for its ports).
+const STACK_CAPACITY: usize = 16_384;
+
+impl<E> JobRunner<E> {
+    /// A runner whose caches follow etcd from now on (in the current tokio
+    /// runtime; the watches stop when the runner is dropped).
+    pub fn new(client: Etcd, catalog: Arc<Catalog>, engine: Arc<E>, settings: JobSettings) -> Self {
+        Self {
+            templates: Cache::follow(client.clone(), TEMPLATES, TEMPLATE_CAPACITY, parse_template),
+            stacks: Cache::follow(
+                client.clone(),
+                HEAT_STACKS,
+                STACK_CAPACITY,
+                params::parse_stack,
+            ),
+            client,
+            catalog,
+            engine,
+            settings,
+        }
+    }
+}
+
+/// A heat template record as the cache keeps it.
+fn parse_template(value: &[u8]) -> Parsed<HeatTemplate> {
+    records::parse::<ConfigRecord>("heat template", value)
+        .map_err(|e| e.to_string())
+        .and_then(|rec| HeatTemplate::from_config(&rec).map_err(|e| e.to_string()))
+        .map(Arc::new)
 }
 
 /// The work a job asks of the engine, once prepared.
@@ -101,15 +139,12 @@ impl<E: Engine> JobRunner<E> {
         }
     }
 
-    /// The `job_state` key of the job's resource, when its type is known.
-    pub fn job_state_key(&self, id: &JobId) -> Option<String> {
+    /// The `job_state` and `/state` keys of the job's resource, when its
+    /// type is known: what a claim sets and reads.
+    pub fn resource_keys(&self, id: &JobId) -> Option<(String, String)> {
         let plural = self.catalog.schemas.plural_of(&id.resource_type)?;
-        Some(ResourceRef::new(plural, id.resource_id.clone()).job_state_key())
-    }
-
-    async fn fenced(&self, c: &Claim, ops: Vec<Op>) -> Result<bool, etcd_client::Error> {
-        let txn = Fenced::new(vec![c.fence()], ops);
-        Ok(self.client.commit(&txn).await?.succeeded)
+        let r = ResourceRef::new(plural, id.resource_id.clone());
+        Some((r.job_state_key(), r.state_key()))
     }
 
     async fn run_inner(
@@ -130,9 +165,52 @@ impl<E: Engine> JobRunner<E> {
         };
         // The claim set job_state to `{}`.
         let r = ResourceRef::new(plural, job.resource_id.clone());
-        let work = match self.prepare(job, &r).await {
+        let mut attempt: u32 = 0;
+        loop {
+            attempt = attempt.saturating_add(1);
+            let redo = attempt > 1;
+            let (info, mut used) = match self.operate(c, &r, redo, cancel).await? {
+                Operated::Ended(outcome) => return Ok(outcome),
+                Operated::Stack { info, used } => (info, used),
+            };
+            if attempt >= REDO_ATTEMPTS {
+                // What the job reads keeps changing: its results land as
+                // they are, like a job that read them just before the change.
+                used.clear();
+            }
+            let error = if info.is_failed() {
+                info.reason.clone()
+            } else {
+                String::new()
+            };
+            match self
+                .finish_using(c, Some(&r), error, Some(&info), &used)
+                .await?
+            {
+                Some(outcome) => return Ok(outcome),
+                None => {
+                    tracing::info!(job = %c.id, "a template or stack record the job used has changed; doing it again")
+                }
+            }
+        }
+    }
+
+    /// Prepares the job and runs its stack operation to a final status.
+    /// `redo`: the stack was already made by this job from outdated
+    /// records, so a create becomes an update.
+    async fn operate(
+        &self,
+        c: &Claim,
+        r: &ResourceRef,
+        redo: bool,
+        cancel: &mut watch::Receiver<bool>,
+    ) -> Result<Operated, etcd_client::Error> {
+        let ended = |o: JobOutcome| Ok(Operated::Ended(o));
+        let job = &c.envelope.1;
+        let r = Some(r);
+        let (work, used) = match self.prepare(job).await {
             Ok(w) => w,
-            Err(reason) => return self.finish(c, Some(&r), reason, None).await,
+            Err(reason) => return ended(self.finish(c, r, reason, None).await?),
         };
         let timeout_mins = match &work {
             Work::Apply(s) => s.timeout_mins,
@@ -158,7 +236,7 @@ impl<E: Engine> JobRunner<E> {
         };
         let start = async {
             match &work {
-                Work::Apply(spec) if c.id.action == JobAction::Create => {
+                Work::Apply(spec) if c.id.action == JobAction::Create && !redo => {
                     self.engine.create_stack(spec).await
                 }
                 Work::Apply(spec) => self.engine.update_stack(spec).await,
@@ -167,16 +245,10 @@ impl<E: Engine> JobRunner<E> {
         };
         let mut info = match tokio::time::timeout_at(deadline, start).await {
             Ok(Ok(i)) => i,
-            Ok(Err(e)) => return self.finish(c, Some(&r), format!("engine: {e}"), None).await,
+            Ok(Err(e)) => return ended(self.finish(c, r, format!("engine: {e}"), None).await?),
             Err(_) => {
-                return self
-                    .finish(
-                        c,
-                        Some(&r),
-                        timed_out("the engine to accept the operation"),
-                        None,
-                    )
-                    .await;
+                let why = timed_out("the engine to accept the operation");
+                return ended(self.finish(c, r, why, None).await?);
             }
         };
         let mut delays = ExponentialBuilder::default()
@@ -191,7 +263,7 @@ impl<E: Engine> JobRunner<E> {
                 _ = tokio::time::sleep(wait) => {}
                 _ = tokio::time::sleep_until(deadline) => {}
                 _ = cancel.changed() => {
-                    return Ok(if claim::release(&self.client, c).await? { JobOutcome::Released } else { JobOutcome::ClaimLost });
+                    return ended(if claim::release(&self.client, c).await? { JobOutcome::Released } else { JobOutcome::ClaimLost });
                 }
             }
             if tokio::time::Instant::now() >= deadline {
@@ -208,9 +280,10 @@ impl<E: Engine> JobRunner<E> {
                 Ok(Some(i)) => i,
                 Ok(None) if matches!(work, Work::Delete(_)) => StackInfo::gone(&name),
                 Ok(None) => {
-                    return self
-                        .finish(c, Some(&r), format!("stack {name} vanished"), None)
-                        .await;
+                    return ended(
+                        self.finish(c, r, format!("stack {name} vanished"), None)
+                            .await?,
+                    );
                 }
                 // Heat restarting, a proxy in between: the stack goes on
                 // without us, so ask again until the job's time is up.
@@ -218,15 +291,10 @@ impl<E: Engine> JobRunner<E> {
                     tracing::warn!(job = %c.id, error = %e, "cannot see the stack; polling again");
                     continue;
                 }
-                Err(e) => return self.finish(c, Some(&r), format!("engine: {e}"), None).await,
+                Err(e) => return ended(self.finish(c, r, format!("engine: {e}"), None).await?),
             };
         }
-        let error = if info.is_failed() {
-            info.reason.clone()
-        } else {
-            String::new()
-        };
-        self.finish(c, Some(&r), error, Some(&info)).await
+        Ok(Operated::Stack { info, used })
     }
 
     fn timeout_mins(&self, job: &Job) -> u64 {
@@ -242,11 +310,13 @@ impl<E: Engine> JobRunner<E> {
         params::timeout_mins(&m).unwrap_or(60)
     }
 
-    /// Chooses and loads the template, resolves params and renders.
-    async fn prepare(&self, job: &Job, r: &ResourceRef) -> Result<Work, String> {
+    /// Chooses and loads the template, resolves params and renders; also
+    /// returns the records it used (template, referenced stacks) with
+    /// their mod revisions, for the results to be fenced on.
+    async fn prepare(&self, job: &Job) -> Result<(Work, Vec<Used>), String> {
         let name = format!("{}_{}", job.resource_type, job.resource_id);
         if job.action() == Some(JobAction::LogicalDelete) {
-            return Ok(Work::Delete(name));
+            return Ok((Work::Delete(name), vec![]));
         }
         let body = job
             .resource_input
@@ -260,25 +330,24 @@ impl<E: Engine> JobRunner<E> {
             &self.catalog.schemas,
         ) {
             Ok(TemplateChoice::Template { template, .. }) => template,
-            Ok(_) => return Err(format!("no heat template applies to {r}")),
+            Ok(_) => return Err(format!("no heat template applies to {name}")),
             Err(e) => return Err(format!("choosing a template: {e}")),
         };
-        let resp = self
-            .client
-            .get(format!("{TEMPLATES}{template_id}"), None)
+        let template_key = format!("{TEMPLATES}{template_id}");
+        let (template_rev, template) = self
+            .templates
+            .get(&template_key)
             .await
-            .map_err(|e| e.to_string())?;
-        let kv = resp
-            .kvs()
-            .first()
+            .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("heat template {template_id} is not in etcd"))?;
-        let template = records::parse::<ConfigRecord>("heat template", kv.value())
-            .map_err(|e| e.to_string())
-            .and_then(|rec| HeatTemplate::from_config(&rec).map_err(|e| e.to_string()))?;
-        let resolved = Resolver::new(&self.client, &self.catalog.schemas)
+        let template = template?;
+        let mut resolver = Resolver::new(&self.stacks, &self.catalog.schemas);
+        let resolved = resolver
             .resolve_all(&job.params)
             .await
             .map_err(|e| e.to_string())?;
+        let mut used = resolver.used();
+        used.push((template_key, template_rev));
         let (context, parameters) = params::split(&resolved);
         // Rendering is CPU work bounded by fuel, up to seconds for a hostile
         // template: off the async threads, or it starves the lease keepalive
@@ -290,16 +359,20 @@ impl<E: Engine> JobRunner<E> {
         .await
         .map_err(|e| format!("rendering the template panicked: {e}"))?
         .map_err(|e| e.to_string())?;
-        Ok(Work::Apply(StackSpec {
+        let spec = StackSpec {
             name,
             template: hot,
             parameters,
             timeout_mins: params::timeout_mins(&resolved).unwrap_or(60),
-        }))
+        };
+        Ok((Work::Apply(spec), used))
     }
 
     /// Writes the job's results (fenced by the claim) and the `finished`
-    /// marker, then removes `working/` and `job_state`, as the ESI worker does.
+    /// marker, then removes `working/` and `job_state`, as the ESI worker
+    /// does. (Both steps stay: `job_state`'s final outputs are one of the
+    /// seed's five records, and a transaction cannot write a key and delete
+    /// it.)
     async fn finish(
         &self,
         c: &Claim,
@@ -307,33 +380,76 @@ impl<E: Engine> JobRunner<E> {
         error: String,
         stack: Option<&StackInfo>,
     ) -> Result<JobOutcome, etcd_client::Error> {
+        // Fenced on nothing the job read: never "outdated".
+        let ended = self.finish_using(c, r, error, stack, &[]).await?;
+        Ok(ended.unwrap_or(JobOutcome::ClaimLost))
+    }
+
+    /// [`finish`](Self::finish), also fenced on the records in `used` being
+    /// at the revisions the job read them at. `None`: one has changed since
+    /// (it is dropped from the caches); nothing was written, and the job
+    /// should be done again.
+    async fn finish_using(
+        &self,
+        c: &Claim,
+        r: Option<&ResourceRef>,
+        error: String,
+        stack: Option<&StackInfo>,
+        used: &[Used],
+    ) -> Result<Option<JobOutcome>, etcd_client::Error> {
         let error = crate::limits::clip_message(&error);
+        // `/state` as the claim found it; each failed compare returns it anew.
+        let mut seen = match (&c.state, r) {
+            (Some((key, record)), Some(r)) if *key == r.state_key() => Some(record.clone()),
+            _ => None,
+        };
         for _ in 0..5 {
-            if let Some(outcome) = self.try_finish(c, r, &error, stack).await? {
-                return Ok(outcome);
+            let state = match (seen.take(), r) {
+                (Some(s), _) => s,
+                // A job whose record names another resource than its key.
+                (None, Some(r)) => self.client.read(&r.state_key()).await?,
+                (None, None) => None,
+            };
+            match self
+                .try_finish(c, r, &error, stack, state.as_ref(), used)
+                .await?
+            {
+                Finished::Done(outcome) => return Ok(Some(outcome)),
+                Finished::StateMoved(now) => seen = Some(now),
+                Finished::Outdated(keys) => {
+                    for k in keys {
+                        self.templates.forget(&k);
+                        self.stacks.forget(&k);
+                    }
+                    return Ok(None);
+                }
             }
         }
         tracing::warn!(job = %c.id, "/state kept changing; giving the job back");
-        Ok(if claim::release(&self.client, c).await? {
+        Ok(Some(if claim::release(&self.client, c).await? {
             JobOutcome::Released
         } else {
             JobOutcome::ClaimLost
-        })
+        }))
     }
 
-    /// One attempt at `finish`; `None` when /state moved under us.
+    /// One attempt at `finish`, against `/state` as last seen.
     async fn try_finish(
         &self,
         c: &Claim,
         r: Option<&ResourceRef>,
         error: &str,
         stack: Option<&StackInfo>,
-    ) -> Result<Option<JobOutcome>, etcd_client::Error> {
+        state: Option<&Record>,
+        used: &[Used],
+    ) -> Result<Finished, etcd_client::Error> {
         let job = &c.envelope.1;
         let action = c.id.action;
         let failed = !error.is_empty();
+        let working = c.id.slot_key(JobSlot::Working);
         let mut ops = vec![];
         let mut compares = vec![c.fence()];
+        let mut read = vec![working.clone()];
         if let Some(r) = r {
             let status = match stack {
                 Some(s) => s.status.clone(),
@@ -371,53 +487,99 @@ impl<E: Engine> JobRunner<E> {
                 serde_json::to_vec(&job_state).unwrap_or_default(),
             ));
             // Never move /state back to an older version.
-            let current = self.client.get(r.state_key(), None).await?;
-            let newer = current
-                .kvs()
-                .first()
-                .and_then(|kv| records::parse::<StateRecord>("state", kv.value()).ok())
+            let newer = state
+                .and_then(|kv| records::parse::<StateRecord>("state", &kv.value).ok())
                 .is_some_and(|s| s.version > job.version);
             if !newer {
                 compares.push(Cond::ModRev(
                     r.state_key(),
-                    current
-                        .kvs()
-                        .first()
-                        .map(|kv| kv.mod_revision())
-                        .unwrap_or(0),
+                    state.map_or(0, |kv| kv.mod_rev),
                 ));
+                read.push(r.state_key());
                 let worker_state = if failed {
                     action.failed_state()
                 } else {
                     action.completed_state()
                 };
-                let state =
+                let record =
                     StateRecord::finished(worker_state, &status, &outputs, job.version, error);
                 ops.push(Op::put(
                     r.state_key(),
-                    serde_json::to_vec(&state).unwrap_or_default(),
+                    serde_json::to_vec(&record).unwrap_or_default(),
                 ));
             }
         }
         ops.push(Op::put(c.id.slot_key(JobSlot::Finished), ""));
-        let resp = self.client.commit(&Fenced::new(compares, ops)).await?;
-        if !resp.succeeded {
-            // Either the claim is gone or /state moved under us.
-            if self.fenced(c, vec![]).await? {
-                return Ok(None);
+        // The records the job was made from are still as it read them.
+        let first_used = read.len();
+        for (key, rev) in used {
+            compares.push(Cond::ModRev(key.clone(), *rev));
+            read.push(key.clone());
+        }
+        let done = self
+            .client
+            .commit(
+                &Fenced::new(compares, ops)
+                    .reading(read)
+                    .named("job_results"),
+            )
+            .await?;
+        if done.succeeded {
+            let mut cleanup = vec![Op::delete(working)];
+            cleanup.extend(r.map(|r| Op::delete(r.job_state_key())));
+            self.client
+                .commit(&Fenced::new(vec![c.fence()], cleanup).named("job_cleanup"))
+                .await?;
+            return Ok(Finished::Done(if failed {
+                JobOutcome::Failed(error.to_string())
+            } else {
+                JobOutcome::Completed
+            }));
+        }
+        // Either the claim is gone or /state moved under us.
+        let ours = done
+            .read
+            .first()
+            .and_then(Option::as_ref)
+            .is_some_and(|w| w.create_rev == c.claim_rev);
+        if ours {
+            let outdated: Vec<String> = used
+                .iter()
+                .zip(done.read.iter().skip(first_used))
+                .filter(|((_, rev), now)| now.as_ref().map_or(0, |n| n.mod_rev) != *rev)
+                .map(|((key, _), _)| key.clone())
+                .collect();
+            if !outdated.is_empty() {
+                return Ok(Finished::Outdated(outdated));
             }
-            tracing::warn!(job = %c.id, "claim lost before the results were written; writing nothing");
-            return Ok(Some(JobOutcome::ClaimLost));
+            let state = (first_used > 1).then(|| done.read.get(1).cloned().flatten());
+            return Ok(Finished::StateMoved(state.flatten()));
         }
-        let mut cleanup = vec![Op::delete(c.id.slot_key(JobSlot::Working))];
-        if let Some(r) = r {
-            cleanup.push(Op::delete(r.job_state_key()));
-        }
-        self.fenced(c, cleanup).await?;
-        Ok(Some(if failed {
-            JobOutcome::Failed(error.to_string())
-        } else {
-            JobOutcome::Completed
-        }))
+        tracing::warn!(job = %c.id, "claim lost before the results were written; writing nothing");
+        Ok(Finished::Done(JobOutcome::ClaimLost))
     }
+}
+
+/// How one attempt at finishing a job went.
+enum Finished {
+    Done(JobOutcome),
+    /// `/state` changed since it was last seen: here it is now.
+    StateMoved(Option<Record>),
+    /// These records the job was made from changed since it read them.
+    Outdated(Vec<String>),
+}
+
+/// A record a job was made from: its key and the mod revision it was read at.
+type Used = (String, i64);
+
+/// Times a job is done again because what it read changed meanwhile; the
+/// last time its results land regardless.
+const REDO_ATTEMPTS: u32 = 3;
+
+/// How a job's stack operation went.
+enum Operated {
+    /// The job already ended (failed, released, or its claim lost).
+    Ended(JobOutcome),
+    /// The stack reached a final status; the job was made from `used`.
+    Stack { info: StackInfo, used: Vec<Used> },
 }

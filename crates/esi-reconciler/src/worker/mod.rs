@@ -5,12 +5,13 @@
 //! shutdown it stops claiming, lets running jobs finish within a grace
 //! period, then gives the rest back to `ready/` and revokes its lease.
 
+pub mod cache;
 pub mod claim;
 pub mod job;
 pub mod params;
 pub mod render;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -74,12 +75,12 @@ impl<E: Engine> Worker<E> {
         cfg: WorkerConfig,
         metrics: Arc<WorkerMetrics>,
     ) -> Self {
-        let runner = Arc::new(JobRunner {
-            client: client.clone(),
+        let runner = Arc::new(JobRunner::new(
+            client.clone(),
             catalog,
             engine,
-            settings: cfg.job.clone(),
-        });
+            cfg.job.clone(),
+        ));
         Self {
             client,
             runner,
@@ -107,12 +108,14 @@ impl<E: Engine> Worker<E> {
         ));
         let mut events = mirror::stream(self.client.clone(), MirrorOptions::prefix(JOBS_READY));
         let handler = self.cfg.handler.clone();
-        let mut reflector = Reflector::new(move || ReadyJobs::new(&handler));
-        let mut ready = ReadyJobs::new(&self.cfg.handler);
+        let skipped = Skipped::default();
+        let skip = skipped.clone();
+        let mut reflector = Reflector::new(move || ReadyJobs::new(&handler, skip.clone()));
+        let mut ready = ReadyJobs::new(&self.cfg.handler, skipped.clone());
         let slots = Arc::new(Semaphore::new(self.cfg.slots.max(1)));
         let freed = Arc::new(Notify::new());
         let (cancel_tx, cancel_rx) = watch::channel(false);
-        let (retry_tx, mut retry_rx) = mpsc::channel::<String>(1024);
+        let (retry_tx, mut retry_rx) = mpsc::channel::<Queued>(1024);
         tokio::pin!(shutdown);
         loop {
             // Start as many ready jobs as there are free slots.
@@ -122,7 +125,9 @@ impl<E: Engine> Worker<E> {
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
                     break;
                 };
-                let Some(id) = ready.pop_oldest() else { break };
+                let Some((queued_rev, id)) = ready.pop_oldest() else {
+                    break;
+                };
                 let Ok(job_id) = id.parse::<JobId>() else {
                     continue;
                 };
@@ -131,16 +136,23 @@ impl<E: Engine> Worker<E> {
                 let metrics = self.metrics.clone();
                 let cancel = cancel_rx.clone();
                 let freed = freed.clone();
-                let retry = retry_tx.clone();
+                let back = Back {
+                    retry: retry_tx.clone(),
+                    skipped: skipped.clone(),
+                };
                 tokio::spawn(async move {
-                    run_one(&client, &runner, &metrics, &job_id, lease, cancel, retry).await;
+                    let job = Queued {
+                        id: job_id,
+                        queued_rev,
+                    };
+                    run_one(&client, &runner, &metrics, &job, lease, cancel, back).await;
                     drop(permit);
                     freed.notify_one();
                 });
             }
             tokio::select! {
-                Some(id) = retry_rx.recv() => {
-                    ready.requeue(id);
+                Some(job) = retry_rx.recv() => {
+                    ready.requeue(job.id.to_string(), job.queued_rev);
                 }
                 ev = events.next() => {
                     let Some(ev) = ev else { break };
@@ -184,14 +196,41 @@ struct ReadyJobs {
     /// (revision, id), oldest first.
     queue: BTreeSet<(i64, String)>,
     revs: HashMap<String, i64>,
+    skipped: Skipped,
+}
+
+/// Jobs whose record did not parse, given back as they were: not taken
+/// again. Shared by the job tasks, which add
+/// a job here *before* giving it back (the `ready/` key it rewrites comes
+/// back through the watch, maybe before the task could tell the loop).
+#[derive(Clone, Default)]
+struct Skipped(Arc<std::sync::Mutex<HashSet<String>>>);
+
+/// Jobs skipped at most: beyond, they are forgotten (and each tried once
+/// more), so hostile records cannot grow the worker without bound.
+const MAX_SKIPPED: usize = 10_000;
+
+impl Skipped {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add(&self, id: &str) {
+        let mut s = self.lock();
+        if s.len() >= MAX_SKIPPED {
+            s.clear();
+        }
+        s.insert(id.to_string());
+    }
 }
 
 impl ReadyJobs {
-    fn new(handler: &str) -> Self {
+    fn new(handler: &str, skipped: Skipped) -> Self {
         Self {
             handler: handler.as_bytes().to_vec(),
             queue: BTreeSet::new(),
             revs: HashMap::new(),
+            skipped,
         }
     }
 
@@ -203,17 +242,18 @@ impl ReadyJobs {
         self.queue.len()
     }
 
-    fn pop_oldest(&mut self) -> Option<String> {
-        let (_, id) = self.queue.pop_first()?;
+    /// The oldest job and the revision it was queued at.
+    fn pop_oldest(&mut self) -> Option<(i64, String)> {
+        let (rev, id) = self.queue.pop_first()?;
         self.revs.remove(&id);
-        Some(id)
+        Some((rev, id))
     }
 
-    /// Back in line (first), unless it left `ready/` meanwhile.
-    fn requeue(&mut self, id: String) {
+    /// Back in line (where it was), unless it left `ready/` meanwhile.
+    fn requeue(&mut self, id: String, rev: i64) {
         if !self.revs.contains_key(&id) {
-            self.revs.insert(id.clone(), 0);
-            self.queue.insert((0, id));
+            self.revs.insert(id.clone(), rev);
+            self.queue.insert((rev, id));
         }
     }
 
@@ -231,11 +271,14 @@ impl View for ReadyJobs {
                 let id = ready_id(&kv.key);
                 self.remove(&id);
                 // Another handler's job: not ours to take.
-                if kv.value == self.handler {
+                if kv.value == self.handler && !self.skipped.lock().contains(&id) {
                     self.revs.insert(id.clone(), kv.mod_revision);
                     self.queue.insert((kv.mod_revision, id));
                 }
             }
+            // A skipped job stays skipped: the claim's own delete of its
+            // `ready/` key comes back here too, maybe after the skip.
+            // (Job ids are unique, so a job issued anew is not skipped.)
             Change::Delete { key, .. } => self.remove(&ready_id(key)),
         }
     }
@@ -250,41 +293,67 @@ fn ready_id(key: &str) -> String {
 /// one reservation before a job goes back in line.
 const CLAIM_ATTEMPTS: u32 = 20;
 
+/// A ready job as popped from the queue.
+struct Queued {
+    id: JobId,
+    /// Its `ready/` key's mod revision: its place in line if it goes back.
+    queued_rev: i64,
+}
+
+/// Where a job task hands back a job it could not run.
+struct Back {
+    /// Back in line (etcd was unreachable).
+    retry: mpsc::Sender<Queued>,
+    /// Never again (its record does not parse).
+    skipped: Skipped,
+}
+
 async fn run_one<E: Engine>(
     client: &Etcd,
     runner: &JobRunner<E>,
     metrics: &WorkerMetrics,
-    id: &JobId,
+    job: &Queued,
     lease: i64,
     cancel: watch::Receiver<bool>,
-    retry: mpsc::Sender<String>,
+    back: Back,
 ) {
+    let id = &job.id;
+    let again = || Queued {
+        id: id.clone(),
+        queued_rev: job.queued_rev,
+    };
     // One reservation for every attempt at this job: a claim whose answer
     // was lost may still land, and only its reservation shows it is ours.
     let reservation = claim::new_reservation();
     let mut attempts = 0;
     let c = loop {
-        match claim::claim(client, id, lease, runner.job_state_key(id), &reservation).await {
-            Ok(Some(c)) => break c,
+        match claim::claim(client, id, lease, runner.resource_keys(id), &reservation).await {
+            Ok(Some(claim::Claimed::Job(c))) => break *c,
+            Ok(Some(claim::Claimed::Unreadable(u))) => {
+                tracing::warn!(job = %id, reason = %u.reason, "job record does not parse; left as found");
+                metrics.finished("invalid");
+                back.skipped.add(&id.to_string());
+                if let Err(e) = u.give_back(client).await {
+                    // Still ours until our lease lapses; then the
+                    // reconciler puts it back.
+                    tracing::warn!(job = %id, error = %crate::store::client::describe(&e), "cannot give the job back");
+                }
+                return;
+            }
             Ok(None) => {
                 metrics.claim_conflicts.inc();
                 return;
             }
-            Err(claim::ClaimError::Etcd(e)) if attempts < CLAIM_ATTEMPTS => {
+            Err(e) if attempts < CLAIM_ATTEMPTS => {
                 attempts = attempts.saturating_add(1);
                 tracing::warn!(job = %id, error = %crate::store::client::describe(&e), "cannot claim yet; trying again");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            Err(claim::ClaimError::Etcd(e)) => {
+            Err(e) => {
                 // etcd unreachable for long: the job is still ready; it goes
                 // back in line.
                 tracing::warn!(job = %id, error = %crate::store::client::describe(&e), "cannot claim yet");
-                let _ = retry.send(id.to_string()).await;
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(job = %id, error = %e, "cannot claim");
-                metrics.finished("invalid");
+                let _ = back.retry.send(again()).await;
                 return;
             }
         }

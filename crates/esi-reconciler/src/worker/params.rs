@@ -2,12 +2,21 @@
 //! from the referenced resource's heat stack record, lists item by item.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use crate::store::Etcd;
 use serde_json::{Map, Value};
+
+use super::cache::{Cache, Parsed};
 
 use crate::esi::keys::ResourceRef;
 use crate::esi::records::{self, HeatStack, OutputRef, Param, ParamValue};
+
+/// A heat stack record as the cache keeps it.
+pub fn parse_stack(value: &[u8]) -> Parsed<HeatStack> {
+    records::parse::<HeatStack>("heat stack", value)
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
+}
 use crate::esi::schema::Schemas;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,20 +45,36 @@ pub enum ResolveError {
     Etcd(#[from] etcd_client::Error),
 }
 
-/// Reads heat stack records once per job.
+/// Looks up each referenced heat stack record once per job, in the
+/// worker's cache of stack records.
 pub struct Resolver<'a> {
-    client: &'a Etcd,
+    cache: &'a Cache<HeatStack>,
     schemas: &'a Schemas,
-    stacks: HashMap<(String, String), Option<HeatStack>>,
+    /// Each referenced stack, by `(type, id)` (`None`: no record).
+    stacks: HashMap<(String, String), Option<Referenced>>,
 }
 
+/// A referenced stack record: its key, the mod revision it was read at, and
+/// the record.
+type Referenced = (String, i64, Arc<HeatStack>);
+
 impl<'a> Resolver<'a> {
-    pub fn new(client: &'a Etcd, schemas: &'a Schemas) -> Self {
+    pub fn new(cache: &'a Cache<HeatStack>, schemas: &'a Schemas) -> Self {
         Self {
-            client,
+            cache,
             schemas,
             stacks: HashMap::new(),
         }
+    }
+
+    /// The stack records the params were resolved from, with the mod
+    /// revisions they were read at.
+    pub fn used(&self) -> Vec<(String, i64)> {
+        self.stacks
+            .values()
+            .flatten()
+            .map(|(key, rev, _)| (key.clone(), *rev))
+            .collect()
     }
 
     /// Every param by name, resolved.
@@ -89,17 +114,16 @@ impl<'a> Resolver<'a> {
                 }
             })?;
             let r = ResourceRef::new(plural, o.resource_id.clone());
-            let resp = self.client.get(r.heat_stack_key(), None).await?;
-            let stack = match resp.kvs().first() {
+            let stack_key = r.heat_stack_key();
+            let stack = match self.cache.get(&stack_key).await? {
                 None => None,
-                Some(kv) => Some(
-                    records::parse::<HeatStack>("heat stack", kv.value()).map_err(|e| {
-                        ResolveError::Bad {
-                            param: param.to_string(),
-                            reason: e.to_string(),
-                        }
-                    })?,
-                ),
+                Some((rev, parsed)) => {
+                    let stack = parsed.map_err(|reason| ResolveError::Bad {
+                        param: param.to_string(),
+                        reason,
+                    })?;
+                    Some((stack_key, rev, stack))
+                }
             };
             self.stacks.insert(key.clone(), stack);
         }
@@ -107,6 +131,7 @@ impl<'a> Resolver<'a> {
             .stacks
             .get(&key)
             .and_then(Option::as_ref)
+            .map(|(_, _, s)| s)
             .ok_or_else(|| ResolveError::NoStack {
                 param: param.to_string(),
                 resource_type: o.resource_type.clone(),

@@ -33,6 +33,8 @@ pub struct EtcdProcess {
     peer_url: String,
     /// TLS it serves with, and the client side that sees it ready.
     tls: Option<(ServerTls, esi_reconciler::store::client::TlsFiles)>,
+    /// The extra flags it was started with (kept by a restart).
+    flags: Vec<String>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -50,6 +52,8 @@ pub struct MemberSpec {
     pub existing: bool,
     /// Serve clients over TLS (peers stay on plain loopback).
     pub tls: Option<ServerTls>,
+    /// More flags, e.g. `--auto-compaction-mode revision`.
+    pub flags: Vec<String>,
 }
 
 /// TLS for etcd's client port.
@@ -74,6 +78,27 @@ fn binary() -> String {
 }
 
 impl EtcdProcess {
+    /// Starts etcd with a fresh data directory and these extra flags.
+    pub async fn start_with_flags(flags: &[&str]) -> Result<Self, EmbeddedError> {
+        let tmp = tempfile::Builder::new().prefix("esi-etcd-").tempdir()?;
+        let dir = tmp.path().join("etcd");
+        let peer_port = free_port()?;
+        let mut p = Self::spawn(&MemberSpec {
+            name: "esi".into(),
+            data_dir: dir.join("member-data"),
+            log_path: dir.with_extension("log"),
+            client_port: free_port()?,
+            peer_port,
+            initial_cluster: format!("esi=http://127.0.0.1:{peer_port}"),
+            existing: false,
+            tls: None,
+            flags: flags.iter().map(|f| f.to_string()).collect(),
+        })?;
+        p._tmp = Some(tmp);
+        p.wait_ready(Duration::from_secs(20)).await?;
+        Ok(p)
+    }
+
     /// Starts etcd with a fresh data directory.
     pub async fn start() -> Result<Self, EmbeddedError> {
         let tmp = tempfile::Builder::new().prefix("esi-etcd-").tempdir()?;
@@ -99,6 +124,7 @@ impl EtcdProcess {
             initial_cluster: format!("esi=http://127.0.0.1:{peer_port}"),
             existing: false,
             tls: None,
+            flags: vec![],
         })?;
         p._tmp = Some(tmp);
         p.wait_ready(Duration::from_secs(20)).await?;
@@ -121,6 +147,7 @@ impl EtcdProcess {
             initial_cluster: format!("esi={peer_url}"),
             existing: false,
             tls: None,
+            flags: vec![],
         })?;
         p.wait_ready(Duration::from_secs(20)).await?;
         Ok(p)
@@ -145,6 +172,7 @@ impl EtcdProcess {
             initial_cluster: format!("esi={peer_url}"),
             existing: false,
             tls: Some(tls),
+            flags: vec![],
         })?;
         p._tmp = Some(tmp);
         p.wait_ready_with(Duration::from_secs(20), Some(ready_with))
@@ -209,6 +237,7 @@ impl EtcdProcess {
             .arg(if spec.existing { "existing" } else { "new" })
             .arg("--log-level")
             .arg("warn")
+            .args(&spec.flags)
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .kill_on_drop(true)
@@ -227,6 +256,7 @@ impl EtcdProcess {
                 .tls
                 .clone()
                 .map(|s| (s, esi_reconciler::store::client::TlsFiles::default())),
+            flags: spec.flags.clone(),
             _tmp: None,
         })
     }
@@ -302,6 +332,7 @@ impl EtcdProcess {
             initial_cluster: format!("esi={}", self.peer_url),
             existing: false,
             tls: self.tls.as_ref().map(|(s, _)| s.clone()),
+            flags: self.flags.clone(),
         };
         let tmp = self._tmp.take();
         let tls = self.tls.take();

@@ -114,6 +114,7 @@ impl LocalCluster {
             initial_cluster,
             existing,
             tls: None,
+            flags: vec![],
         };
         m.process = Some(EtcdProcess::spawn(&spec)?);
         Ok(())

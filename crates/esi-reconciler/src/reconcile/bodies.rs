@@ -1,0 +1,89 @@
+//! Config bodies that drafts read for the resources their params reference.
+//!
+//! Why a cache: the world keeps no config bodies (100k of them would not fit
+//! the memory budget), but a network's body is read for each of the ports
+//! on it. The world knows every config's mod revision, so a body kept at
+//! that revision is the one a read would return: no read, and no way to use
+//! an outdated body (a changed config has a new mod revision and misses).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Map, Value};
+
+/// A config's body, shared by the drafts that reference it.
+pub type Body = Arc<Map<String, Value>>;
+
+/// Bodies kept at most; when full the cache starts over (the bodies in use
+/// come back with one read each).
+const CAPACITY: usize = 4096;
+
+#[derive(Default)]
+pub struct ConfigBodies {
+    kept: Mutex<HashMap<String, (i64, Body)>>,
+}
+
+impl ConfigBodies {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (i64, Body)>> {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The body of the config at `key` if it is kept at `mod_rev`.
+    pub fn get(&self, key: &str, mod_rev: i64) -> Option<Body> {
+        self.lock()
+            .get(key)
+            .filter(|(rev, _)| *rev == mod_rev)
+            .map(|(_, b)| b.clone())
+    }
+
+    /// Keeps the body of the config at `key` as read at `mod_rev`.
+    pub fn keep(&self, key: &str, mod_rev: i64, body: Body) {
+        let mut kept = self.lock();
+        if kept.len() >= CAPACITY && !kept.contains_key(key) {
+            kept.clear();
+        }
+        kept.insert(key.to_string(), (mod_rev, body));
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn body(v: Value) -> Body {
+        Arc::new(v.as_object().cloned().unwrap_or_default())
+    }
+
+    #[test]
+    fn a_body_is_found_only_at_the_revision_it_was_read_at() {
+        let c = ConfigBodies::default();
+        c.keep("/n", 7, body(json!({"id": "n"})));
+        assert_eq!(c.get("/n", 7).map(|b| b["id"].clone()), Some(json!("n")));
+        // The world says the config changed since: read it again.
+        assert!(c.get("/n", 9).is_none());
+        assert!(c.get("/m", 7).is_none());
+    }
+
+    #[test]
+    fn a_full_cache_starts_over() {
+        let c = ConfigBodies::default();
+        for i in 0..CAPACITY {
+            c.keep(&format!("/k{i}"), 1, body(json!({})));
+        }
+        assert_eq!(c.len(), CAPACITY);
+        c.keep("/k0", 2, body(json!({})));
+        assert_eq!(c.len(), CAPACITY, "a kept key is replaced in place");
+        c.keep("/new", 1, body(json!({})));
+        assert_eq!(c.len(), 1);
+        assert!(c.get("/new", 1).is_some());
+    }
+}
