@@ -443,18 +443,39 @@ async fn a_superseded_job_is_withdrawn_while_the_new_one_waits() {
         "{out}"
     );
 
-    let _reconciler = spawn_args(&reconciler_args(&url, ANY_PORT));
+    let port = free_port();
+    let _reconciler = spawn_args(&reconciler_args(&url, port));
     eventually(Duration::from_secs(30), "the v1 job withdrawn", || async {
         etcd.keys("/jobs/").await.is_empty().then_some(())
     })
     .await;
-    eventually(Duration::from_secs(30), "the hold noted", || async {
-        let status = etcd
-            .get_json("/esi-reconciler/v1/resources/ports/p1")
-            .await?;
-        (status["last_error"] == "waiting for network n1 to be issued first").then_some(())
+    // Held, not failed: a wait costs no write (get plans it live).
+    let addr = format!("127.0.0.1:{port}");
+    eventually(Duration::from_secs(30), "the job held", || async {
+        let (_, body) = http_get(&addr, "/metrics").await?;
+        metric(
+            &body,
+            "esi_reconciler_reconciles_total{result=\"deferred\"}",
+        )
+        .filter(|n| *n >= 1.0)
     })
     .await;
+    let status = etcd
+        .get_json("/esi-reconciler/v1/resources/ports/p1")
+        .await
+        .unwrap_or_default();
+    assert_eq!(status["last_error"].as_str().unwrap_or(""), "", "{status}");
+    let (ok, out, err) = cli(&{
+        let mut a = with_etcd(&url, &["get"]);
+        a.extend(catalog.iter().map(String::as_str));
+        a
+    })
+    .await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("waiting for network n1 to be issued first"),
+        "{out}"
+    );
     assert!(
         etcd.keys("/jobs/").await.is_empty(),
         "no v2 job while it waits"

@@ -41,7 +41,10 @@ async fn reads_come_back_with_the_answer_on_both_branches() {
         .with_store(kv.stats())
         .encode();
     assert_eq!(
-        common::metric(&text, "esi_worker_etcd_transactions_total{kind=\"test_claim\"}"),
+        common::metric(
+            &text,
+            "esi_worker_etcd_transactions_total{kind=\"test_claim\"}"
+        ),
         Some(2.0),
         "{text}"
     );

@@ -26,6 +26,11 @@ pub struct BenchArgs {
     /// Reconciler replicas sharing the work.
     #[arg(long, default_value_t = 1)]
     pub replicas: usize,
+    /// The `esi-reconciler` binary whose reconciler and worker are measured
+    /// (default: this one). With another commit's build, the same harness
+    /// measures both side by side.
+    #[arg(long)]
+    pub product: Option<PathBuf>,
     /// Where to write the JSON report.
     #[arg(long, default_value = "bench-report.json")]
     pub report: PathBuf,
@@ -41,7 +46,10 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         change_rate: args.change_rate,
         idle_secs: args.idle_secs,
         concurrency: args.concurrency,
-        binary: std::env::current_exe()?,
+        binary: match args.product {
+            Some(p) => p,
+            None => std::env::current_exe()?,
+        },
         replicas: args.replicas,
     };
     let report = bench::run(&opts).await?;

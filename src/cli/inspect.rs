@@ -5,6 +5,7 @@ use clap::{Args, ValueEnum};
 
 use esi_reconciler::clock::now_ms;
 use esi_reconciler::esi::ResourceRef;
+use esi_reconciler::reconcile::Phase;
 use esi_reconciler::reconcile::membership;
 use esi_reconciler::reconcile::report::{self, Report};
 use esi_reconciler::reconcile::snapshot;
@@ -126,7 +127,7 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
                     "LAST-ACTION",
                     "ATTEMPTS",
                     "OWNER",
-                    "ERROR",
+                    "MESSAGE",
                 ]
                 .map(String::from)
                 .to_vec(),
@@ -149,7 +150,7 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
                     },
                     r.attempts.to_string(),
                     cell(owner(r)),
-                    r.last_error.clone(),
+                    message(r),
                 ]);
             }
             print!("{}", table(&t));
@@ -221,4 +222,14 @@ pub async fn plan(args: PlanArgs) -> anyhow::Result<()> {
         println!("every resource is converged (etcd revision {revision})");
     }
     Ok(())
+}
+
+/// The table's last column: the error, or why a pending resource waits
+/// (planned live: a wait is not written to etcd).
+fn message(r: &Report) -> String {
+    if r.last_error.is_empty() && r.phase == Phase::Pending {
+        r.message.clone()
+    } else {
+        r.last_error.clone()
+    }
 }

@@ -145,10 +145,16 @@ impl SimEngine {
     }
 
     /// The stack and the mod revision of its record (0: none), which its
-    /// next save compares: as known, or read.
-    async fn load(&self, name: &str) -> Result<Known, EngineError> {
+    /// next save compares: as known, or read. `expect_none`: a stack this
+    /// engine does not know is taken to be absent without a read (a create
+    /// of a new stack, the common case); if it is there, the save's compare
+    /// fails and returns it, and the operation starts over from it.
+    async fn load(&self, name: &str, expect_none: bool) -> Result<Known, EngineError> {
         if let Some(known) = self.known().get(name) {
             return Ok(known.clone());
+        }
+        if expect_none {
+            return Ok((None, 0));
         }
         let resp = self
             .client
@@ -310,13 +316,18 @@ impl SimEngine {
 
     /// Runs `op` from the stack as known until its save lands (a record
     /// moved by another engine is known anew by the failed save).
-    async fn operate<'a, F, Fut>(&'a self, name: &str, op: F) -> Result<StackInfo, EngineError>
+    async fn operate<'a, F, Fut>(
+        &'a self,
+        name: &str,
+        expect_none: bool,
+        op: F,
+    ) -> Result<StackInfo, EngineError>
     where
         F: Fn(Option<SimStack>, i64) -> Fut,
         Fut: std::future::Future<Output = Result<Option<StackInfo>, EngineError>> + 'a,
     {
-        for _ in 0..SAVE_ATTEMPTS {
-            let (prev, version) = self.load(name).await?;
+        for attempt in 0..SAVE_ATTEMPTS {
+            let (prev, version) = self.load(name, expect_none && attempt == 0).await?;
             if let Some(info) = op(prev, version).await? {
                 return Ok(info);
             }
@@ -334,7 +345,7 @@ fn parse(name: &str, value: &[u8]) -> Result<SimStack, EngineError> {
 
 impl Engine for SimEngine {
     async fn create_stack(&self, spec: &StackSpec) -> Result<StackInfo, EngineError> {
-        self.operate(&spec.name, |prev, version| async move {
+        self.operate(&spec.name, true, |prev, version| async move {
             if let Some(p) = &prev {
                 let info = p.info(now_ms());
                 let gone = p.action == "DELETE" && info.is_terminal() && !info.is_failed();
@@ -356,7 +367,7 @@ impl Engine for SimEngine {
     }
 
     async fn update_stack(&self, spec: &StackSpec) -> Result<StackInfo, EngineError> {
-        self.operate(&spec.name, |prev, version| async move {
+        self.operate(&spec.name, false, |prev, version| async move {
             let missing = prev.as_ref().is_none_or(|p| {
                 p.action == "DELETE" && p.info(now_ms()).is_terminal() && p.outcome == "COMPLETE"
             });
@@ -368,7 +379,7 @@ impl Engine for SimEngine {
     }
 
     async fn delete_stack(&self, name: &str) -> Result<StackInfo, EngineError> {
-        self.operate(name, |prev, version| async move {
+        self.operate(name, false, |prev, version| async move {
             match &prev {
                 None => Ok(Some(StackInfo::gone(name))),
                 Some(p)
@@ -388,7 +399,7 @@ impl Engine for SimEngine {
     /// operation started, and only an operation (ours, or another engine's
     /// on a job this worker no longer holds) changes the record.
     async fn get_stack(&self, name: &str) -> Result<Option<StackInfo>, EngineError> {
-        Ok(self.load(name).await?.0.map(|s| s.info(now_ms())))
+        Ok(self.load(name, false).await?.0.map(|s| s.info(now_ms())))
     }
 }
 

@@ -37,6 +37,9 @@ pub struct TypeInfo {
 pub struct Schemas {
     by_singular: HashMap<String, TypeInfo>,
     plural_to_singular: HashMap<String, String>,
+    /// Each type's depth in the reference graph, by plural (see
+    /// [`Schemas::depth`]).
+    depth: HashMap<String, u32>,
 }
 
 #[derive(Deserialize)]
@@ -107,7 +110,16 @@ impl Schemas {
         if schemas.by_singular.is_empty() {
             return Err("it defines no schemas".into());
         }
+        schemas.depth = depths(&schemas.by_singular);
         Ok(schemas)
+    }
+
+    /// How far `plural`'s type is from the types it references: 0 for a
+    /// type that references none, otherwise one more than the deepest type
+    /// it references (a cycle counts once). Work queued in this order
+    /// reaches a network before the subnets and ports that reference it.
+    pub fn depth(&self, plural: &str) -> u32 {
+        self.depth.get(plural).copied().unwrap_or(0)
     }
 
     pub fn by_singular(&self, singular: &str) -> Option<&TypeInfo> {
@@ -136,9 +148,67 @@ impl Schemas {
     }
 }
 
+/// [`Schemas::depth`] of every type: longest chains of references, found
+/// by relaxing at most once per type (so cycles end), by plural.
+fn depths(types: &HashMap<String, TypeInfo>) -> HashMap<String, u32> {
+    let mut depth: HashMap<&str, u32> = types.keys().map(|s| (s.as_str(), 0)).collect();
+    for _ in 0..types.len() {
+        let mut changed = false;
+        for t in types.values() {
+            let deepest = t
+                .relations
+                .values()
+                .filter(|target| **target != t.singular)
+                .filter_map(|target| depth.get(target.as_str()))
+                .max()
+                .map(|d| d.saturating_add(1))
+                .unwrap_or(0);
+            let bound = u32::try_from(types.len()).unwrap_or(u32::MAX);
+            let d = deepest.min(bound);
+            if depth.get(t.singular.as_str()).copied().unwrap_or(0) < d {
+                depth.insert(&t.singular, d);
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    types
+        .values()
+        .map(|t| {
+            let d = depth.get(t.singular.as_str()).copied().unwrap_or(0);
+            (t.plural.clone(), d)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn depth_orders_referenced_types_first_and_survives_cycles() {
+        let s = Schemas::parse(
+            r#"{"schemas": [
+                {"id": "port", "plural": "ports", "schema": {"properties": {
+                    "network_id": {"relation": "network"},
+                    "subnet_ids": {"type": "array", "items": {"relation": "subnet"}},
+                    "peer_id": {"relation": "port"}}}},
+                {"id": "subnet", "plural": "subnets", "schema": {"properties": {
+                    "network_id": {"relation": "network"}}}},
+                {"id": "network", "plural": "networks"},
+                {"id": "a", "plural": "as", "schema": {"properties": {"b": {"relation": "b"}}}},
+                {"id": "b", "plural": "bs", "schema": {"properties": {"a": {"relation": "a"}}}}
+            ]}"#,
+        )
+        .unwrap();
+        assert_eq!(s.depth("networks"), 0);
+        assert_eq!(s.depth("subnets"), 1);
+        assert_eq!(s.depth("ports"), 2, "its reference to itself aside");
+        assert!(s.depth("as") <= 5 && s.depth("bs") <= 5, "a cycle ends");
+        assert_eq!(s.depth("unknown"), 0);
+    }
 
     #[test]
     fn reads_types_plurals_and_relations() {

@@ -342,6 +342,7 @@ impl Controller {
                 } => {
                     self.metrics.relists.inc();
                     fresh.revision = revision;
+                    let catalog = fresh.catalog().clone();
                     let mut all: HashSet<ResourceRef> =
                         fresh.resources().map(|(r, _)| r.clone()).collect();
                     tracing::info!(revision, resources = all.len(), "loaded etcd");
@@ -354,6 +355,11 @@ impl Controller {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .clear();
+                    // Referenced types first: a cold start then issues a
+                    // network's job before its ports are drafted, instead of
+                    // drafting each port twice (held, then again).
+                    let mut all: Vec<ResourceRef> = all.into_iter().collect();
+                    all.sort_by_cached_key(|r| catalog.schemas.depth(&r.plural));
                     for r in all {
                         self.queue.schedule(r);
                     }
@@ -632,7 +638,12 @@ impl Controller {
                 .or_default()
                 .insert(r.clone());
         }
-        self.executor.note_error(p, &hold.reason).await;
+        // Waiting is expected and passes: `get` plans it live, so it costs
+        // no write (at a cold start it would cost one per port). Why a job
+        // cannot be built or read is kept in our status record.
+        if hold.cause != HoldCause::Waiting {
+            self.executor.note_error(p, &hold.reason).await;
+        }
         self.queue.schedule_after(r.clone(), self.error_delay(r));
         match hold.cause {
             HoldCause::Waiting => {

@@ -40,7 +40,7 @@ struct Entry<T> {
 pub struct Watched<T> {
     entries: HashMap<String, Entry<T>>,
     /// Every change up to this revision has been applied (0: none yet, or
-    /// the watch started over).
+    /// the store was reset): a read older than this is not kept.
     seen: i64,
     capacity: usize,
     parse: fn(&[u8]) -> Parsed<T>,
@@ -98,7 +98,13 @@ impl<T> Watched<T> {
     /// Applies one event of the prefix's watch.
     pub fn on_event(&mut self, ev: &MirrorEvent) {
         match ev {
-            MirrorEvent::ListStart { .. } | MirrorEvent::StoreReset { .. } => {
+            // The watch (re)starts after the list's revision: a read from
+            // before it may miss a change the watch will not show.
+            MirrorEvent::ListStart { revision, .. } => {
+                self.entries.clear();
+                self.seen = *revision;
+            }
+            MirrorEvent::StoreReset { .. } => {
                 self.entries.clear();
                 self.seen = 0;
             }
@@ -301,6 +307,17 @@ mod tests {
             assert_eq!(value(&w, "/k"), None);
             assert!(w.is_empty());
         }
+        // A read from before a relist's revision is not kept: the watch
+        // resumes after it and may never show what changed in between.
+        let mut w = Watched::new(10, text);
+        w.on_event(&MirrorEvent::ListStart {
+            revision: 9,
+            epoch: 1,
+        });
+        let _ = w.fill("/k", b"a", 1, 8);
+        assert!(w.is_empty());
+        let _ = w.fill("/k", b"a", 1, 9);
+        assert_eq!(value(&w, "/k").as_deref(), Some("a"));
     }
 
     #[test]
