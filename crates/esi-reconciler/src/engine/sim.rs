@@ -95,11 +95,13 @@ impl SimStack {
 pub struct SimEngine {
     client: Etcd,
     opts: SimOptions,
-    /// The stacks as this engine last saved or read them, with their
-    /// records' mod revisions: an operation starts from here and its save
-    /// compares the revision, so a stack this engine knows costs no read.
-    /// A save that finds the record moved (another worker's engine) gets it
-    /// back with the failed answer and starts over from it.
+    /// The stacks whose operation is under way, as this engine last saved
+    /// or read them, with their records' mod revisions: the job polling one
+    /// reads nothing, and an operation on one starts from here (its save
+    /// compares the revision; a save that finds the record moved by another
+    /// worker's engine gets it back with the failed answer and starts over).
+    /// A stack whose operation ended is forgotten: memory stays bounded by
+    /// the jobs in flight, and the next operation on it reads it once.
     known: Arc<Mutex<HashMap<String, Known>>>,
 }
 
@@ -133,6 +135,14 @@ impl SimEngine {
     }
 
     fn remember(&self, name: &str, mut known: Known) {
+        let ended = known
+            .0
+            .as_ref()
+            .is_none_or(|s| s.info(now_ms()).is_terminal());
+        if ended {
+            self.known().remove(name);
+            return;
+        }
         // An operation never looks at the last one's parameters: not kept.
         if let Some(s) = known.0.as_mut() {
             s.parameters = Map::new();
@@ -399,7 +409,12 @@ impl Engine for SimEngine {
     /// operation started, and only an operation (ours, or another engine's
     /// on a job this worker no longer holds) changes the record.
     async fn get_stack(&self, name: &str) -> Result<Option<StackInfo>, EngineError> {
-        Ok(self.load(name, false).await?.0.map(|s| s.info(now_ms())))
+        let stack = self.load(name, false).await?.0;
+        let info = stack.map(|s| s.info(now_ms()));
+        if info.as_ref().is_none_or(StackInfo::is_terminal) {
+            self.known().remove(name);
+        }
+        Ok(info)
     }
 }
 
