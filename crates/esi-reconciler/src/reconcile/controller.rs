@@ -96,6 +96,8 @@ pub struct Controller {
     /// was since restored).
     listed_epoch: std::sync::atomic::AtomicU64,
     membership: Arc<Membership>,
+    /// The schemas' reference graph orders what is queued at once.
+    catalog: Arc<Catalog>,
 }
 
 /// What a reconcile tells whoever follows the controller (the Kubernetes
@@ -179,6 +181,7 @@ impl Controller {
             phases: Mutex::new(PhaseBook::default()),
             listed_epoch: std::sync::atomic::AtomicU64::new(0),
             membership,
+            catalog,
         })
     }
 
@@ -342,7 +345,6 @@ impl Controller {
                 } => {
                     self.metrics.relists.inc();
                     fresh.revision = revision;
-                    let catalog = fresh.catalog().clone();
                     let mut all: HashSet<ResourceRef> =
                         fresh.resources().map(|(r, _)| r.clone()).collect();
                     tracing::info!(revision, resources = all.len(), "loaded etcd");
@@ -355,14 +357,7 @@ impl Controller {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .clear();
-                    // Referenced types first: a cold start then issues a
-                    // network's job before its ports are drafted, instead of
-                    // drafting each port twice (held, then again).
-                    let mut all: Vec<ResourceRef> = all.into_iter().collect();
-                    all.sort_by_cached_key(|r| catalog.schemas.depth(&r.plural));
-                    for r in all {
-                        self.queue.schedule(r);
-                    }
+                    self.schedule_all(all.into_iter().collect());
                     self.advance(revision);
                     self.ready.store(true, Ordering::Relaxed);
                 }
@@ -425,10 +420,19 @@ impl Controller {
                 // Taken over from a member that left (not our own start).
                 self.metrics.handovers.inc_by(gained);
             }
-            for r in queue {
-                self.queue.schedule(r);
-            }
+            self.schedule_all(queue);
             before = now;
+        }
+    }
+
+    /// Queues many resources at once (after a list, or when this replica
+    /// gains them), referenced types first: a cold start then issues a
+    /// network's job before its ports are drafted, instead of drafting each
+    /// port twice (held while the network has no job, then again).
+    fn schedule_all(&self, mut all: Vec<ResourceRef>) {
+        all.sort_by_cached_key(|r| self.catalog.schemas.depth(&r.plural));
+        for r in all {
+            self.queue.schedule(r);
         }
     }
 
