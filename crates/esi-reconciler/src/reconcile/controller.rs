@@ -26,7 +26,7 @@ use super::membership::{self, Membership};
 use super::observed::Observed;
 use super::phase_book::PhaseBook;
 use super::plan::{Hold, HoldCause, Phase, Plan};
-use super::queue::Queue;
+use super::queue::{Priority, Queue};
 use super::report::Report;
 use super::snapshot::mirror_options;
 use super::sparse::Sparse;
@@ -71,6 +71,53 @@ impl Default for ControllerConfig {
 }
 
 use crate::clock::now_ms;
+
+/// Most slices a resync period is cut into (one tick each).
+const RESYNC_SLICES: u32 = 60;
+
+/// The shortest tick between resync slices: each tick reads through the
+/// whole world to find its slice, so a short period is cut into fewer
+/// slices rather than read more often.
+const RESYNC_MIN_TICK: Duration = Duration::from_secs(1);
+
+/// How many slices a resync `period` is cut into: one per second of it,
+/// between 1 and [`RESYNC_SLICES`] (60 for the 5 minute default).
+fn resync_slices(period: Duration) -> u32 {
+    let n = period
+        .as_millis()
+        .checked_div(RESYNC_MIN_TICK.as_millis())
+        .unwrap_or(0);
+    u32::try_from(n)
+        .unwrap_or(RESYNC_SLICES)
+        .clamp(1, RESYNC_SLICES)
+}
+
+/// The slice (in `0..slices`) a resource whose hash is `hash` is resynced
+/// in. Multiply-shift rather than `%`: uniform without a division, and
+/// with no bias toward low slices.
+fn resync_slice(hash: u64, slices: u32) -> u32 {
+    let wide = u128::from(hash).saturating_mul(u128::from(slices));
+    u32::try_from(wide.checked_shr(64).unwrap_or(0)).unwrap_or(0)
+}
+
+/// A stable hash of a resource (its plural and id, as the phase book
+/// hashes it): the same every tick, so each resource falls in the same
+/// slice of every period and is resynced exactly once per period.
+fn resource_hash(r: &ResourceRef) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(r.plural.as_bytes());
+    h.update(&[0]);
+    h.update(r.id.as_bytes());
+    h.digest()
+}
+
+/// The resources of the world resynced in `slice` of `slices`, read in
+/// place (no copy of the whole world per tick).
+fn resync_due(w: &World, slice: u32, slices: u32) -> impl Iterator<Item = &ResourceRef> {
+    w.resources()
+        .map(|(r, _)| r)
+        .filter(move |r| resync_slice(resource_hash(r), slices) == slice)
+}
 
 pub struct Controller {
     client: Etcd,
@@ -307,8 +354,10 @@ impl Controller {
         self.deferred.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Queues what a change touched, each at the priority the change gave
+    /// it; resources held for one of them are released ahead of new work.
     fn schedule(&self, touched: Touched, world: &World) {
-        for r in touched.resources {
+        for (r, priority) in touched.resources {
             // Whatever waited for this resource may go on now.
             let waiting = {
                 let mut deferred = self.lock_deferred();
@@ -319,9 +368,9 @@ impl Controller {
                 waiting
             };
             for w in waiting.into_iter().flatten() {
-                self.queue.schedule(w);
+                self.queue.schedule_as(w, Priority::Release);
             }
-            self.queue.schedule(r);
+            self.queue.schedule_as(r, priority);
         }
         if let Some(t) = touched.template {
             for r in world.resources_using_template(&t) {
@@ -448,21 +497,36 @@ impl Controller {
         let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|r| *r >= revision)).await;
     }
 
+    /// Reconciles every resource once per `cfg.resync`, a slice of them
+    /// at a time (see [`resync_slices`]): all at once was a burst of 100k
+    /// reconciles every period at 100k resources, in front of real work.
     async fn resync(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(self.cfg.resync);
+        let slices = resync_slices(self.cfg.resync);
+        let every = self
+            .cfg
+            .resync
+            .checked_div(slices)
+            .unwrap_or(self.cfg.resync)
+            .max(Duration::from_millis(1));
+        let mut tick = tokio::time::interval(every);
+        // The first tick is at once: the first list has just queued all.
         tick.tick().await;
+        let mut slice = 0u32;
         loop {
             tick.tick().await;
-            let all: Vec<ResourceRef> = self
-                .world
-                .read()
-                .await
-                .resources()
-                .map(|(r, _)| r.clone())
-                .collect();
-            tracing::debug!(resources = all.len(), "periodic resync");
-            for r in all {
-                self.queue.schedule(r);
+            // The queue is synchronous: scheduling under the read lock
+            // spares collecting the slice, and no await happens under it.
+            let w = self.world.read().await;
+            let mut n = 0usize;
+            for r in resync_due(&w, slice, slices) {
+                self.queue.schedule(r.clone());
+                n = n.saturating_add(1);
+            }
+            drop(w);
+            tracing::debug!(slice, slices, resources = n, "periodic resync");
+            slice = slice.saturating_add(1);
+            if slice >= slices {
+                slice = 0;
             }
         }
     }
@@ -682,5 +746,79 @@ impl Controller {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .forget(r);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Kv;
+
+    #[test]
+    fn every_hash_falls_in_exactly_one_slice_and_the_slices_are_even() {
+        for slices in [1u32, 7, 60] {
+            let n = 60_000u64;
+            let mut per_slice = vec![0usize; slices as usize];
+            for i in 0..n {
+                let h = xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes());
+                let hits: Vec<u32> = (0..slices)
+                    .filter(|s| resync_slice(h, slices) == *s)
+                    .collect();
+                assert_eq!(hits.len(), 1, "hash {h:#x} in slices {hits:?} of {slices}");
+                per_slice[hits[0] as usize] += 1;
+            }
+            let mean = n as usize / slices as usize;
+            for (s, c) in per_slice.iter().enumerate() {
+                assert!(
+                    *c > mean * 8 / 10 && *c < mean * 12 / 10,
+                    "slice {s} of {slices} holds {c} (mean {mean})"
+                );
+            }
+        }
+        assert_eq!(resync_slice(0, 60), 0);
+        assert_eq!(resync_slice(u64::MAX, 60), 59);
+    }
+
+    #[test]
+    fn over_a_period_the_resync_picks_every_resource_exactly_once() {
+        let mut w = World::new(Arc::new(Catalog::load(None, None).unwrap()));
+        let total = 600;
+        for i in 0..total {
+            w.put(&Kv {
+                key: format!("/config/v2.0/ports/p{i}"),
+                value: serde_json::to_vec(&serde_json::json!({
+                    "body": {"id": format!("p{i}")}, "version": 1
+                }))
+                .unwrap(),
+                mod_revision: 2,
+                create_revision: 2,
+                lease: 0,
+            });
+        }
+        assert_eq!(w.resource_count(), total);
+        let slices = resync_slices(Duration::from_secs(300));
+        let mut seen: HashMap<ResourceRef, u32> = HashMap::new();
+        let mut largest = 0;
+        for s in 0..slices {
+            let mut n = 0;
+            for r in resync_due(&w, s, slices) {
+                *seen.entry(r.clone()).or_default() += 1;
+                n += 1;
+            }
+            largest = largest.max(n);
+        }
+        assert_eq!(seen.len(), total);
+        assert!(seen.values().all(|n| *n == 1), "{seen:?}");
+        // Spread over the period, not one burst (10 a slice on average).
+        assert!(largest < 30, "a slice held {largest} of {total}");
+    }
+
+    #[test]
+    fn the_resync_period_is_cut_into_ticks_of_at_least_a_second() {
+        assert_eq!(resync_slices(Duration::from_secs(300)), 60);
+        assert_eq!(resync_slices(Duration::from_secs(3600)), 60);
+        assert_eq!(resync_slices(Duration::from_secs(30)), 30);
+        assert_eq!(resync_slices(Duration::from_millis(1500)), 1);
+        assert_eq!(resync_slices(Duration::ZERO), 1);
     }
 }

@@ -24,6 +24,8 @@ use super::sparse::Sparse;
 
 use super::status::ResourceStatus;
 
+use super::queue::Priority;
+
 /// A record as read: its mod revision and its summary, or why it did not parse.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Parsed<T> {
@@ -199,9 +201,23 @@ pub struct TemplateEntry {
 /// What a change touched: resources to reconcile again.
 #[derive(Debug, Default)]
 pub struct Touched {
-    pub resources: Vec<ResourceRef>,
+    /// Each with how urgently, which only the change itself can tell (a
+    /// finished job and a new config touch the same resource): a job's end
+    /// is [`Priority::Finish`] for its own resource and
+    /// [`Priority::Release`] for those waiting on it, anything else
+    /// [`Priority::Issue`].
+    pub resources: Vec<(ResourceRef, Priority)>,
     /// A template changed: resources using it may move on.
     pub template: Option<String>,
+}
+
+impl Touched {
+    fn one(r: ResourceRef, p: Priority) -> Self {
+        Self {
+            resources: vec![(r, p)],
+            template: None,
+        }
+    }
 }
 
 pub struct World {
@@ -473,7 +489,7 @@ impl World {
                     mod_rev: rev,
                     value,
                 });
-                touched.resources.push(r);
+                touched.resources.push((r, Priority::Issue));
             }
             EsiKey::State(r) => {
                 let Some(rtype) = self.managed_type(&r.plural) else {
@@ -490,7 +506,7 @@ impl World {
                     mod_rev: rev,
                     value,
                 });
-                touched.resources.push(r);
+                touched.resources.push((r, Priority::Issue));
             }
             EsiKey::HeatStack(r) => {
                 let Some(rtype) = self.managed_type(&r.plural) else {
@@ -505,7 +521,7 @@ impl World {
                     mod_rev: rev,
                     value,
                 });
-                touched.resources.push(r);
+                touched.resources.push((r, Priority::Issue));
             }
             EsiKey::JobState(r) => {
                 let Some(rtype) = self.managed_type(&r.plural) else {
@@ -520,7 +536,7 @@ impl World {
                     mod_rev: rev,
                     value,
                 });
-                touched.resources.push(r);
+                touched.resources.push((r, Priority::Issue));
             }
             EsiKey::Reconciler(r) => {
                 let Some(rtype) = self.managed_type(&r.plural) else {
@@ -541,7 +557,7 @@ impl World {
                     mod_rev: rev,
                     value,
                 });
-                touched.resources.push(r);
+                touched.resources.push((r, Priority::Issue));
             }
             EsiKey::Job(slot, id) => {
                 let Some(r) = self.resource_of_job(&id) else {
@@ -560,6 +576,12 @@ impl World {
                     .entry(id_str.clone())
                     .or_insert_with(|| JobEntry::new(id));
                 let mut reindex = None;
+                // The worker's result is in: collecting it comes first.
+                let own = if slot == JobSlot::Finished {
+                    Priority::Finish
+                } else {
+                    Priority::Issue
+                };
                 match slot {
                     JobSlot::All => {
                         let value = records::parse::<JobEnvelope>("job", &kv.value)
@@ -584,9 +606,11 @@ impl World {
                     JobSlot::Finished => {
                         job.finished = Some(rev);
                         // Whatever waits for this job may move on.
-                        touched
-                            .resources
-                            .extend(self.resources_waiting_for(&id_str));
+                        touched.resources.extend(
+                            self.resources_waiting_for(&id_str)
+                                .into_iter()
+                                .map(|w| (w, Priority::Release)),
+                        );
                     }
                 }
                 if let Some((old, new)) = reindex {
@@ -597,7 +621,7 @@ impl World {
                 if !e.jobs.contains(&id_str) {
                     e.jobs.push(id_str);
                 }
-                touched.resources.push(r);
+                touched.resources.push((r, own));
             }
         }
         touched
@@ -636,10 +660,7 @@ impl World {
         };
         f(e);
         self.prune(&r);
-        Touched {
-            resources: vec![r],
-            ..Touched::default()
-        }
+        Touched::one(r, Priority::Issue)
     }
 
     /// Applies a delete.
@@ -675,9 +696,11 @@ impl World {
                 let empty = job.is_empty();
                 if slot == JobSlot::All {
                     // Whatever waits for this job may move on.
-                    touched
-                        .resources
-                        .extend(self.resources_waiting_for(&id_str));
+                    touched.resources.extend(
+                        self.resources_waiting_for(&id_str)
+                            .into_iter()
+                            .map(|w| (w, Priority::Release)),
+                    );
                 }
                 self.index_job(&id_str, unindex.as_ref(), false);
                 if empty {
@@ -696,7 +719,14 @@ impl World {
                     }
                 }
                 if let Some(r) = self.resource_of_job(&id) {
-                    touched.resources.push(r);
+                    // A claim gone (the worker finished, or its lease
+                    // expired): its result, or the job, is to be taken back.
+                    let own = if slot == JobSlot::Working {
+                        Priority::Finish
+                    } else {
+                        Priority::Issue
+                    };
+                    touched.resources.push((r, own));
                 }
             }
         }
@@ -783,20 +813,61 @@ mod tests {
         (w, net.to_string())
     }
 
+    fn touched(t: &Touched, r: &ResourceRef) -> Vec<Priority> {
+        t.resources
+            .iter()
+            .filter(|(x, _)| x == r)
+            .map(|(_, p)| *p)
+            .collect()
+    }
+
     #[test]
     fn a_finished_job_touches_exactly_the_resources_waiting_for_it() {
         let (mut w, net) = waiting_world();
         let t = w.put(&kv(&format!("/jobs/finished/{net}"), json!(""), 5));
         let p1 = ResourceRef::new("ports", "p1");
-        assert!(t.resources.contains(&p1), "{:?}", t.resources);
-        assert!(!t.resources.contains(&ResourceRef::new("ports", "p2")));
+        // The job's own resource collects the result first; the one
+        // waiting on it may release its job.
+        assert_eq!(
+            touched(&t, &ResourceRef::new("networks", "n1")),
+            [Priority::Finish]
+        );
+        assert_eq!(touched(&t, &p1), [Priority::Release], "{:?}", t.resources);
+        assert!(touched(&t, &ResourceRef::new("ports", "p2")).is_empty());
+    }
+
+    #[test]
+    fn a_job_claim_going_away_is_a_finish_other_job_keys_are_issues() {
+        let (mut w, net) = waiting_world();
+        let n1 = ResourceRef::new("networks", "n1");
+        let t = w.put(&kv(&format!("/jobs/working/{net}"), json!("r"), 5));
+        assert_eq!(touched(&t, &n1), [Priority::Issue]);
+        let t = w.delete(&format!("/jobs/working/{net}"));
+        assert_eq!(touched(&t, &n1), [Priority::Finish]);
+        let t = w.put(&kv(
+            "/config/v2.0/ports/p2",
+            json!({"body": {"id": "p2"}, "version": 2}),
+            7,
+        ));
+        assert_eq!(
+            touched(&t, &ResourceRef::new("ports", "p2")),
+            [Priority::Issue]
+        );
     }
 
     #[test]
     fn a_deleted_job_touches_the_resources_waiting_for_it_and_leaves_no_index() {
         let (mut w, net) = waiting_world();
         let t = w.delete(&format!("/jobs/all/{net}"));
-        assert!(t.resources.contains(&ResourceRef::new("ports", "p1")));
+        assert_eq!(
+            touched(&t, &ResourceRef::new("ports", "p1")),
+            [Priority::Release]
+        );
+        // The reconciler's own tidying of the job: nothing to collect.
+        assert_eq!(
+            touched(&t, &ResourceRef::new("networks", "n1")),
+            [Priority::Issue]
+        );
         // Once the waiting job goes too, nothing is left indexed.
         let port = "create:heat_worker:port:p1:1:bbbbb";
         w.delete(&format!("/jobs/waiting/{port}"));
