@@ -66,6 +66,15 @@ impl ResourceRef {
     fn under(&self, prefix: &str) -> String {
         format!("{prefix}{}/{}", self.plural, self.id)
     }
+
+    /// A 64-bit hash of the resource, the same in every process and
+    /// version: what the phase book is keyed by and the resync is sliced
+    /// by. One-shot hashes (no streaming state to set up): the resync and
+    /// the phase gauges hash every resource every few seconds.
+    pub fn stable_hash(&self) -> u64 {
+        use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+        xxh3_64_with_seed(self.id.as_bytes(), xxh3_64(self.plural.as_bytes()))
+    }
     pub fn config_key(&self) -> String {
         self.under(CONFIG)
     }

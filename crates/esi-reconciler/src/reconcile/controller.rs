@@ -100,23 +100,14 @@ fn resync_slice(hash: u64, slices: u32) -> u32 {
     u32::try_from(wide.checked_shr(64).unwrap_or(0)).unwrap_or(0)
 }
 
-/// A stable hash of a resource (its plural and id, as the phase book
-/// hashes it): the same every tick, so each resource falls in the same
-/// slice of every period and is resynced exactly once per period.
-fn resource_hash(r: &ResourceRef) -> u64 {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    h.update(r.plural.as_bytes());
-    h.update(&[0]);
-    h.update(r.id.as_bytes());
-    h.digest()
-}
-
 /// The resources of the world resynced in `slice` of `slices`, read in
-/// place (no copy of the whole world per tick).
+/// place (no copy of the whole world per tick). A resource's stable hash
+/// is the same every tick, so it falls in the same slice of every period
+/// and is resynced exactly once per period.
 fn resync_due(w: &World, slice: u32, slices: u32) -> impl Iterator<Item = &ResourceRef> {
     w.resources()
         .map(|(r, _)| r)
-        .filter(move |r| resync_slice(resource_hash(r), slices) == slice)
+        .filter(move |r| resync_slice(r.stable_hash(), slices) == slice)
 }
 
 pub struct Controller {

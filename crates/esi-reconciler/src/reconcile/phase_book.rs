@@ -17,11 +17,7 @@ use super::sparse::Sparse;
 pub struct PhaseBook(HashMap<u64, Phase>);
 
 fn key(r: &ResourceRef) -> u64 {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    h.update(r.plural.as_bytes());
-    h.update(&[0]);
-    h.update(r.id.as_bytes());
-    h.digest()
+    r.stable_hash()
 }
 
 impl PhaseBook {
