@@ -106,8 +106,8 @@ fn resync_slice(hash: u64, slices: u32) -> u32 {
 /// and is resynced exactly once per period.
 fn resync_due(w: &World, slice: u32, slices: u32) -> impl Iterator<Item = &ResourceRef> {
     w.resources()
+        .filter(move |(_, e)| resync_slice(e.hash, slices) == slice)
         .map(|(r, _)| r)
-        .filter(move |r| resync_slice(r.stable_hash(), slices) == slice)
 }
 
 pub struct Controller {
@@ -533,10 +533,10 @@ impl Controller {
             let mut owned: i64 = 0;
             {
                 let phases = self.phases.lock().unwrap_or_else(|p| p.into_inner());
-                for (r, _) in w.resources() {
+                for (r, e) in w.resources() {
                     if view.owns(r) {
                         owned = owned.saturating_add(1);
-                        let phase = phases.get(r);
+                        let phase = phases.by_hash(e.hash);
                         let n = counts.entry(phase).or_default();
                         *n = n.saturating_add(1);
                     }

@@ -27,7 +27,12 @@ impl PhaseBook {
 
     /// The last phase planned for `r` (`Pending` before its first plan).
     pub fn get(&self, r: &ResourceRef) -> Phase {
-        self.0.get(&key(r)).copied().unwrap_or(Phase::Pending)
+        self.by_hash(key(r))
+    }
+
+    /// The same, by the resource's [`stable_hash`](ResourceRef::stable_hash).
+    pub fn by_hash(&self, hash: u64) -> Phase {
+        self.0.get(&hash).copied().unwrap_or(Phase::Pending)
     }
 
     /// Forgets every phase (a relist: each is planned again).

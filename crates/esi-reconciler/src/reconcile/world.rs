@@ -125,6 +125,11 @@ impl StatusSummary {
 #[derive(Debug, Clone, Default)]
 pub struct Entry {
     pub rtype: Arc<str>,
+    /// The resource's [`stable_hash`](ResourceRef::stable_hash), computed
+    /// once: the resync slices and the phase gauges go over every resource
+    /// every few seconds, and hashing the names each time was most of an
+    /// idle reconciler's CPU.
+    pub hash: u64,
     pub config: Option<Parsed<ConfigSummary>>,
     pub state: Option<Parsed<StateSummary>>,
     pub stack: Option<Parsed<StackSummary>>,
@@ -428,6 +433,7 @@ impl World {
     fn entry_mut(&mut self, r: &ResourceRef, rtype: Arc<str>) -> &mut Entry {
         self.resources.entry(r.clone()).or_insert_with(|| Entry {
             rtype,
+            hash: r.stable_hash(),
             ..Entry::default()
         })
     }

@@ -78,6 +78,15 @@ pub struct StoreStats {
     pub members: Gauge,
     /// Transactions sent, by what they do ([`Fenced::kind`](super::txn::Fenced::kind)).
     pub transactions: Family<WriteKind, Counter>,
+    /// Requests made, by kind (`get`, `txn`, `lease grant`, …; a retry
+    /// counts in `retries`, not again here).
+    pub requests: Family<RequestKind, Counter>,
+}
+
+/// The label of a request: what the client asked of etcd.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestKind {
+    pub request: &'static str,
 }
 
 /// The label of a transaction: which step of the protocol it is.
@@ -87,6 +96,10 @@ pub struct WriteKind {
 }
 
 impl StoreStats {
+    fn request(&self, request: &'static str) {
+        self.requests.get_or_create(&RequestKind { request }).inc();
+    }
+
     /// Counts one transaction of `kind` ("" counts as "other").
     pub fn transaction(&self, kind: &str) {
         let kind = if kind.is_empty() { "other" } else { kind };
@@ -119,6 +132,11 @@ impl StoreStats {
             self.healthy_members.clone(),
         );
         registry.register("etcd_members", "etcd members known", self.members.clone());
+        registry.register(
+            "etcd_requests",
+            "etcd requests made, by kind (unary calls; watches are streams)",
+            self.requests.clone(),
+        );
         registry.register(
             "etcd_transactions",
             "etcd transactions sent, by the step of the protocol they are (failed compares included)",
@@ -489,6 +507,7 @@ impl Etcd {
         F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
+        self.inner.stats.request(what);
         let total = self.inner.opts.request_timeout;
         let deadline = crate::clock::deadline_in(total).into_std();
         let mut delay = Duration::from_millis(25);

@@ -96,6 +96,10 @@ pub struct BenchReport {
     /// Transactions the reconciler(s) and worker sent in the cold start, per
     /// resource, by kind (from their metrics; failed compares included).
     pub transactions_per_resource: std::collections::BTreeMap<String, f64>,
+    /// Requests the reconciler(s) and the worker made in the cold start,
+    /// per resource, by kind (from their metrics).
+    pub requests_by_process:
+        std::collections::BTreeMap<String, std::collections::BTreeMap<String, f64>>,
     /// etcd revisions the cold start took, per resource: the writes the
     /// product actually made, the sim engine's stack records included.
     pub writes_per_resource_seen: f64,
@@ -259,28 +263,35 @@ fn processes(
     })
 }
 
-/// The transactions the processes serving `metrics` sent, by kind
-/// (`esi_*_etcd_transactions_total{kind=…}`, summed over processes).
-async fn transactions(metrics: &[String]) -> std::collections::BTreeMap<String, f64> {
+/// Samples `…{suffix}{label="x"} n` that the processes serving `metrics`
+/// expose, summed by the label's value (e.g. the transactions they sent by
+/// kind: `_etcd_transactions_total`, `kind`).
+async fn scrape_by_label(
+    metrics: &[String],
+    suffix: &str,
+    label: &str,
+) -> std::collections::BTreeMap<String, f64> {
     let mut out = std::collections::BTreeMap::new();
     for addr in metrics {
         if let Some((200, body)) = crate::scrape::fetch(addr, "/metrics").await {
-            for (kind, n) in transactions_by_kind(&body) {
-                *out.entry(kind).or_insert(0.0) += n;
+            for (value, n) in by_label(&body, suffix, label) {
+                *out.entry(value).or_insert(0.0) += n;
             }
         }
     }
     out
 }
 
-/// `…_etcd_transactions_total{kind="claim"} 12` samples, by kind.
-fn transactions_by_kind(body: &str) -> std::collections::BTreeMap<String, f64> {
+/// The samples of metrics named `…{suffix}` in `body`, summed by the value
+/// of `label`.
+fn by_label(body: &str, suffix: &str, label: &str) -> std::collections::BTreeMap<String, f64> {
     let mut out = std::collections::BTreeMap::new();
+    let prefix = format!("{label}=\"");
     for line in body.lines().filter(|l| !l.starts_with('#')) {
         let Some((name, rest)) = line.split_once('{') else {
             continue;
         };
-        if !name.ends_with("_etcd_transactions_total") {
+        if !name.ends_with(suffix) {
             continue;
         }
         let Some((labels, value)) = rest.split_once("} ") else {
@@ -288,13 +299,24 @@ fn transactions_by_kind(body: &str) -> std::collections::BTreeMap<String, f64> {
         };
         let kind = labels
             .split(',')
-            .find_map(|l| l.strip_prefix("kind=\""))
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
             .and_then(|k| k.strip_suffix('"'));
         if let (Some(k), Ok(v)) = (kind, value.trim().parse::<f64>()) {
             *out.entry(k.to_string()).or_insert(0.0) += v;
         }
     }
     out
+}
+
+/// Per resource: each count divided by the resources.
+fn per_resource(
+    counts: std::collections::BTreeMap<String, f64>,
+    resources: usize,
+) -> std::collections::BTreeMap<String, f64> {
+    counts
+        .into_iter()
+        .map(|(k, n)| (k, n / resources.max(1) as f64))
+        .collect()
 }
 
 /// The replica with the most resident memory.
@@ -529,11 +551,14 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         cpu(etcd.pid()) - etcd_cpu0,
     ];
     let requests = etcd_requests(&etcd).await;
-    rep.transactions_per_resource = transactions(&metrics)
-        .await
-        .into_iter()
-        .map(|(kind, n)| (kind, n / rep.resources.max(1) as f64))
-        .collect();
+    let transactions = scrape_by_label(&metrics, "_etcd_transactions_total", "kind").await;
+    rep.transactions_per_resource = per_resource(transactions, rep.resources);
+    let (reconcilers, worker) = metrics.split_at(metrics.len().saturating_sub(1));
+    for (process, addrs) in [("reconciler", reconcilers), ("worker", worker)] {
+        let requests = scrape_by_label(addrs, "_etcd_requests_total", "request").await;
+        rep.requests_by_process
+            .insert(process.into(), per_resource(requests, rep.resources));
+    }
     rep.requests_per_resource = requests
         .iter()
         .map(|(method, n)| {
@@ -793,6 +818,8 @@ pub fn table(r: &BenchReport) -> String {
         format!("cold start                    {:.1} s, {:.0} resources/s, {:.1} etcd writes per resource", r.cold_start_s, r.resources_per_s, r.writes_per_resource_seen),
         format!("etcd requests per resource    {}", requests_line(&r.requests_per_resource, "etcd's /metrics not readable")),
         format!("transactions per resource     {}", requests_line(&r.transactions_per_resource, "the product's metrics do not count them")),
+        format!("reconciler requests/resource  {}", requests_line(r.requests_by_process.get("reconciler").unwrap_or(&Default::default()), "not counted")),
+        format!("worker requests/resource      {}", requests_line(r.requests_by_process.get("worker").unwrap_or(&Default::default()), "not counted")),
         format!("cold start CPU                reconciler {:.1} s, worker {:.1} s, etcd {:.1} s", r.cold_start_cpu_s[0], r.cold_start_cpu_s[1], r.cold_start_cpu_s[2]),
         format!("etcd CPU per write            {:.3} ms in the limit ({:.3} ms loaded), {:.3} ms in the cold start", r.etcd_cpu_ms_per_write[0], r.etcd_cpu_ms_per_write[2], r.etcd_cpu_ms_per_write[1]),
         format!("ratio to the limit            {:.2} to the loaded store's (goal >= 0.8), {:.2} to the empty store's", r.ratio_to_limit, r.ratio_to_empty_limit),
@@ -828,7 +855,7 @@ esi_worker_etcd_transactions_total{kind=\"claim\"} 10\n\
 esi_reconciler_etcd_transactions_total{kind=\"issue_job\"} 4\n\
 esi_reconciler_etcd_transactions_total{kind=\"claim\"} 1\n\
 esi_reconciler_etcd_retries_total 3\n";
-        let m = transactions_by_kind(body);
+        let m = by_label(body, "_etcd_transactions_total", "kind");
         assert_eq!(m.get("claim"), Some(&11.0));
         assert_eq!(m.get("issue_job"), Some(&4.0));
         assert_eq!(m.len(), 2);
