@@ -98,6 +98,9 @@ pub struct BenchReport {
     pub transactions_per_resource: std::collections::BTreeMap<String, f64>,
     /// Requests the reconciler(s) and the worker made in the cold start,
     /// per resource, by kind (from their metrics).
+    /// Reconciles per resource in the cold start, by result (applied,
+    /// noop, deferred, conflict, error).
+    pub reconciles_per_resource: std::collections::BTreeMap<String, f64>,
     pub requests_by_process:
         std::collections::BTreeMap<String, std::collections::BTreeMap<String, f64>>,
     /// etcd revisions the cold start took, per resource: the writes the
@@ -554,6 +557,8 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let transactions = scrape_by_label(&metrics, "_etcd_transactions_total", "kind").await;
     rep.transactions_per_resource = per_resource(transactions, rep.resources);
     let (reconcilers, worker) = metrics.split_at(metrics.len().saturating_sub(1));
+    let reconciles = scrape_by_label(reconcilers, "_reconciles_total", "result").await;
+    rep.reconciles_per_resource = per_resource(reconciles, rep.resources);
     for (process, addrs) in [("reconciler", reconcilers), ("worker", worker)] {
         let requests = scrape_by_label(addrs, "_etcd_requests_total", "request").await;
         rep.requests_by_process
@@ -818,6 +823,7 @@ pub fn table(r: &BenchReport) -> String {
         format!("cold start                    {:.1} s, {:.0} resources/s, {:.1} etcd writes per resource", r.cold_start_s, r.resources_per_s, r.writes_per_resource_seen),
         format!("etcd requests per resource    {}", requests_line(&r.requests_per_resource, "etcd's /metrics not readable")),
         format!("transactions per resource     {}", requests_line(&r.transactions_per_resource, "the product's metrics do not count them")),
+        format!("reconciles per resource       {}", requests_line(&r.reconciles_per_resource, "not counted")),
         format!("reconciler requests/resource  {}", requests_line(r.requests_by_process.get("reconciler").unwrap_or(&Default::default()), "not counted")),
         format!("worker requests/resource      {}", requests_line(r.requests_by_process.get("worker").unwrap_or(&Default::default()), "not counted")),
         format!("cold start CPU                reconciler {:.1} s, worker {:.1} s, etcd {:.1} s", r.cold_start_cpu_s[0], r.cold_start_cpu_s[1], r.cold_start_cpu_s[2]),
