@@ -161,7 +161,11 @@ fn depths(types: &HashMap<String, TypeInfo>) -> HashMap<String, u32> {
             let mut seen = std::collections::HashSet::new();
             let mut todo = vec![t.as_str()];
             while let Some(cur) = todo.pop() {
-                for next in types.get(cur).into_iter().flat_map(|i| i.relations.values()) {
+                for next in types
+                    .get(cur)
+                    .into_iter()
+                    .flat_map(|i| i.relations.values())
+                {
                     if seen.insert(next.as_str()) {
                         todo.push(next.as_str());
                     }
@@ -225,7 +229,11 @@ mod tests {
         assert_eq!(s.depth("networks"), 0);
         assert_eq!(s.depth("subnets"), 1);
         assert_eq!(s.depth("ports"), 2, "its reference to itself aside");
-        assert_eq!((s.depth("as"), s.depth("bs")), (0, 0), "a cycle shares a depth");
+        assert_eq!(
+            (s.depth("as"), s.depth("bs")),
+            (0, 0),
+            "a cycle shares a depth"
+        );
         assert_eq!(s.depth("unknown"), 0);
         // The built-in schemas: a network lists its subnets and a subnet
         // names its network; ports come after both.

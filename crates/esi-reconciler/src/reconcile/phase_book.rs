@@ -13,16 +13,28 @@ use crate::esi::keys::ResourceRef;
 use super::plan::Phase;
 use super::sparse::Sparse;
 
+/// Each resource's last planned phase, with the world's
+/// [`changed`](super::world::Entry::changed) stamp it was planned at.
 #[derive(Default)]
-pub struct PhaseBook(HashMap<u64, Phase>);
+pub struct PhaseBook(HashMap<u64, (Phase, i64)>);
 
 fn key(r: &ResourceRef) -> u64 {
     r.stable_hash()
 }
 
 impl PhaseBook {
-    pub fn set(&mut self, r: &ResourceRef, phase: Phase) {
-        self.0.insert(key(r), phase);
+    pub fn set(&mut self, r: &ResourceRef, phase: Phase, changed: i64) {
+        self.0.insert(key(r), (phase, changed));
+    }
+
+    /// Whether the resource was last planned Converged from the world as it
+    /// still is (`changed` unchanged): planning it again would change
+    /// nothing, since the planner is pure and a converged plan does not
+    /// depend on the time. The resync skips it.
+    pub fn settled(&self, hash: u64, changed: i64) -> bool {
+        self.0
+            .get(&hash)
+            .is_some_and(|(p, at)| *p == Phase::Converged && *at == changed)
     }
 
     /// The last phase planned for `r` (`Pending` before its first plan).
@@ -32,7 +44,7 @@ impl PhaseBook {
 
     /// The same, by the resource's [`stable_hash`](ResourceRef::stable_hash).
     pub fn by_hash(&self, hash: u64) -> Phase {
-        self.0.get(&hash).copied().unwrap_or(Phase::Pending)
+        self.0.get(&hash).map_or(Phase::Pending, |(p, _)| *p)
     }
 
     /// Forgets every phase (a relist: each is planned again).
@@ -58,9 +70,12 @@ mod tests {
             ResourceRef::new("ports", "a"),
             ResourceRef::new("port", "sa"),
         );
-        b.set(&p1, Phase::Converged);
+        b.set(&p1, Phase::Converged, 7);
         assert_eq!((b.get(&p1), b.get(&p2)), (Phase::Converged, Phase::Pending));
-        b.set(&p2, Phase::Failed);
+        assert!(b.settled(p1.stable_hash(), 7));
+        assert!(!b.settled(p1.stable_hash(), 8), "changed since");
+        b.set(&p2, Phase::Failed, 7);
+        assert!(!b.settled(p2.stable_hash(), 7), "not converged");
         b.forget(&p1);
         assert_eq!((b.get(&p1), b.get(&p2)), (Phase::Pending, Phase::Failed));
     }

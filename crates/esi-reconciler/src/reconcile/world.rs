@@ -130,6 +130,9 @@ pub struct Entry {
     /// every few seconds, and hashing the names each time was most of an
     /// idle reconciler's CPU.
     pub hash: u64,
+    /// The revision of the last change that touched the resource: a plan
+    /// made since then, and settled, would be made again the same.
+    pub changed: i64,
     pub config: Option<Parsed<ConfigSummary>>,
     pub state: Option<Parsed<StateSummary>>,
     pub stack: Option<Parsed<StackSummary>>,
@@ -448,10 +451,16 @@ impl World {
     /// Applies one change from the mirror; says which resources (and
     /// which template) it touched.
     pub fn apply(&mut self, change: &Change) -> Touched {
-        match change {
-            Change::Put(kv) => self.put(kv),
-            Change::Delete { key, .. } => self.delete(key),
+        let (touched, revision) = match change {
+            Change::Put(kv) => (self.put(kv), kv.mod_revision),
+            Change::Delete { key, revision } => (self.delete(key), *revision),
+        };
+        for (r, _) in &touched.resources {
+            if let Some(e) = self.resources.get_mut(r) {
+                e.changed = e.changed.max(revision);
+            }
         }
+        touched
     }
 
     /// Applies a put.
@@ -788,6 +797,38 @@ mod tests {
             "is_first": true, "is_last": true, "on_failure": "fail",
             "dependency": dependency, "resource_input": {}, "params": []
         }, 0])
+    }
+
+    #[test]
+    fn every_change_to_a_resource_moves_its_stamp() {
+        let mut w = World::new(Arc::new(crate::esi::Catalog::load(None, None).unwrap()));
+        let r = ResourceRef::new("networks", "n1");
+        let changed = |w: &World| w.entry(&r).map(|e| e.changed);
+        w.apply(&Change::Put(kv(
+            "/config/v2.0/networks/n1",
+            json!({"body": {"id": "n1"}, "version": 1}),
+            5,
+        )));
+        assert_eq!(changed(&w), Some(5));
+        let id = "create:heat_worker:network:n1:1:aaaaa";
+        w.apply(&Change::Put(kv(
+            &format!("/jobs/all/{id}"),
+            job(id, "network", "n1", &[]),
+            9,
+        )));
+        assert_eq!(changed(&w), Some(9), "a job key of it");
+        w.apply(&Change::Delete {
+            key: format!("/jobs/all/{id}"),
+            revision: 12,
+        });
+        assert_eq!(changed(&w), Some(12));
+        // Another resource's change leaves it alone.
+        w.apply(&Change::Put(kv(
+            "/config/v2.0/networks/n2",
+            json!({"body": {"id": "n2"}, "version": 1}),
+            15,
+        )));
+        assert_eq!(changed(&w), Some(12));
     }
 
     /// A world with network n1's job in flight and port p1's job waiting
