@@ -116,8 +116,9 @@ impl Schemas {
 
     /// How far `plural`'s type is from the types it references: 0 for a
     /// type that references none, otherwise one more than the deepest type
-    /// it references (a cycle counts once). Work queued in this order
-    /// reaches a network before the subnets and ports that reference it.
+    /// it references, not counting references back into a cycle it is on
+    /// (they cannot order it). Work queued in this order reaches a network
+    /// before the subnets and ports that reference it.
     pub fn depth(&self, plural: &str) -> u32 {
         self.depth.get(plural).copied().unwrap_or(0)
     }
@@ -148,10 +149,10 @@ impl Schemas {
     }
 }
 
-/// [`Schemas::depth`] of every type, by plural. Types that reference each
-/// other in a cycle (a network listing its subnets, each subnet naming its
-/// network) share a depth; the others are one deeper than the deepest type
-/// outside their cycle they reference.
+/// [`Schemas::depth`] of every type, by plural. A reference to a type that
+/// reaches back (a network listing its subnets, each subnet naming its
+/// network) is not counted; every other reference makes a type one deeper
+/// than the type it references.
 fn depths(types: &HashMap<String, TypeInfo>) -> HashMap<String, u32> {
     // Which types each reaches through references (schemas have tens of
     // types: a search from each is cheap).
@@ -232,7 +233,7 @@ mod tests {
         assert_eq!(
             (s.depth("as"), s.depth("bs")),
             (0, 0),
-            "a cycle shares a depth"
+            "references within a cycle are not counted"
         );
         assert_eq!(s.depth("unknown"), 0);
         // The built-in schemas: a network lists its subnets and a subnet

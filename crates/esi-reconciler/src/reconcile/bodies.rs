@@ -20,35 +20,53 @@ pub type Body = Arc<Map<String, Value>>;
 /// cache started over every few thousand drafts and read them again.
 const CAPACITY: usize = 16_384;
 
+/// Bytes of bodies kept at most (as read: configs may be large).
+const MAX_BYTES: usize = 64 << 20;
+
+#[derive(Default)]
+struct Kept {
+    bodies: HashMap<String, (i64, Body, usize)>,
+    bytes: usize,
+}
+
 #[derive(Default)]
 pub struct ConfigBodies {
-    kept: Mutex<HashMap<String, (i64, Body)>>,
+    kept: Mutex<Kept>,
 }
 
 impl ConfigBodies {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (i64, Body)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Kept> {
         self.kept.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The body of the config at `key` if it is kept at `mod_rev`.
     pub fn get(&self, key: &str, mod_rev: i64) -> Option<Body> {
         self.lock()
+            .bodies
             .get(key)
-            .filter(|(rev, _)| *rev == mod_rev)
-            .map(|(_, b)| b.clone())
+            .filter(|(rev, ..)| *rev == mod_rev)
+            .map(|(_, b, _)| b.clone())
     }
 
-    /// Keeps the body of the config at `key` as read at `mod_rev`.
-    pub fn keep(&self, key: &str, mod_rev: i64, body: Body) {
+    /// Keeps the body of the config at `key` as read at `mod_rev`, from a
+    /// record of `bytes`.
+    pub fn keep(&self, key: &str, mod_rev: i64, body: Body, bytes: usize) {
         let mut kept = self.lock();
-        if kept.len() >= CAPACITY && !kept.contains_key(key) {
-            kept.clear();
+        if let Some((.., old)) = kept.bodies.remove(key) {
+            kept.bytes = kept.bytes.saturating_sub(old);
         }
-        kept.insert(key.to_string(), (mod_rev, body));
+        if kept.bodies.len() >= CAPACITY || kept.bytes.saturating_add(bytes) > MAX_BYTES {
+            *kept = Kept::default();
+        }
+        if bytes > MAX_BYTES {
+            return;
+        }
+        kept.bytes = kept.bytes.saturating_add(bytes);
+        kept.bodies.insert(key.to_string(), (mod_rev, body, bytes));
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().bodies.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -68,7 +86,7 @@ mod tests {
     #[test]
     fn a_body_is_found_only_at_the_revision_it_was_read_at() {
         let c = ConfigBodies::default();
-        c.keep("/n", 7, body(json!({"id": "n"})));
+        c.keep("/n", 7, body(json!({"id": "n"})), 10);
         assert_eq!(c.get("/n", 7).map(|b| b["id"].clone()), Some(json!("n")));
         // The world says the config changed since: read it again.
         assert!(c.get("/n", 9).is_none());
@@ -79,13 +97,16 @@ mod tests {
     fn a_full_cache_starts_over() {
         let c = ConfigBodies::default();
         for i in 0..CAPACITY {
-            c.keep(&format!("/k{i}"), 1, body(json!({})));
+            c.keep(&format!("/k{i}"), 1, body(json!({})), 2);
         }
         assert_eq!(c.len(), CAPACITY);
-        c.keep("/k0", 2, body(json!({})));
+        c.keep("/k0", 2, body(json!({})), 2);
         assert_eq!(c.len(), CAPACITY, "a kept key is replaced in place");
-        c.keep("/new", 1, body(json!({})));
+        c.keep("/new", 1, body(json!({})), 2);
         assert_eq!(c.len(), 1);
         assert!(c.get("/new", 1).is_some());
+        // Bytes bound it too: a body larger than the budget is not kept.
+        c.keep("/huge", 1, body(json!({})), MAX_BYTES + 1);
+        assert!(c.get("/huge", 1).is_none());
     }
 }

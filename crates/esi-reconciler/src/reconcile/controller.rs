@@ -660,7 +660,7 @@ impl Controller {
                 if p.hold.is_some() || p.needs_draft {
                     // Jobs in flight were tidied ahead of a job that has to
                     // wait: plan again once the world has these writes
-                    // (the hold is noted then, on the fresh status record).
+                    // (the hold is handled then, on the fresh status record).
                     self.queue.schedule(r.clone());
                 } else {
                     let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
@@ -714,6 +714,9 @@ impl Controller {
         // cannot be built or read is kept in our status record.
         if hold.cause != HoldCause::Waiting {
             self.executor.note_error(p, &hold.reason).await;
+        } else if !p.status.last_error.is_empty() {
+            // An error noted earlier no longer holds it up.
+            self.executor.note_error(p, "").await;
         }
         self.queue.schedule_after(r.clone(), self.error_delay(r));
         match hold.cause {

@@ -170,11 +170,9 @@ async fn referenced_config(
             Ok(c) => {
                 let body = Arc::new(c.body.fields);
                 if known.0 == Some(rec.mod_rev) {
-                    world
-                        .read()
-                        .await
-                        .bodies()
-                        .keep(&key, rec.mod_rev, body.clone());
+                    let bytes = rec.value.len();
+                    let w = world.read().await;
+                    w.bodies().keep(&key, rec.mod_rev, body.clone(), bytes);
                 }
                 Ok(Some(body))
             }

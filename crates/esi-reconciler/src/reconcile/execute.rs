@@ -365,8 +365,9 @@ impl<K: Kv> Executor<K> {
         }))
     }
 
-    /// Records why a resource waits or failed in its status (best effort,
-    /// fenced), so `get` shows why it is stuck. Writes only when the text
+    /// Records why a resource's job cannot be built or read, or why its
+    /// reconcile failed, in its status (best effort, fenced), so `get`
+    /// shows why it is stuck; `""` clears it. Writes only when the text
     /// changes.
     pub async fn note_error(&self, plan: &Plan, error: &str) {
         // Compared clipped, as stored: an unchanged long error is no news.

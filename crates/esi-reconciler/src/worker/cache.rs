@@ -10,11 +10,13 @@
 //!
 //! Why a cached record cannot mislead a job: each one comes with its mod
 //! revision, and the job's results are fenced on the revisions it used (see
-//! `job::JobRunner::finish`). A watch that lags behind the `ready/` watch
-//! (they are separate streams) can hand out an outdated template; the
-//! results' transaction then fails its compare, returns the current record
-//! with the answer, and the job is done again from it. The watch only keeps
-//! that rare.
+//! `job::JobRunner::finish_using`). A watch that lags behind the `ready/`
+//! watch (they are separate streams) can hand out an outdated template; the
+//! results' transaction then fails its compare, the outdated records are
+//! dropped, and the job is done again from fresh reads. A job that fails
+//! while preparing (a template that does not render, an output that is not
+//! there) is prepared once more from etcd before it is failed, in case a
+//! cached record was the cause. The watch only keeps all that rare.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -30,6 +32,8 @@ pub type Parsed<T> = Result<Arc<T>, String>;
 
 struct Entry<T> {
     mod_rev: i64,
+    /// The record's size, for the byte budget.
+    bytes: usize,
     /// The revision of the read that filled the entry: a delete at or
     /// before it is already reflected.
     as_of: i64,
@@ -43,8 +47,15 @@ pub struct Watched<T> {
     /// the store was reset): a read older than this is not kept.
     seen: i64,
     capacity: usize,
+    /// The records' bytes kept, and at most: records can be large (up to
+    /// the record limit), so the count alone does not bound the memory.
+    bytes: usize,
+    max_bytes: usize,
     parse: fn(&[u8]) -> Parsed<T>,
 }
+
+/// Bytes of records a cache keeps at most.
+pub const MAX_BYTES: usize = 64 << 20;
 
 impl<T> Watched<T> {
     pub fn new(capacity: usize, parse: fn(&[u8]) -> Parsed<T>) -> Self {
@@ -52,8 +63,16 @@ impl<T> Watched<T> {
             entries: HashMap::new(),
             seen: 0,
             capacity: capacity.max(1),
+            bytes: 0,
+            max_bytes: MAX_BYTES,
             parse,
         }
+    }
+
+    /// Forgets every record (the next job reads what it needs).
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
     }
 
     /// The mod revision and value of `key` if it is cached; `None`: read it.
@@ -63,7 +82,9 @@ impl<T> Watched<T> {
 
     /// Drops `key` (found outdated): the next job reads it.
     pub fn forget(&mut self, key: &str) {
-        self.entries.remove(key);
+        if let Some(e) = self.entries.remove(key) {
+            self.bytes = self.bytes.saturating_sub(e.bytes);
+        }
     }
 
     /// Keeps what a read of `key` at `revision` found, unless the watch is
@@ -79,15 +100,23 @@ impl<T> Watched<T> {
         {
             return parsed;
         }
-        if self.entries.len() >= self.capacity && !self.entries.contains_key(key) {
-            // Full: start again rather than track recency; the keys in use
-            // come back with one read each.
-            self.entries.clear();
+        self.forget(key);
+        let full = self.entries.len() >= self.capacity
+            || self.bytes.saturating_add(value.len()) > self.max_bytes;
+        if full {
+            // Start again rather than track recency; the keys in use come
+            // back with one read each.
+            self.clear();
         }
+        if value.len() > self.max_bytes {
+            return parsed;
+        }
+        self.bytes = self.bytes.saturating_add(value.len());
         self.entries.insert(
             key.to_string(),
             Entry {
                 mod_rev,
+                bytes: value.len(),
                 as_of: revision,
                 value: parsed.clone(),
             },
@@ -101,11 +130,11 @@ impl<T> Watched<T> {
             // The watch (re)starts after the list's revision: a read from
             // before it may miss a change the watch will not show.
             MirrorEvent::ListStart { revision, .. } => {
-                self.entries.clear();
+                self.clear();
                 self.seen = *revision;
             }
             MirrorEvent::StoreReset { .. } => {
-                self.entries.clear();
+                self.clear();
                 self.seen = 0;
             }
             MirrorEvent::ListEnd { revision } => self.seen = *revision,
@@ -126,13 +155,21 @@ impl<T> Watched<T> {
                 if let Some(e) = self.entries.get_mut(&kv.key)
                     && kv.mod_revision > e.mod_rev
                 {
+                    self.bytes = self
+                        .bytes
+                        .saturating_sub(e.bytes)
+                        .saturating_add(kv.value.len());
                     e.mod_rev = kv.mod_revision;
+                    e.bytes = kv.value.len();
                     e.value = (self.parse)(&kv.value);
+                    if self.bytes > self.max_bytes {
+                        self.clear();
+                    }
                 }
             }
             Change::Delete { key, revision } => {
                 if self.entries.get(key).is_some_and(|e| *revision > e.as_of) {
-                    self.entries.remove(key);
+                    self.forget(key);
                 }
             }
         }
@@ -201,6 +238,11 @@ impl<T: Send + Sync + 'static> Cache<T> {
     /// Drops `key`, found outdated by a failed compare.
     pub fn forget(&self, key: &str) {
         lock(&self.watched).forget(key);
+    }
+
+    /// Drops every record: a job failed from what the cache gave it.
+    pub fn forget_all(&self) {
+        lock(&self.watched).clear();
     }
 }
 
@@ -318,6 +360,25 @@ mod tests {
         assert!(w.is_empty());
         let _ = w.fill("/k", b"a", 1, 9);
         assert_eq!(value(&w, "/k").as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn large_records_are_bounded_by_bytes_too() {
+        let mut w = Watched::new(100, text);
+        w.max_bytes = 10;
+        let _ = w.fill("/a", b"aaaa", 1, 1);
+        let _ = w.fill("/b", b"bbbb", 1, 1);
+        assert_eq!(w.len(), 2);
+        // A third would pass the budget: start over.
+        let _ = w.fill("/c", b"cccc", 1, 1);
+        assert_eq!(w.len(), 1);
+        // One larger than the budget is used, never kept.
+        let got = w.fill("/d", b"ddddddddddddd", 1, 1);
+        assert!(got.is_ok());
+        assert!(w.get("/d").is_none());
+        // A watched update that grows past the budget empties it.
+        w.on_event(&put("/c", "cccccccccccc", 2));
+        assert!(w.is_empty());
     }
 
     #[test]

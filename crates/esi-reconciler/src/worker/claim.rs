@@ -45,9 +45,12 @@ pub enum Claimed {
 #[derive(Debug)]
 pub struct Unreadable {
     pub reason: String,
-    /// Undoes the claim: `working/` removed, `ready/` and `job_state` as
-    /// they were (fenced by the claim).
+    /// Undoes the claim: `working/` removed, `ready/` restored, and
+    /// `job_state` as it was, while it is still the claim's `{}`.
     undo: Fenced,
+    /// The same without `job_state`, for when something else wrote it
+    /// since the claim.
+    undo_queue: Fenced,
 }
 
 impl Unreadable {
@@ -55,7 +58,10 @@ impl Unreadable {
     /// protocol left it. The caller first makes sure it will not take the
     /// job again when `ready/` reappears.
     pub async fn give_back(&self, kv: &impl Kv) -> Result<bool, etcd_client::Error> {
-        Ok(kv.commit(&self.undo).await?.succeeded)
+        if kv.commit(&self.undo).await?.succeeded {
+            return Ok(true);
+        }
+        Ok(kv.commit(&self.undo_queue).await?.succeeded)
     }
 }
 
@@ -145,13 +151,22 @@ pub async fn claim(
                 state: state_key.map(|k| (k, got(Read::State).cloned())),
             })),
             Err(e) => {
-                let job_state = job_state_key.map(|k| match got(Read::JobState) {
-                    Some(before) => Op::put(k, before.value.clone()),
-                    None => Op::delete(k),
-                });
+                // What `job_state` was before the claim is known only from
+                // the claim's own answer (a claim found from its
+                // reservation read it after): otherwise the `{}` goes.
+                let before = got(Read::JobState).filter(|_| done.succeeded);
+                let mut undo = unclaim_txn(id, claim_rev, None);
+                if let Some(k) = job_state_key {
+                    undo.when.push(Cond::ModRev(k.clone(), claim_rev));
+                    undo.then.push(match before {
+                        Some(b) => Op::put(k, b.value.clone()),
+                        None => Op::delete(k),
+                    });
+                }
                 Claimed::Unreadable(Unreadable {
                     reason: e.to_string(),
-                    undo: unclaim_txn(id, claim_rev, job_state),
+                    undo,
+                    undo_queue: unclaim_txn(id, claim_rev, None),
                 })
             }
         },

@@ -101,6 +101,14 @@ impl<E: Engine> JobRunner<E> {
     pub async fn run(&self, c: &Claim, mut cancel: watch::Receiver<bool>) -> JobOutcome {
         match self.run_inner(c, &mut cancel).await {
             Ok(o) => o,
+            // etcd refused the request itself (too large, too many
+            // operations): giving the job back would only run it again.
+            Err(e) if !crate::store::cluster::is_retryable(&e) => {
+                let why = crate::store::client::describe(&e);
+                tracing::warn!(job = %c.id, error = %why, "etcd refused the job's writes; failing it");
+                self.fail(c, format!("etcd refused the job's writes: {why}"))
+                    .await
+            }
             Err(e) => {
                 // etcd trouble mid-job: give the job back if we still can.
                 tracing::warn!(job = %c.id, error = %crate::store::client::describe(&e), "job interrupted");
@@ -210,7 +218,16 @@ impl<E: Engine> JobRunner<E> {
         let r = Some(r);
         let (work, used) = match self.prepare(job).await {
             Ok(w) => w,
-            Err(reason) => return ended(self.finish(c, r, reason, None).await?),
+            Err(_) => {
+                // A cached record the watch has not brought up to date yet
+                // may be the cause: once more from etcd before failing.
+                self.templates.forget_all();
+                self.stacks.forget_all();
+                match self.prepare(job).await {
+                    Ok(w) => w,
+                    Err(reason) => return ended(self.finish(c, r, reason, None).await?),
+                }
+            }
         };
         let timeout_mins = match &work {
             Work::Apply(s) => s.timeout_mins,
@@ -510,11 +527,17 @@ impl<E: Engine> JobRunner<E> {
             }
         }
         ops.push(Op::put(c.id.slot_key(JobSlot::Finished), ""));
-        // The records the job was made from are still as it read them.
+        // The records the job was made from are still as it read them
+        // (compared only: their values are not sent back with the answer).
         let first_used = read.len();
+        let used: &[Used] = if used.len() > MAX_FENCED_RECORDS {
+            tracing::debug!(job = %c.id, records = used.len(), "made from too many records to fence on");
+            &[]
+        } else {
+            used
+        };
         for (key, rev) in used {
             compares.push(Cond::ModRev(key.clone(), *rev));
-            read.push(key.clone());
         }
         let done = self
             .client
@@ -543,9 +566,17 @@ impl<E: Engine> JobRunner<E> {
             .and_then(Option::as_ref)
             .is_some_and(|w| w.create_rev == c.claim_rev);
         if ours {
+            // Which record moved, if any: read only now (the rare case).
+            let keys: Vec<String> = used.iter().map(|(k, _)| k.clone()).collect();
+            let now = if keys.is_empty() {
+                vec![]
+            } else {
+                let check = Fenced::default().reading(keys).named("job_check");
+                self.client.commit(&check).await?.read
+            };
             let outdated: Vec<String> = used
                 .iter()
-                .zip(done.read.iter().skip(first_used))
+                .zip(now.iter())
                 .filter(|((_, rev), now)| now.as_ref().map_or(0, |n| n.mod_rev) != *rev)
                 .map(|((key, _), _)| key.clone())
                 .collect();
@@ -575,6 +606,11 @@ type Used = (String, i64);
 /// Times a job is done again because what it read changed meanwhile; the
 /// last time its results land regardless.
 const REDO_ATTEMPTS: u32 = 3;
+
+/// Records a job's results are fenced on at most (etcd allows 128
+/// operations a transaction by default): a job made from more lands like
+/// one whose records kept changing.
+const MAX_FENCED_RECORDS: usize = 64;
 
 /// How a job's stack operation went.
 enum Operated {

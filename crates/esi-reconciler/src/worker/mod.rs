@@ -333,10 +333,16 @@ async fn run_one<E: Engine>(
                 tracing::warn!(job = %id, reason = %u.reason, "job record does not parse; left as found");
                 metrics.finished("invalid");
                 back.skipped.add(&id.to_string());
-                if let Err(e) = u.give_back(client).await {
-                    // Still ours until our lease lapses; then the
-                    // reconciler puts it back.
-                    tracing::warn!(job = %id, error = %crate::store::client::describe(&e), "cannot give the job back");
+                // Ours (under the lease this process keeps renewing) until
+                // it is given back: keep trying while etcd is away.
+                let mut tries = 0u32;
+                while let Err(e) = u.give_back(client).await {
+                    tries = tries.saturating_add(1);
+                    if tries >= CLAIM_ATTEMPTS {
+                        tracing::error!(job = %id, error = %crate::store::client::describe(&e), "cannot give the job back; it stays claimed until this worker stops");
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 return;
             }
