@@ -389,35 +389,15 @@ async fn purge_deleted_removes_what_gohan_would() {
     assert_eq!(v["resources"][0]["phase"], "Converged", "{out}");
 }
 
-/// The worker keeps heat templates from a watch instead of reading one per
-/// job: a template changed after a job used it must be the one the next
-/// job renders (here, an output the new template adds shows up in the
-/// stack record of the network's next job).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_changed_template_is_what_the_next_job_renders() {
-    let etcd = TestEtcd::start().await;
-    load_reference_templates_named(&etcd, &["network"]).await;
-    let (_r, _w) = spawn_reconciler_and_worker(&etcd.url(), &[]);
-    let config = "/config/v2.0/networks/n-cache";
-    let state = "/state/v2.0/networks/n-cache";
-    let stack = "/esi-worker/heat_stacks/v2.0/networks/n-cache";
-    let put_network = |version: u64, name: &str| {
-        json!({"body": {"id": "n-cache", "name": name, "tenant_id": "t", "admin_state_up": true},
-               "version": version, "marked_for_deletion": false})
-    };
-    let markers = |v: &Value| -> Vec<Value> {
-        v["output"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|o| o["output_key"] == "marker")
-            .map(|o| o["output_value"].clone())
-            .collect()
-    };
-    etcd.put_json(config, &put_network(1, "a")).await;
-    wait_state(&etcd, state, 1, "CREATE_COMPLETED", WITHIN).await;
-    assert!(markers(&etcd.get_json(stack).await.unwrap()).is_empty());
-    // The template gains an output.
+/// A network's `/config` record (the fields the network template maps).
+fn network_config(id: &str, name: &str, version: u64) -> Value {
+    json!({"body": {"id": id, "name": name, "tenant_id": "t", "admin_state_up": true},
+           "version": version, "marked_for_deletion": false})
+}
+
+/// Adds an output `marker` (value `changed`) to the network template in
+/// etcd: its outputs are the template's last section.
+async fn add_marker_output_to_network_template(etcd: &TestEtcd) {
     let key = "/config/v2.0/heat_templates/network";
     let mut template = etcd.get_json(key).await.unwrap();
     let file = template["body"]["template_file"]
@@ -433,7 +413,39 @@ async fn a_changed_template_is_what_the_next_job_renders() {
         file.trim_end()
     ));
     etcd.put_json(key, &template).await;
-    etcd.put_json(config, &put_network(2, "b")).await;
+}
+
+/// The values of the `marker` output in a heat stack record.
+fn markers(stack: &Value) -> Vec<Value> {
+    stack["output"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|o| o["output_key"] == "marker")
+        .map(|o| o["output_value"].clone())
+        .collect()
+}
+
+/// The worker keeps heat templates from a watch instead of reading one per
+/// job: a template changed after a job used it must be the one the next
+/// job renders (here, an output the new template adds shows up in the
+/// stack record of the network's next job).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_template_is_what_the_next_job_renders() {
+    let etcd = TestEtcd::start().await;
+    load_reference_templates_named(&etcd, &["network"]).await;
+    let (_r, _w) = spawn_reconciler_and_worker(&etcd.url(), &[]);
+    let config = "/config/v2.0/networks/n-cache";
+    let state = "/state/v2.0/networks/n-cache";
+    let stack = "/esi-worker/heat_stacks/v2.0/networks/n-cache";
+    etcd.put_json(config, &network_config("n-cache", "a", 1))
+        .await;
+    wait_state(&etcd, state, 1, "CREATE_COMPLETED", WITHIN).await;
+    assert!(markers(&etcd.get_json(stack).await.unwrap()).is_empty());
+    // The template gains an output.
+    add_marker_output_to_network_template(&etcd).await;
+    etcd.put_json(config, &network_config("n-cache", "b", 2))
+        .await;
     wait_state(&etcd, state, 2, "MODIFY_COMPLETED", WITHIN).await;
     assert_eq!(
         markers(&etcd.get_json(stack).await.unwrap()),
@@ -453,8 +465,7 @@ async fn a_template_changed_during_a_job_makes_it_run_again() {
     let stack = "/esi-worker/heat_stacks/v2.0/networks/n-redo";
     etcd.put_json(
         "/config/v2.0/networks/n-redo",
-        &json!({"body": {"id": "n-redo", "name": "a", "tenant_id": "t", "admin_state_up": true},
-                "version": 1, "marked_for_deletion": false}),
+        &network_config("n-redo", "a", 1),
     )
     .await;
     // The sim engine's record exists once the worker rendered and started.
@@ -462,17 +473,7 @@ async fn a_template_changed_during_a_job_makes_it_run_again() {
         etcd.get("/~esi-sim/v1/stacks/network_n-redo").await
     })
     .await;
-    let key = "/config/v2.0/heat_templates/network";
-    let mut template = etcd.get_json(key).await.unwrap();
-    let file = template["body"]["template_file"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    template["body"]["template_file"] = json!(format!(
-        "{}\n  marker:\n    description: added\n    value: changed\n",
-        file.trim_end()
-    ));
-    etcd.put_json(key, &template).await;
+    add_marker_output_to_network_template(&etcd).await;
     wait_state(
         &etcd,
         "/state/v2.0/networks/n-redo",
@@ -482,12 +483,7 @@ async fn a_template_changed_during_a_job_makes_it_run_again() {
     )
     .await;
     let record = etcd.get_json(stack).await.unwrap();
-    let marker = record["output"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|o| o["output_key"] == "marker")
-        .map(|o| o["output_value"].clone());
+    let marker = markers(&record).first().cloned();
     assert_eq!(marker, Some(json!("changed")), "{record}");
 }
 
@@ -521,8 +517,7 @@ async fn an_unreadable_ready_job_is_given_back_untouched_and_not_retaken() {
     // bad one, and had time to take it again if it would.
     etcd.put_json(
         "/config/v2.0/networks/n-good",
-        &json!({"body": {"id": "n-good", "name": "g", "tenant_id": "t", "admin_state_up": true},
-                "version": 1, "marked_for_deletion": false}),
+        &network_config("n-good", "g", 1),
     )
     .await;
     wait_state(

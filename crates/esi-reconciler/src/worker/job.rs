@@ -529,7 +529,8 @@ impl<E: Engine> JobRunner<E> {
         ops.push(Op::put(c.id.slot_key(JobSlot::Finished), ""));
         // The records the job was made from are still as it read them
         // (compared only: their values are not sent back with the answer).
-        let first_used = read.len();
+        // `/state` comes back after `working/` when it was compared.
+        let state_read = read.len() > 1;
         let used: &[Used] = if used.len() > MAX_FENCED_RECORDS {
             tracing::debug!(job = %c.id, records = used.len(), "made from too many records to fence on");
             &[]
@@ -583,7 +584,7 @@ impl<E: Engine> JobRunner<E> {
             if !outdated.is_empty() {
                 return Ok(Finished::Outdated(outdated));
             }
-            let state = (first_used > 1).then(|| done.read.get(1).cloned().flatten());
+            let state = state_read.then(|| done.read.get(1).cloned().flatten());
             return Ok(Finished::StateMoved(state.flatten()));
         }
         tracing::warn!(job = %c.id, "claim lost before the results were written; writing nothing");

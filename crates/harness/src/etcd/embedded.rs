@@ -99,15 +99,10 @@ impl EtcdProcess {
         Ok(p)
     }
 
-    /// Starts etcd with a fresh data directory.
+    /// Starts etcd with a fresh data directory (data and log both inside a
+    /// temporary directory, so nothing is left behind).
     pub async fn start() -> Result<Self, EmbeddedError> {
-        let tmp = tempfile::Builder::new().prefix("esi-etcd-").tempdir()?;
-        // Data and log both inside the temporary directory, so nothing is
-        // left behind.
-        let dir = tmp.path().join("etcd");
-        let mut p = Self::start_in(&dir, free_port()?, free_port()?).await?;
-        p._tmp = Some(tmp);
-        Ok(p)
+        Self::start_with_flags(&[]).await
     }
 
     /// Starts etcd with a fresh data directory (removed on drop), appending
