@@ -437,7 +437,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
             .map(|n| n.get())
             .unwrap_or(0),
         mem_total_kib().unwrap_or(0) / 1024,
-        std::process::Command::new("etcd")
+        std::process::Command::new(crate::etcd::embedded::binary())
             .arg("--version")
             .output()
             .ok()

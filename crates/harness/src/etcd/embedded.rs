@@ -73,7 +73,9 @@ pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn binary() -> String {
+/// The etcd binary the harness starts: `ESI_ETCD_BINARY`, else `etcd` on
+/// the PATH.
+pub fn binary() -> String {
     std::env::var("ESI_ETCD_BINARY").unwrap_or_else(|_| "etcd".to_string())
 }
 
