@@ -4,170 +4,13 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use common::k8s::{ControlPlane, repo};
 use common::*;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// `export A=1 B=2` lines → pairs.
-fn parse_exports(text: &str) -> HashMap<String, String> {
-    text.split_whitespace()
-        .filter_map(|w| w.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.trim_matches(['"', '\'']).to_string()))
-        .collect()
-}
-
-/// Runs `tests/k8s/{script}` with `args` and `env`, asserts it succeeded,
-/// and returns what it exported (how these scripts hand their results on).
-async fn k8s_script(
-    script: &str,
-    args: &[&std::ffi::OsStr],
-    env: &HashMap<String, String>,
-) -> HashMap<String, String> {
-    let out = tokio::process::Command::new("bash")
-        .arg(repo().join("tests/k8s").join(script))
-        .args(args)
-        .envs(env)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{script} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    parse_exports(&String::from_utf8_lossy(&out.stdout))
-}
-
-struct ControlPlane {
-    dir: tempfile::TempDir,
-    tools: HashMap<String, String>,
-    kubeconfig: PathBuf,
-    server: String,
-}
-
-impl ControlPlane {
-    async fn up() -> ControlPlane {
-        let tools = k8s_script("build-tools.sh", &[], &HashMap::new()).await;
-        let dir = tempfile::Builder::new()
-            .prefix("esi-k8s-")
-            .tempdir()
-            .unwrap();
-        let up = [std::ffi::OsStr::new("up"), dir.path().as_os_str()];
-        let env = k8s_script("control-plane.sh", &up, &tools).await;
-        ControlPlane {
-            kubeconfig: dir.path().join("kubeconfig"),
-            server: env["ESI_K8S_SERVER"].clone(),
-            dir,
-            tools,
-        }
-    }
-
-    async fn run(&self, tool: &str, args: &[&str]) -> (bool, String, String) {
-        let out = tokio::process::Command::new(&self.tools[tool])
-            .args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .output()
-            .await
-            .unwrap();
-        outcome(&out)
-    }
-
-    async fn kubectl(&self, args: &[&str]) -> (bool, String, String) {
-        self.run("ESI_KUBECTL", args).await
-    }
-
-    async fn kubectl_ok(&self, args: &[&str]) -> String {
-        let (ok, out, err) = self.kubectl(args).await;
-        assert!(ok, "kubectl {args:?}: {err}");
-        out
-    }
-
-    async fn helm(&self, args: &[&str]) -> (bool, String, String) {
-        self.run("ESI_HELM", args).await
-    }
-
-    /// `helm template esi {chart}` with `flags` and each of `sets` as `--set`.
-    async fn helm_template(
-        &self,
-        chart: &str,
-        flags: &[&str],
-        sets: &[&str],
-    ) -> (bool, String, String) {
-        let mut args = vec!["template", "esi", chart];
-        args.extend(flags);
-        args.extend(sets.iter().flat_map(|s| ["--set", s]));
-        self.helm(&args).await
-    }
-
-    /// Waits until the API serves the CRD.
-    async fn wait_crd_established(&self) {
-        self.kubectl_ok(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/esiresources.esi.reconciler.dev",
-        ])
-        .await;
-    }
-
-    /// Annotates the mirror `name` in namespace esi: how users steer it.
-    async fn annotate(&self, name: &str, annotation: &str) {
-        self.kubectl_ok(&["annotate", "esr", "-n", "esi", name, annotation])
-            .await;
-    }
-
-    /// The names of the mirrors in namespace esi of type `rtype`, by label.
-    async fn esr_names_of_type(&self, rtype: &str) -> String {
-        let label = format!("esi.reconciler.dev/type={rtype}");
-        self.kubectl_ok(&["get", "esr", "-n", "esi", "-l", &label, "-o", "name"])
-            .await
-    }
-
-    /// The mirror `name` in `ns` as JSON, if it exists.
-    async fn esr(&self, ns: &str, name: &str) -> Option<Value> {
-        let (ok, out, _) = self
-            .kubectl(&["get", "esr", "-n", ns, name, "-o", "json"])
-            .await;
-        if ok {
-            serde_json::from_str(&out).ok()
-        } else {
-            None
-        }
-    }
-
-    /// A kubeconfig for `token` against this apiserver.
-    fn kubeconfig_for(&self, token: &str, path: &Path) {
-        let admin = std::fs::read_to_string(&self.kubeconfig).unwrap();
-        let ca = admin
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("certificate-authority-data: "))
-            .unwrap()
-            .to_string();
-        let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\n    namespace: esi\ncurrent-context: x\n",
-            self.server
-        );
-        std::fs::write(path, text).unwrap();
-    }
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("bash")
-            .arg(repo().join("tests/k8s/control-plane.sh"))
-            .arg("down")
-            .arg(self.dir.path())
-            .output();
-    }
-}
 
 /// A reconciler process that mirrors into Kubernetes through `kubeconfig`.
 fn reconciler_with_kube(etcd: &str, kubeconfig: &Path, extra: &[&str]) -> Proc {
@@ -576,18 +419,7 @@ async fn the_chart_installs_and_its_service_account_suffices() {
         &["--sim-latency-ms", "50"],
     ));
     let port = "db3bff62-cf93-48ce-8d6b-cfb2f7fd7dfc";
-    let row = eventually(
-        within,
-        "port db3bff62 Absent, v4, Converged in kubectl get esr -A",
-        || async {
-            let (_, out, _) = cp.kubectl(&["get", "esr", "-A"]).await;
-            out.lines()
-                .find(|l| l.contains(port))
-                .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
-                .filter(|r| r.get(7).is_some_and(|p| p == "Converged"))
-        },
-    )
-    .await;
+    let row = cp.converged_row(port, within).await;
     assert_eq!(
         &row[2..9],
         ["port", port, "Absent", "4", "4", "Converged", "0"],

@@ -208,15 +208,7 @@ async fn three_replicas_split_the_work_and_take_over_from_a_dead_one() {
     );
 
     // Every job ever created: no (action, type, id, version) twice.
-    let mut created: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
-    for (_, put, key, _) in recorder.events().await {
-        if put {
-            let job = key.trim_start_matches("/jobs/all/");
-            let name = job.rsplit_once(':').map(|(n, _)| n).unwrap_or(job);
-            created.entry(name.to_string()).or_default().insert(key);
-        }
-    }
-    let dups: Vec<_> = created.iter().filter(|(_, keys)| keys.len() > 1).collect();
+    let dups = recorder.duplicate_jobs().await;
     assert!(dups.is_empty(), "jobs issued twice: {dups:?}");
 }
 

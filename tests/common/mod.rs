@@ -11,6 +11,7 @@ use serde_json::Value;
 use tokio::process::Command;
 
 pub mod heat;
+pub mod k8s;
 pub mod keystone;
 pub mod pki;
 
@@ -390,6 +391,45 @@ impl Recorder {
             .filter(|(_, p, k, _)| *p == put && f(k))
             .map(|(r, ..)| r)
             .collect()
+    }
+
+    /// Of a recorder on `/jobs/all/`: the keys each job was created under,
+    /// by `type/id v<version> <action>`.
+    async fn job_keys(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+        let mut created: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for (_, put, key, _) in self.events().await {
+            let parsed = key
+                .trim_start_matches("/jobs/all/")
+                .parse::<esi_reconciler::esi::JobId>();
+            let (true, Ok(id)) = (put, parsed) else {
+                continue;
+            };
+            let job = format!(
+                "{}/{} v{} {}",
+                id.resource_type, id.resource_id, id.version, id.action
+            );
+            let keys = created.entry(job).or_default();
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        created
+    }
+
+    /// The jobs created under more than one key. A job key ends in a random
+    /// suffix, so a second key for the same job is a duplicate: what
+    /// fencing must never let through.
+    pub async fn duplicate_jobs(&self) -> Vec<(String, Vec<String>)> {
+        self.job_keys()
+            .await
+            .into_iter()
+            .filter(|(_, k)| k.len() > 1)
+            .collect()
+    }
+
+    /// How many distinct jobs were created.
+    pub async fn jobs_created(&self) -> usize {
+        self.job_keys().await.len()
     }
 }
 

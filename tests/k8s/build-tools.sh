@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the upstream binaries used by the loopback Kubernetes control plane
-# (tests/k8s/control-plane.sh): kube-apiserver, kubectl, etcd and helm, from the
+# (tests/k8s/control-plane.sh): kube-apiserver, kubectl, etcd and helm, and the
+# one-node cluster's kube-controller-manager, kube-scheduler and kubelet, from the
 # Go modules pinned under tests/k8s/tools/. Go is test tooling only.
 #
 #   eval "$(bash tests/k8s/build-tools.sh)"
@@ -10,7 +11,8 @@
 # A binary already in the cache is not rebuilt, so a second run takes well
 # under a second and runs no `go` command at all. Progress goes to stderr; the
 # only output on stdout is one `export ESI_KUBE_APISERVER=... ESI_KUBECTL=...
-# ESI_K8S_ETCD=... ESI_HELM=...` line.
+# ESI_K8S_ETCD=... ESI_HELM=... ESI_KUBE_CONTROLLER_MANAGER=... ESI_KUBE_SCHEDULER=...
+# ESI_KUBELET=...` line.
 #
 # Environment:
 #   ESI_TOOLS_CACHE  cache directory (default above)
@@ -81,6 +83,13 @@ build kube-apiserver "$k8s_ver" kubernetes k8s.io/kubernetes/cmd/kube-apiserver 
 apiserver="$built"
 build kubectl "$k8s_ver" kubernetes k8s.io/kubernetes/cmd/kubectl "$k8s_ldflags"
 kubectl="$built"
+# The one-node cluster of tests/pods.rs: pods need a node and the controllers.
+build kube-controller-manager "$k8s_ver" kubernetes k8s.io/kubernetes/cmd/kube-controller-manager "$k8s_ldflags"
+controller_manager="$built"
+build kube-scheduler "$k8s_ver" kubernetes k8s.io/kubernetes/cmd/kube-scheduler "$k8s_ldflags"
+scheduler="$built"
+build kubelet "$k8s_ver" kubernetes k8s.io/kubernetes/cmd/kubelet "$k8s_ldflags"
+kubelet="$built"
 build etcd "$etcd_ver" etcd . # main.go in tools/etcd; etcd stamps its own version
 etcd="$built"
 
@@ -96,5 +105,5 @@ done
 build helm "$helm_ver" helm helm.sh/helm/v3/cmd/helm "$helm_ldflags"
 helm="$built"
 
-printf 'export ESI_KUBE_APISERVER=%q ESI_KUBECTL=%q ESI_K8S_ETCD=%q ESI_HELM=%q\n' \
-    "$apiserver" "$kubectl" "$etcd" "$helm"
+printf 'export ESI_KUBE_APISERVER=%q ESI_KUBECTL=%q ESI_K8S_ETCD=%q ESI_HELM=%q ESI_KUBE_CONTROLLER_MANAGER=%q ESI_KUBE_SCHEDULER=%q ESI_KUBELET=%q\n' \
+    "$apiserver" "$kubectl" "$etcd" "$helm" "$controller_manager" "$scheduler" "$kubelet"

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # A private Kubernetes control plane on loopback for integration tests:
-# one etcd and one kube-apiserver, no kubelet, scheduler or controllers.
+# one etcd and one kube-apiserver; tests/k8s/node.sh adds a node to it (a kubelet,
+# the scheduler and the controllers). The serving certificate also names
+# 10.244.77.1, where the node's pods reach the host; the apiserver reaches
+# kubelets by their node name (localhost on that node).
 #
 #   tests/k8s/control-plane.sh up DIR     start (or report the running one)
 #   tests/k8s/control-plane.sh down DIR   stop; safe to repeat
@@ -110,7 +113,7 @@ make_pki() {
 basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth
-subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.96.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
+subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.96.0.1,IP:10.244.77.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
 EOF
         openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
             -days 3650 -extfile apiserver.ext -out apiserver.crt
@@ -262,6 +265,7 @@ up() {
         --service-account-signing-key-file="$dir/pki/sa.key" \
         --service-cluster-ip-range=10.96.0.0/24 \
         --endpoint-reconciler-type=none \
+        --kubelet-preferred-address-types=Hostname \
         --enable-priority-and-fairness=false \
         --profiling=false \
         </dev/null >"$dir/kube-apiserver.log" 2>&1 &

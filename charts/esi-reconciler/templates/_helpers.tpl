@@ -89,6 +89,9 @@ tls.crt and tls.key: with etcd --client-cert-auth its CN is the etcd user).
   value: /etc/esi/catalog/template_mappings.json
 {{- end }}
 {{- end }}
+{{- with .c.extraEnv }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
 {{- define "esi.volumeMounts" -}}

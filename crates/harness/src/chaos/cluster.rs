@@ -177,8 +177,8 @@ impl Cluster {
     }
 }
 
-/// The last lines of a member's log, on one line.
-/// A loopback TCP proxy in front of etcd that can cut every connection.
+/// A TCP proxy in front of etcd (or any loopback server) that can cut every
+/// connection.
 pub struct Proxy {
     port: u16,
     mode: watch::Sender<ProxyMode>,
@@ -198,8 +198,15 @@ pub enum ProxyMode {
 }
 
 impl Proxy {
+    /// A proxy on 127.0.0.1 to `upstream_port` there.
     pub async fn start(upstream_port: u16) -> std::io::Result<Proxy> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(std::net::Ipv4Addr::LOCALHOST.into(), upstream_port).await
+    }
+
+    /// A proxy listening on `listen` (a free port) to `upstream_port` on
+    /// 127.0.0.1: e.g. where a test's pods reach the host.
+    pub async fn start_on(listen: std::net::IpAddr, upstream_port: u16) -> std::io::Result<Proxy> {
+        let listener = tokio::net::TcpListener::bind((listen, 0)).await?;
         let port = listener.local_addr()?.port();
         let (mode, _) = watch::channel(ProxyMode::Up);
         let m = mode.clone();
@@ -240,6 +247,10 @@ impl Proxy {
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     pub fn cut(&self) {

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Builds the esi-reconciler image without a container engine or a registry:
+# an OCI image layout assembled with umoci (Debian's `umoci`), written as a
+# tarball that `ctr images import` (or `kind load image-archive`) takes.
+#
+#   tests/k8s/image.sh BINARY OUT.tar [TAG]
+#
+# The image has the layout of charts/Dockerfile's final stage, read from
+# that file so that the two cannot drift: the binary at the path its COPY
+# names, its USER, ENTRYPOINT, CMD and EXPOSE. Beside the binary go exactly
+# the shared libraries `ldd` lists for it (the Dockerfile's distroless base
+# has the same glibc), /etc/passwd and /etc/group with the user, the CA
+# bundle and a writable /tmp. The binary goes in without its debug
+# information. TAG defaults to the chart's appVersion; the
+# image is named esi-reconciler:TAG (docker.io/library/ once imported).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+dockerfile="$repo/charts/Dockerfile"
+chart="$repo/charts/esi-reconciler/Chart.yaml"
+
+[[ $# -ge 2 ]] || { echo "usage: $0 BINARY OUT.tar [TAG]" >&2; exit 2; }
+binary="$(realpath "$1")"
+out="$(realpath -m "$2")"
+tag="${3:-$(awk -F'"' '/^appVersion:/ {print $2}' "$chart")}"
+[[ -x "$binary" ]] || { echo "image.sh: $binary is not an executable" >&2; exit 1; }
+command -v umoci >/dev/null || { echo "image.sh: umoci is required (apt-get install umoci)" >&2; exit 1; }
+
+# The final stage of the Dockerfile: what follows its last FROM.
+final="$(awk '/^FROM /{buf=""} {buf = buf $0 "\n"} END {printf "%s", buf}' "$dockerfile")"
+field() { printf '%s' "$final" | awk -v k="$1" '$1 == k {sub("^" k " +", ""); print; exit}'; }
+dest="$(printf '%s' "$final" | awk '$1 == "COPY" {print $NF; exit}')"
+user="$(field USER)"
+expose="$(field EXPOSE)"
+# ENTRYPOINT/CMD in exec form: ["a", "b"] -> one word a line.
+words() { field "$1" | python3 -c 'import json,sys; print("\n".join(json.loads(sys.stdin.read())))'; }
+mapfile -t entrypoint < <(words ENTRYPOINT)
+mapfile -t cmd < <(words CMD)
+for v in dest user expose; do
+    [[ -n "${!v}" ]] || { echo "image.sh: no $v in the final stage of $dockerfile" >&2; exit 1; }
+done
+uid="${user%%:*}"
+gid="${user##*:}"
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+layout="$work/layout"
+umoci init --layout "$layout"
+umoci new --image "$layout:$tag"
+umoci unpack --rootless --image "$layout:$tag" "$work/bundle" >/dev/null
+root="$work/bundle/rootfs"
+
+mkdir -p "$(dirname "$root$dest")"
+# Without debug information (a debug build's is most of its size); the
+# symbols stay, for backtraces.
+if command -v strip >/dev/null; then
+    strip --strip-debug -o "$root$dest" "$binary"
+else
+    cp "$binary" "$root$dest"
+fi
+chmod 0755 "$root$dest"
+# The libraries the dynamic loader will look for, at the paths it found them,
+# with their modes (the loader itself must stay executable).
+ldd "$binary" | awk '/=> \// {print $3} /^\t\// {print $1}' | while read -r lib; do
+    install -D -m "$(stat -Lc %a "$lib")" "$(realpath "$lib")" "$root$lib"
+done
+mkdir -p "$root/etc/ssl/certs" "$root/tmp"
+chmod 1777 "$root/tmp"
+if [[ -f /etc/ssl/certs/ca-certificates.crt ]]; then
+    cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/"
+fi
+printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:%s:%s:nonroot:/home/nonroot:/sbin/nologin\n' "$uid" "$gid" >"$root/etc/passwd"
+printf 'root:x:0:\nnonroot:x:%s:\n' "$gid" >"$root/etc/group"
+
+umoci repack --image "$layout:$tag" "$work/bundle"
+args=(--image "$layout:$tag" --config.user "$user" --clear=config.entrypoint --clear=config.cmd)
+for w in "${entrypoint[@]}"; do args+=(--config.entrypoint "$w"); done
+for w in "${cmd[@]}"; do args+=(--config.cmd "$w"); done
+for p in $expose; do args+=(--config.exposedports "$p/tcp"); done
+umoci config "${args[@]}"
+umoci gc --layout "$layout"
+mkdir -p "$(dirname "$out")"
+(cd "$layout" && tar -cf "$out" .)
+echo "image.sh: esi-reconciler:$tag -> $out" >&2
