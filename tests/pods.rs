@@ -181,7 +181,12 @@ async fn the_chart_runs_on_a_real_node() {
     let victim = reconcilers[0].clone();
     cp.kubectl_ok(&["delete", "pod", "-n", NS, &victim, "--wait=false"])
         .await;
-    ready_pods(&cp, "reconciler", 3, std::slice::from_ref(&victim)).await;
+    let now = ready_pods(&cp, "reconciler", 3, std::slice::from_ref(&victim)).await;
+    let replacement = now
+        .iter()
+        .find(|p| !reconcilers.contains(p))
+        .expect("a replacement pod");
+    assert_json_logs(&cp, replacement, "registered as a reconciler replica").await;
     for i in 0..6 {
         new_port(&etcd, &format!("0000000{i}-aaaa-4bbb-8ccc-000000000001")).await;
     }

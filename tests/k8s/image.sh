@@ -80,6 +80,16 @@ for w in "${cmd[@]}"; do args+=(--config.cmd "$w"); done
 for p in $expose; do args+=(--config.exposedports "$p/tcp"); done
 umoci config "${args[@]}"
 umoci gc --layout "$layout"
+# The full name for importers (containerd's `ctr images import`, which kind
+# and minikube use): umoci's tag is only the tag.
+python3 - "$layout/index.json" "docker.io/library/esi-reconciler:$tag" <<'EOF'
+import json, sys
+path, name = sys.argv[1], sys.argv[2]
+index = json.load(open(path))
+for m in index["manifests"]:
+    m.setdefault("annotations", {})["io.containerd.image.name"] = name
+json.dump(index, open(path, "w"))
+EOF
 mkdir -p "$(dirname "$out")"
 (cd "$layout" && tar -cf "$out" .)
 echo "image.sh: esi-reconciler:$tag -> $out" >&2

@@ -4,7 +4,7 @@
 # kubelet, so that Deployments become real pods.
 #
 #   tests/k8s/node.sh up DIR          start, next to the control plane in DIR
-#   tests/k8s/node.sh load DIR TAR    import an OCI image tarball into the node
+#   tests/k8s/node.sh load DIR TAR    import an OCI image tarball (tests/k8s/image.sh's)
 #   tests/k8s/node.sh down DIR        stop and undo; safe to repeat
 #
 # Pods get their own network namespaces on a bridge this script makes
@@ -229,6 +229,8 @@ up() {
 
     # The pods' bridge, made here so that the host's address on it exists
     # before anything listens there.
+    # One left by a run that was killed before its teardown goes first.
+    ip link del "$BRIDGE" 2>/dev/null || true
     ip link add "$BRIDGE" type bridge
     ip addr add "$GATEWAY/24" dev "$BRIDGE"
     ip link set "$BRIDGE" up
@@ -347,7 +349,8 @@ load() {
     dir="$(cd "$dir" && pwd)"
     node="$dir/node"
     [[ -S "$node/containerd.sock" ]] || { log "no node running in $node"; exit 1; }
-    ctr_ images import --base-name docker.io/library/esi-reconciler "$1" >&2
+    # The image names itself (image.sh writes its full name in the index).
+    ctr_ images import "$1" >&2
 }
 
 [[ $# -ge 2 ]] || usage
