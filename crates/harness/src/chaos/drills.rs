@@ -42,12 +42,13 @@ pub enum Drill {
     EtcdMemberFreeze,
     EtcdPartition,
     EtcdRestore,
+    EtcdQuorumLoss,
     ReplicaKill,
     ReplicaFreeze,
 }
 
 impl Drill {
-    pub const ALL: [Drill; 19] = [
+    pub const ALL: [Drill; 20] = [
         Drill::WorkerKill,
         Drill::ReconcilerKill,
         Drill::JobKeysDeleted,
@@ -65,6 +66,7 @@ impl Drill {
         Drill::EtcdMemberFreeze,
         Drill::EtcdPartition,
         Drill::EtcdRestore,
+        Drill::EtcdQuorumLoss,
         Drill::ReplicaKill,
         Drill::ReplicaFreeze,
     ];
@@ -88,6 +90,7 @@ impl Drill {
             Drill::EtcdMemberFreeze => "etcd-member-freeze",
             Drill::EtcdPartition => "etcd-partition",
             Drill::EtcdRestore => "etcd-restore",
+            Drill::EtcdQuorumLoss => "etcd-quorum-loss",
             Drill::ReplicaKill => "replica-kill",
             Drill::ReplicaFreeze => "replica-freeze",
         }
@@ -121,7 +124,10 @@ pub fn setup(name: Drill) -> Setup {
     match name {
         Drill::TwoReconcilers => s.reconcilers = 2,
         Drill::NetworkCut => s.worker_via_proxy = true,
-        Drill::EtcdLeaderKill | Drill::EtcdMemberFreeze | Drill::EtcdRestore => s.etcd_members = 3,
+        Drill::EtcdLeaderKill
+        | Drill::EtcdMemberFreeze
+        | Drill::EtcdRestore
+        | Drill::EtcdQuorumLoss => s.etcd_members = 3,
         Drill::EtcdPartition => {
             s.etcd_members = 3;
             s.all_via_proxy = true;
@@ -538,6 +544,24 @@ pub async fn inject(name: Drill, c: &mut Ctx) -> anyhow::Result<()> {
                 t.elapsed().as_secs_f64()
             ));
         }
+        Drill::EtcdQuorumLoss => {
+            c.bump(10).await?;
+            c.wait_key("/jobs/working/").await?;
+            // The leader and one more: the last member alone is no quorum,
+            // so nothing can be read linearizably or written, and leases
+            // neither renew nor expire, until they come back.
+            let leader = c.cluster.etcd.wait_leader(c.within).await?;
+            let other = (leader + 1) % 3;
+            c.cluster.etcd.kill(leader).await;
+            c.cluster.etcd.kill(other).await;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            c.cluster.etcd.restart(leader).await?;
+            c.cluster.etcd.restart(other).await?;
+            c.bump(10).await?;
+            c.notes.push(format!(
+                "etcd members m{leader} (the leader) and m{other} SIGKILLed mid-jobs: no quorum for 10 s, then both restarted"
+            ));
+        }
         Drill::ReplicaKill => {
             let split = owned_split(c).await;
             let mut victim = c.cluster.reconcilers.remove(0);
@@ -593,9 +617,14 @@ pub async fn after(name: Drill, c: &mut Ctx) -> Vec<String> {
         sum
     };
     match name {
-        Drill::EtcdLeaderKill | Drill::EtcdMemberFreeze | Drill::EtcdPartition => {
+        Drill::EtcdLeaderKill
+        | Drill::EtcdMemberFreeze
+        | Drill::EtcdPartition
+        | Drill::EtcdQuorumLoss => {
+            // A member down costs no job; with no quorum at all, jobs may
+            // fail (and are retried): counted, not a failure.
             let failed = worker_failed(c).await;
-            if failed > 0.0 {
+            if failed > 0.0 && name != Drill::EtcdQuorumLoss {
                 failures.push(format!(
                     "{failed} jobs failed while an etcd member was down"
                 ));
@@ -613,7 +642,7 @@ pub async fn after(name: Drill, c: &mut Ctx) -> Vec<String> {
             let retries = sum_over(c, "esi_reconciler_etcd_retries_total").await
                 + sum_over(c, "esi_worker_etcd_retries_total").await;
             c.notes.push(format!(
-                "no job failed; {failovers} failovers, {retries} requests retried, {errors} reconciles failed on etcd"
+                "{failed} jobs failed; {failovers} failovers, {retries} requests retried, {errors} reconciles failed on etcd"
             ));
         }
         Drill::EtcdRestore => {
