@@ -88,10 +88,18 @@ async fn ready_pods(cp: &ControlPlane, component: &str, n: usize, not: &[String]
     .await
 }
 
-/// Every line the pod logged is a JSON object with a level and a message.
+/// The pod says `must_say` (within a minute), and every line it logged is a
+/// JSON object with a level and a message.
 async fn assert_json_logs(cp: &ControlPlane, pod: &str, must_say: &str) {
-    let logs = cp.kubectl_ok(&["logs", "-n", NS, pod]).await;
-    assert!(!logs.trim().is_empty(), "{pod} logged nothing");
+    let logs = eventually(
+        Duration::from_secs(60),
+        &format!("{pod} logging {must_say:?}"),
+        || async {
+            let (_, logs, _) = cp.kubectl(&["logs", "-n", NS, pod]).await;
+            logs.contains(must_say).then_some(logs)
+        },
+    )
+    .await;
     for line in logs.lines().filter(|l| !l.trim().is_empty()) {
         let v: Value = serde_json::from_str(line)
             .unwrap_or_else(|e| panic!("{pod} logged a line that is not JSON ({e}): {line}"));
@@ -100,10 +108,6 @@ async fn assert_json_logs(cp: &ControlPlane, pod: &str, must_say: &str) {
             "{pod}: {line}"
         );
     }
-    assert!(
-        logs.contains(must_say),
-        "{pod} never said {must_say:?}:\n{logs}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,6 +141,7 @@ async fn the_chart_runs_on_a_real_node() {
     ])
     .to_string();
     let api_env = format!("reconciler.extraEnv={api_env}");
+    let worker_env = r#"worker.extraEnv=[{"name":"ESI_TEST_MARK","value":"extra"}]"#;
     let (ok, out, err) = cp
         .helm(&[
             "install",
@@ -153,6 +158,8 @@ async fn the_chart_runs_on_a_real_node() {
             "worker.sim.latencyMs=50",
             "--set-json",
             &api_env,
+            "--set-json",
+            worker_env,
             "--wait",
             "--timeout=180s",
         ])
@@ -162,6 +169,21 @@ async fn the_chart_runs_on_a_real_node() {
     // their probes.
     let reconcilers = ready_pods(&cp, "reconciler", 3, &[]).await;
     let workers = ready_pods(&cp, "worker", 1, &[]).await;
+    let env = cp
+        .kubectl_ok(&[
+            "get",
+            "pod",
+            "-n",
+            NS,
+            &workers[0],
+            "-o",
+            "jsonpath={.spec.containers[0].env}",
+        ])
+        .await;
+    assert!(
+        env.contains("ESI_TEST_MARK"),
+        "worker.extraEnv not set: {env}"
+    );
 
     // The seed story converges, mirrored by the pods with their
     // ServiceAccount (nothing else writes EsiResources here).
@@ -196,8 +218,12 @@ async fn the_chart_runs_on_a_real_node() {
         assert_eq!(&row[4..6], ["Present", "1"], "{row:?}");
     }
 
+    // The seed's job and the six ports' jobs, each once.
+    let jobs_before = jobs.jobs_created().await;
+    assert!(jobs_before >= 7, "{jobs_before} jobs");
+
     // helm upgrade with a changed value rolls the pods; the story stays
-    // converged and new work still converges.
+    // converged (the new pods issue no job for it) and new work converges.
     let before = pods(&cp, "reconciler").await;
     let (ok, out, err) = cp
         .helm(&[
@@ -234,6 +260,11 @@ async fn the_chart_runs_on_a_real_node() {
     new_port(&etcd, "00000010-aaaa-4bbb-8ccc-000000000001").await;
     cp.converged_row("00000010-aaaa-4bbb-8ccc-000000000001", within)
         .await;
+    assert_eq!(
+        jobs.jobs_created().await,
+        jobs_before + 1,
+        "after the roll, only the new port's job"
+    );
     let dups = jobs.duplicate_jobs().await;
     assert!(dups.is_empty(), "jobs issued twice: {dups:?}");
 
@@ -261,6 +292,11 @@ async fn the_chart_runs_on_a_real_node() {
     .await;
     cp.kubectl_ok(&["get", "crd", "esiresources.esi.reconciler.dev"])
         .await;
+    let left = cp.kubectl_ok(&["get", "esr", "-n", NS, "-o", "name"]).await;
+    assert!(
+        !left.trim().is_empty(),
+        "the EsiResources are data, kept with the CRD"
+    );
 }
 
 /// The image image.sh builds has the layout charts/Dockerfile declares:
@@ -305,7 +341,13 @@ async fn the_image_has_the_dockerfiles_layout() {
     assert_eq!(config["Cmd"], exec_form("CMD"));
     let ports: Vec<String> = line("EXPOSE")
         .split_whitespace()
-        .map(|p| format!("{p}/tcp"))
+        .map(|p| {
+            if p.contains('/') {
+                p.to_string()
+            } else {
+                format!("{p}/tcp")
+            }
+        })
         .collect();
     for p in &ports {
         assert!(

@@ -199,11 +199,17 @@ impl Node {
     pub async fn up(cp: &ControlPlane) -> Node {
         let up = [std::ffi::OsStr::new("up"), cp.dir.path().as_os_str()];
         let env = k8s_script("node.sh", &up, &cp.tools).await;
-        Node {
+        // Made before anything else can fail, so that drop takes it down.
+        let mut node = Node {
             dir: cp.dir.path().to_path_buf(),
             tools: cp.tools.clone(),
-            gateway: env["ESI_NODE_GATEWAY"].parse().unwrap(),
-        }
+            gateway: std::net::Ipv4Addr::UNSPECIFIED.into(),
+        };
+        node.gateway = env
+            .get("ESI_NODE_GATEWAY")
+            .and_then(|g| g.parse().ok())
+            .unwrap_or_else(|| panic!("node.sh up named no gateway: {env:?}"));
+        node
     }
 
     /// Imports an OCI image tarball into the node's containerd.

@@ -394,19 +394,20 @@ impl Recorder {
     }
 
     /// Of a recorder on `/jobs/all/`: the keys each job was created under,
-    /// by `type/id v<version> <action>`.
+    /// by `type/id v<version> <action> by <handler>`.
     async fn job_keys(&self) -> std::collections::BTreeMap<String, Vec<String>> {
         let mut created: std::collections::BTreeMap<String, Vec<String>> = Default::default();
         for (_, put, key, _) in self.events().await {
-            let parsed = key
-                .trim_start_matches("/jobs/all/")
-                .parse::<esi_reconciler::esi::JobId>();
-            let (true, Ok(id)) = (put, parsed) else {
+            if !put {
                 continue;
-            };
+            }
+            let id: esi_reconciler::esi::JobId = key
+                .trim_start_matches("/jobs/all/")
+                .parse()
+                .unwrap_or_else(|e| panic!("a job key that does not parse: {key}: {e:?}"));
             let job = format!(
-                "{}/{} v{} {}",
-                id.resource_type, id.resource_id, id.version, id.action
+                "{}/{} v{} {} by {}",
+                id.resource_type, id.resource_id, id.version, id.action, id.handler
             );
             let keys = created.entry(job).or_default();
             if !keys.contains(&key) {

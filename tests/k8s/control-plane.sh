@@ -37,13 +37,7 @@ usage() {
 
 log() { echo "control-plane: $*" >&2; }
 
-# alive PID: the process exists and is one of ours (its command line names
-# $dir, which guards against a recycled pid).
-alive() {
-    local cmdline
-    cmdline="$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null)" || return 1
-    [[ "$cmdline" == *"$dir/"* ]]
-}
+. "$here/lib.sh"
 
 running() {
     [[ -s "$dir/pids" ]] || return 1
@@ -54,46 +48,7 @@ running() {
 }
 
 stop() {
-    [[ -f "$dir/pids" ]] || return 0
-    local pid pids
-    pids="$(tac "$dir/pids")" # apiserver before etcd
-    for pid in $pids; do
-        alive "$pid" || continue
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 1 100); do # up to 10 s, then SIGKILL
-            alive "$pid" || break
-            sleep 0.1
-        done
-        if alive "$pid"; then
-            kill -KILL "$pid" 2>/dev/null || true
-            sleep 0.2
-        fi
-    done
-    rm -f "$dir/pids"
-}
-
-# Three distinct free ports on 127.0.0.1 (held open together while choosing).
-free_ports() {
-    if command -v python3 >/dev/null 2>&1; then
-        python3 - <<'EOF'
-import socket
-socks = []
-for _ in range(3):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-    else
-        # No python3: random high ports that refuse a connection right now.
-        local ports=() p
-        while ((${#ports[@]} < 3)); do
-            p=$((20000 + RANDOM % 30000))
-            [[ " ${ports[*]-} " == *" $p "* ]] && continue
-            if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then ports+=("$p"); fi
-        done
-        echo "${ports[*]}"
-    fi
+    stop_pids "$dir/pids" # apiserver before etcd
 }
 
 make_pki() {
@@ -178,26 +133,6 @@ ready() {
         -H "Authorization: Bearer $ESI_K8S_TOKEN" "$ESI_K8S_SERVER/readyz" 2>/dev/null)" == ok ]]
 }
 
-# wait_for NAME PID DEADLINE CHECK...: poll CHECK until it succeeds; fail if
-# the process exits or the deadline (in $SECONDS) passes.
-wait_for() {
-    local name="$1" pid="$2" deadline="$3"
-    shift 3
-    until "$@"; do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            log "$name exited during startup; last lines of $dir/$name.log:"
-            tail -n 30 "$dir/$name.log" >&2
-            return 1
-        fi
-        if ((SECONDS >= deadline)); then
-            log "$name not ready after ${READY_TIMEOUT}s; last lines of $dir/$name.log:"
-            tail -n 30 "$dir/$name.log" >&2
-            return 1
-        fi
-        sleep 0.25
-    done
-}
-
 etcd_healthy() {
     [[ "$(curl -fsS --max-time 2 "http://127.0.0.1:$1/health" 2>/dev/null)" == *'"health":"true"'* ]]
 }
@@ -226,7 +161,7 @@ up() {
     (umask 077 && printf '%s,admin,admin,"system:masters"\n' "$token" >"$dir/tokens.csv")
 
     local etcd_port peer_port api_port
-    read -r etcd_port peer_port api_port <<<"$(free_ports)"
+    read -r etcd_port peer_port api_port <<<"$(free_ports 3)"
     local server="https://127.0.0.1:$api_port"
     trap 'stop' EXIT # on any failure below, stop what was started
 
@@ -246,7 +181,7 @@ up() {
         </dev/null >"$dir/etcd.log" 2>&1 &
     local etcd_pid=$!
     echo "$etcd_pid" >"$dir/pids"
-    wait_for etcd "$etcd_pid" $((SECONDS + READY_TIMEOUT)) etcd_healthy "$etcd_port"
+    wait_for etcd "$etcd_pid" $((SECONDS + READY_TIMEOUT)) "$dir/etcd.log" etcd_healthy "$etcd_port"
 
     log "starting kube-apiserver on $server"
     setsid "$ESI_KUBE_APISERVER" \
@@ -273,7 +208,7 @@ up() {
     echo "$api_pid" >>"$dir/pids"
 
     write_outputs "$server" "$token"
-    wait_for kube-apiserver "$api_pid" $((SECONDS + READY_TIMEOUT)) ready
+    wait_for kube-apiserver "$api_pid" $((SECONDS + READY_TIMEOUT)) "$dir/kube-apiserver.log" ready
     trap - EXIT
     log "ready in ${SECONDS}s: $server (env: $dir/env)"
     print_env

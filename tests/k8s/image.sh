@@ -23,7 +23,8 @@ chart="$repo/charts/esi-reconciler/Chart.yaml"
 [[ $# -ge 2 ]] || { echo "usage: $0 BINARY OUT.tar [TAG]" >&2; exit 2; }
 binary="$(realpath "$1")"
 out="$(realpath -m "$2")"
-tag="${3:-$(awk -F'"' '/^appVersion:/ {print $2}' "$chart")}"
+tag="${3:-$(awk '/^appVersion:/ {gsub(/["'"'"']/, "", $2); print $2}' "$chart")}"
+[[ -n "$tag" ]] || { echo "image.sh: no TAG given and no appVersion in $chart" >&2; exit 1; }
 [[ -x "$binary" ]] || { echo "image.sh: $binary is not an executable" >&2; exit 1; }
 command -v umoci >/dev/null || { echo "image.sh: umoci is required (apt-get install umoci)" >&2; exit 1; }
 
@@ -34,12 +35,16 @@ dest="$(printf '%s' "$final" | awk '$1 == "COPY" {print $NF; exit}')"
 user="$(field USER)"
 expose="$(field EXPOSE)"
 # ENTRYPOINT/CMD in exec form: ["a", "b"] -> one word a line.
-words() { field "$1" | python3 -c 'import json,sys; print("\n".join(json.loads(sys.stdin.read())))'; }
-mapfile -t entrypoint < <(words ENTRYPOINT)
-mapfile -t cmd < <(words CMD)
-for v in dest user expose; do
-    [[ -n "${!v}" ]] || { echo "image.sh: no $v in the final stage of $dockerfile" >&2; exit 1; }
+# (Absent: nothing; not a JSON list: an error.)
+words() { field "$1" | python3 -c 'import json,sys; t=sys.stdin.read().strip(); print("\n".join(json.loads(t)) if t else "")'; }
+entrypoint_words="$(words ENTRYPOINT)"
+cmd_words="$(words CMD)"
+mapfile -t entrypoint <<<"$entrypoint_words"
+mapfile -t cmd <<<"$cmd_words"
+for v in dest user expose entrypoint_words; do
+    [[ -n "${!v}" ]] || { echo "image.sh: no ${v%_words} in the final stage of $dockerfile (ENTRYPOINT and CMD in exec form)" >&2; exit 1; }
 done
+[[ "$user" =~ ^[0-9]+:[0-9]+$ ]] || { echo "image.sh: USER must be numeric uid:gid, not $user" >&2; exit 1; }
 uid="${user%%:*}"
 gid="${user##*:}"
 
@@ -62,7 +67,9 @@ fi
 chmod 0755 "$root$dest"
 # The libraries the dynamic loader will look for, at the paths it found them,
 # with their modes (the loader itself must stay executable).
-ldd "$binary" | awk '/=> \// {print $3} /^\t\// {print $1}' | while read -r lib; do
+# (A static binary has none: ldd then fails, and the list is empty.)
+mapfile -t libs < <({ ldd "$binary" 2>/dev/null || true; } | awk '/=> \// {print $3} /^\t\// {print $1}')
+for lib in "${libs[@]}"; do
     install -D -m "$(stat -Lc %a "$lib")" "$(realpath "$lib")" "$root$lib"
 done
 mkdir -p "$root/etc/ssl/certs" "$root/tmp"
@@ -76,8 +83,11 @@ printf 'root:x:0:\nnonroot:x:%s:\n' "$gid" >"$root/etc/group"
 umoci repack --image "$layout:$tag" "$work/bundle"
 args=(--image "$layout:$tag" --config.user "$user" --clear=config.entrypoint --clear=config.cmd)
 for w in "${entrypoint[@]}"; do args+=(--config.entrypoint "$w"); done
-for w in "${cmd[@]}"; do args+=(--config.cmd "$w"); done
-for p in $expose; do args+=(--config.exposedports "$p/tcp"); done
+for w in "${cmd[@]}"; do [[ -z "$w" ]] || args+=(--config.cmd "$w"); done
+for p in $expose; do
+    [[ "$p" == */* ]] || p="$p/tcp"
+    args+=(--config.exposedports "$p")
+done
 umoci config "${args[@]}"
 umoci gc --layout "$layout"
 # The full name for importers (containerd's `ctr images import`, which kind

@@ -16,8 +16,13 @@
 #
 # What the node changes on the machine and `down` puts back: the bridge,
 # net.ipv4.ip_forward (the bridge's gateway sets it), the sysctls the kubelet
-# sets (vm.overcommit_memory, kernel.panic, kernel.panic_on_oops), mounts
-# under DIR/node, the kubepods cgroups, containerd's /run/containerd.
+# sets (vm.overcommit_memory, vm.panic_on_oom, kernel.panic,
+# kernel.panic_on_oops, kernel.keys.root_maxkeys and root_maxbytes), mounts
+# under DIR/node, the pods' network namespaces and CNI results, the kubelet's
+# /var/log/containers links, the kubepods cgroups (so: no other kubelet on
+# the machine), containerd's /run/containerd (unless it was there before).
+# One node per machine: /run/esi-test-node names the last one brought up,
+# and an `up` first takes down one that a killed run left behind.
 # Settings this kind of machine needs (see shared/recipes, pods/): cgroup v1
 # with cgroupfs, `failCgroupV1: false`, containerd's
 # `restrict_oom_score_adj`, runc, `--oom-score-adj=0` for the kubelet.
@@ -41,25 +46,11 @@ usage() {
     exit 2
 }
 
-# alive PID: the process exists and is one of ours (its command line names
-# DIR, which guards against a recycled pid).
-alive() {
-    local cmdline
-    cmdline="$({ tr '\0' ' ' <"/proc/$1/cmdline"; } 2>/dev/null)" || return 1
-    [[ "$cmdline" == *"$dir/"* ]]
-}
+. "$here/lib.sh"
 
-free_ports() {
-    python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
+# The node of the last `up` on this machine, so that an `up` after a run that
+# was killed before its teardown undoes that node first.
+CURRENT=/run/esi-test-node
 
 ctr_() { ctr -a "$node/containerd.sock" -n k8s.io "$@"; }
 containerd_answers() { ctr_ version >/dev/null 2>&1; }
@@ -87,7 +78,9 @@ pause_image() {
 save_sysctls() {
     [[ -f "$node/sysctls" ]] && return 0
     local k
-    for k in vm/overcommit_memory kernel/panic kernel/panic_on_oops net/ipv4/ip_forward; do
+    # What the kubelet sets (setupKernelTunables), and what the bridge sets.
+    for k in vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops \
+        kernel/keys/root_maxkeys kernel/keys/root_maxbytes net/ipv4/ip_forward; do
         echo "$k $(cat "/proc/sys/$k")"
     done >"$node/sysctls"
 }
@@ -99,21 +92,6 @@ restore_sysctls() {
         echo "$v" >"/proc/sys/$k" 2>/dev/null || true
     done <"$node/sysctls"
     rm -f "$node/sysctls"
-}
-
-stop_pid_file() {
-    local f="$1" pid
-    [[ -f "$f" ]] || return 0
-    for pid in $(tac "$f"); do
-        alive "$pid" || continue
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 1 100); do
-            alive "$pid" || break
-            sleep 0.1
-        done
-        alive "$pid" && kill -KILL "$pid" 2>/dev/null || true
-    done
-    rm -f "$f"
 }
 
 down() {
@@ -142,7 +120,7 @@ down() {
             ctr_ containers delete "$t" >/dev/null 2>&1 || true
         done
     fi
-    stop_pid_file "$node/pids"
+    stop_pids "$node/pids"
     # Shims left by a containerd that was killed.
     pkill -KILL -f "containerd-shim.*$node/" 2>/dev/null || true
     # Mounts under the node (volumes, overlays, network namespaces), deepest first.
@@ -150,11 +128,18 @@ down() {
     for m in $(awk -v d="$node/" 'index($2, d) == 1 {print $2}' /proc/mounts | sort -r); do
         umount -l "$m" 2>/dev/null || true
     done
+    # The pods' network namespaces: those that appeared since `up`.
     for m in $(awk 'index($2, "/run/netns/cni-") == 1 {print $2}' /proc/mounts); do
+        grep -qxF "$m" "$node/netns-before" 2>/dev/null && continue
         umount -l "$m" 2>/dev/null && rm -f "$m" || true
     done
-    # The pods' cgroups, in every hierarchy.
-    local d
+    # Whatever still runs in the pods' cgroups (containerd gone before its
+    # tasks), then the cgroups, in every hierarchy.
+    local f pid d
+    for f in $(find /sys/fs/cgroup -path '*kubepods*' -name cgroup.procs 2>/dev/null); do
+        for pid in $(cat "$f" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
+    done
+    sleep 0.5
     for d in $(find /sys/fs/cgroup -mindepth 2 -depth -type d -name 'kubepods*' 2>/dev/null); do
         find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null || true
     done
@@ -169,27 +154,14 @@ down() {
         rm -f "$r" "/var/lib/cni/results/cni-loopback-$id-lo"
     done
     rmdir /var/lib/cni/results /var/lib/cni /run/netns 2>/dev/null || true
-    rm -rf /run/containerd /var/lib/cni/networks/esitest 2>/dev/null || true
+    # The kubelet's links to our containers' logs (its directory is fixed).
+    find /var/log/containers -maxdepth 1 -lname "$node/*" -delete 2>/dev/null || true
+    rmdir /var/log/containers 2>/dev/null || true
+    # containerd's shim sockets, if no other containerd had that directory.
+    [[ -f "$node/had-run-containerd" ]] || rm -rf /run/containerd
     restore_sysctls
     rm -f "$node/env"
-}
-
-wait_for() {
-    local name="$1" pid="$2" deadline=$((SECONDS + READY_TIMEOUT))
-    shift 2
-    until "$@"; do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            log "$name exited during startup; last lines of $node/$name.log:"
-            tail -n 30 "$node/$name.log" >&2
-            return 1
-        fi
-        if ((SECONDS >= deadline)); then
-            log "$name not ready after ${READY_TIMEOUT}s; last lines of $node/$name.log:"
-            tail -n 30 "$node/$name.log" >&2
-            return 1
-        fi
-        sleep 0.25
-    done
+    if [[ "$(cat "$CURRENT" 2>/dev/null)" == "$dir" ]]; then rm -f "$CURRENT"; fi
 }
 
 node_ready() {
@@ -209,11 +181,7 @@ up() {
     [[ -f "$dir/kubeconfig" ]] || { log "no control plane in $dir (tests/k8s/control-plane.sh up $dir)"; exit 1; }
     dir="$(cd "$dir" && pwd)"
     node="$dir/node"
-    if [[ -f "$node/env" ]] && node_ready 2>/dev/null; then
-        log "already running in $node"
-        cat "$node/env"
-        return 0
-    fi
+    [[ "$(id -u)" == 0 ]] || { log "a node needs root (mounts, cgroups, a bridge)"; exit 1; }
     for cmd in containerd ctr runc umoci gcc ip python3; do
         command -v "$cmd" >/dev/null || { log "'$cmd' is required"; exit 1; }
     done
@@ -221,11 +189,26 @@ up() {
     if [[ -z "${ESI_KUBE_CONTROLLER_MANAGER:-}" || -z "${ESI_KUBE_SCHEDULER:-}" || -z "${ESI_KUBELET:-}" || -z "${ESI_KUBECTL:-}" ]]; then
         eval "$(bash "$here/build-tools.sh")"
     fi
+    if [[ -f "$node/env" ]] && node_ready 2>/dev/null; then
+        log "already running in $node"
+        cat "$node/env"
+        return 0
+    fi
+    # A node left by a run killed before its teardown (one node a machine).
+    local previous
+    previous="$(cat "$CURRENT" 2>/dev/null || true)"
+    if [[ -n "$previous" && "$previous" != "$dir" && -d "$previous/node" ]]; then
+        log "taking down the node a killed run left in $previous"
+        bash "$0" down "$previous" || true
+    fi
     down
     rm -rf "$node" # a fresh node: an earlier one's state is not reused
     mkdir -p "$node"/{containerd,cni/net.d,kubelet,logs}
+    echo "$dir" >"$CURRENT"
     trap 'down' EXIT
     save_sysctls
+    [[ -d /run/containerd ]] && touch "$node/had-run-containerd"
+    awk 'index($2, "/run/netns/cni-") == 1 {print $2}' /proc/mounts >"$node/netns-before"
 
     # The pods' bridge, made here so that the host's address on it exists
     # before anything listens there.
@@ -270,7 +253,7 @@ EOF
     log "starting containerd"
     start containerd containerd --config "$node/containerd/config.toml"
     local containerd_pid=$last_pid
-    wait_for containerd "$containerd_pid" containerd_answers
+    wait_for containerd "$containerd_pid" $((SECONDS + READY_TIMEOUT)) "$node/containerd.log" containerd_answers
     pause_image
 
     local kubeconfig="$dir/kubeconfig"
@@ -331,7 +314,7 @@ EOF
         --oom-score-adj=0 \
         --v=1
     echo "$last_pid" >"$node/kubelet.pid"
-    wait_for kubelet "$last_pid" node_ready
+    wait_for kubelet "$last_pid" $((SECONDS + READY_TIMEOUT)) "$node/kubelet.log" node_ready
     # The default namespace's ServiceAccount comes from the controller
     # manager; pods are refused until it exists.
     local deadline=$((SECONDS + READY_TIMEOUT))

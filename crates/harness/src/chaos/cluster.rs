@@ -180,6 +180,7 @@ impl Cluster {
 /// A TCP proxy in front of etcd (or any loopback server) that can cut every
 /// connection.
 pub struct Proxy {
+    listen: std::net::IpAddr,
     port: u16,
     mode: watch::Sender<ProxyMode>,
     task: tokio::task::JoinHandle<()>,
@@ -242,11 +243,19 @@ impl Proxy {
                 });
             }
         });
-        Ok(Proxy { port, mode, task })
+        Ok(Proxy {
+            listen,
+            port,
+            mode,
+            task,
+        })
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!(
+            "http://{}",
+            std::net::SocketAddr::new(self.listen, self.port)
+        )
     }
 
     pub fn port(&self) -> u16 {

@@ -641,6 +641,9 @@ pub async fn after(name: Drill, c: &mut Ctx) -> Vec<String> {
             }
             let retries = sum_over(c, "esi_reconciler_etcd_retries_total").await
                 + sum_over(c, "esi_worker_etcd_retries_total").await;
+            if name == Drill::EtcdQuorumLoss && retries == 0.0 {
+                failures.push("no request was retried: the quorum was never lost".into());
+            }
             c.notes.push(format!(
                 "{failed} jobs failed; {failovers} failovers, {retries} requests retried, {errors} reconciles failed on etcd"
             ));
