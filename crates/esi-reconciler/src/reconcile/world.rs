@@ -316,15 +316,16 @@ impl World {
         &self.unparsed
     }
 
-    /// Resources that currently have a job waiting on dependencies.
-    /// Resources with a job that waits for job `id`.
-    fn resources_waiting_for(&self, id: &str) -> Vec<ResourceRef> {
+    /// Resources with a job that waits for job `id`: queued as
+    /// [`Priority::Release`] when it ends.
+    fn resources_waiting_for(&self, id: &str) -> Vec<(ResourceRef, Priority)> {
         self.dependents
             .get(id)
             .into_iter()
             .flatten()
             .filter_map(|j| self.jobs.get(j))
             .filter_map(|j| self.resource_of_job(&j.id))
+            .map(|r| (r, Priority::Release))
             .collect()
     }
 
@@ -621,11 +622,9 @@ impl World {
                     JobSlot::Finished => {
                         job.finished = Some(rev);
                         // Whatever waits for this job may move on.
-                        touched.resources.extend(
-                            self.resources_waiting_for(&id_str)
-                                .into_iter()
-                                .map(|w| (w, Priority::Release)),
-                        );
+                        touched
+                            .resources
+                            .extend(self.resources_waiting_for(&id_str));
                     }
                 }
                 if let Some((old, new)) = reindex {
@@ -711,11 +710,9 @@ impl World {
                 let empty = job.is_empty();
                 if slot == JobSlot::All {
                     // Whatever waits for this job may move on.
-                    touched.resources.extend(
-                        self.resources_waiting_for(&id_str)
-                            .into_iter()
-                            .map(|w| (w, Priority::Release)),
-                    );
+                    touched
+                        .resources
+                        .extend(self.resources_waiting_for(&id_str));
                 }
                 self.index_job(&id_str, unindex.as_ref(), false);
                 if empty {

@@ -609,8 +609,9 @@ type Used = (String, i64);
 const REDO_ATTEMPTS: u32 = 3;
 
 /// Records a job's results are fenced on at most (etcd allows 128
-/// operations a transaction by default): a job made from more lands like
-/// one whose records kept changing.
+/// operations a transaction by default): the results of a job made from
+/// more are not fenced on them, as before these fences existed (the claim
+/// and `/state` still are).
 const MAX_FENCED_RECORDS: usize = 64;
 
 /// How a job's stack operation went.

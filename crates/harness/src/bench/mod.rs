@@ -96,11 +96,11 @@ pub struct BenchReport {
     /// Transactions the reconciler(s) and worker sent in the cold start, per
     /// resource, by kind (from their metrics; failed compares included).
     pub transactions_per_resource: std::collections::BTreeMap<String, f64>,
-    /// Requests the reconciler(s) and the worker made in the cold start,
-    /// per resource, by kind (from their metrics).
     /// Reconciles per resource in the cold start, by result (applied,
     /// noop, deferred, conflict, error).
     pub reconciles_per_resource: std::collections::BTreeMap<String, f64>,
+    /// Requests the reconciler(s) and the worker made in the cold start,
+    /// per resource, by process and kind (from their metrics).
     pub requests_by_process:
         std::collections::BTreeMap<String, std::collections::BTreeMap<String, f64>>,
     /// etcd revisions the cold start took, per resource: the writes the
@@ -214,6 +214,7 @@ fn spawn(binary: &PathBuf, args: &[String]) -> anyhow::Result<Launched> {
 struct Processes {
     reconcilers: Vec<Launched>,
     worker: Launched,
+    /// The reconcilers' addresses in order, then the worker's (last).
     metrics: Vec<String>,
 }
 
